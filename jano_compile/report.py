@@ -1,0 +1,102 @@
+"""What the backend did with each graph: a dataclass that prints as a table and saves as JSON."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+
+@dataclass
+class CacheSpec:
+    """One cache tensor a rewritten graph reads and returns (full, ungathered shape)."""
+    name: str
+    role: str            # "out_cache", "k_cache" or "v_cache"
+    shape: tuple
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        import torch
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * torch.empty((), dtype=getattr(torch, self.dtype)).element_size()
+
+
+@dataclass
+class GraphReport:
+    """The rewrite of one dynamo graph, or why it was left as it is."""
+    graph: str
+    rewritten: bool
+    reason: Optional[str] = None          # why not rewritten; None when rewritten
+    holds_image_tokens: bool = True       # False: nothing to do (e.g. a graph after a break)
+    num_image_tokens: Optional[int] = None
+    entry: Optional[str] = None
+    exit: Optional[str] = None
+    attention: list = field(default_factory=list)   # {"node", "kind", "layout", "how"}
+    literals: list = field(default_factory=list)    # {"node", "what"}
+    tables: list = field(default_factory=list)      # {"node", "table", "dim", "layout"}
+    caches: list = field(default_factory=list)      # CacheSpec
+
+    @property
+    def self_attention_count(self) -> int:
+        return sum(a["kind"] == "self" for a in self.attention)
+
+    @property
+    def cross_attention_count(self) -> int:
+        return sum(a["kind"] == "cross" for a in self.attention)
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(c.nbytes for c in self.caches)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["cache_bytes"] = self.cache_bytes
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+    def __str__(self) -> str:
+        lines = [f"graph {self.graph}: " + ("rewritten" if self.rewritten else
+                                            f"NOT rewritten ({self.reason})")]
+        if not self.rewritten:
+            return lines[0]
+        lines.append(f"  image tokens {self.num_image_tokens}   entry {self.entry}   exit {self.exit}")
+        lines.append(f"  attention: {self.self_attention_count} self/joint (K/V cached), "
+                     f"{self.cross_attention_count} cross (untouched)")
+        rows = [("attention", a["node"], f'{a["kind"]:5s} {a["layout"]}  {a["how"]}') for a in self.attention]
+        rows += [("literal", r["node"], r["what"]) for r in self.literals]
+        rows += [("table", t["node"], f'{t["table"]} gathered on dim {t["dim"]} {t["layout"]}')
+                 for t in self.tables]
+        width = max([len(r[1]) for r in rows] + [4])
+        lines.append(f"  {'kind':10s} {'node':{width}s} detail")
+        lines += [f"  {k:10s} {n:{width}s} {d}" for k, n, d in rows]
+        mib = self.cache_bytes / 2**20
+        lines.append(f"  caches: {len(self.caches)} tensors, {mib:.2f} MiB per branch")
+        return "\n".join(lines)
+
+
+@dataclass
+class Report:
+    """All graphs of one model (what `explain` returns)."""
+    graphs: list
+
+    @property
+    def rewritten(self) -> bool:
+        holding = [g for g in self.graphs if g.holds_image_tokens]
+        return bool(holding) and all(g.rewritten for g in holding)
+
+    @property
+    def fallback_reason(self) -> Optional[str]:
+        reasons = [g.reason for g in self.graphs if g.reason and g.holds_image_tokens]
+        if not reasons and not any(g.rewritten for g in self.graphs):
+            reasons = [g.reason for g in self.graphs if g.reason]
+        return "; ".join(reasons) if reasons else None
+
+    def to_json(self) -> str:
+        return json.dumps([g.to_dict() for g in self.graphs], indent=2, default=str)
+
+    def __str__(self) -> str:
+        return "\n".join(str(g) for g in self.graphs) or "no graph captured"

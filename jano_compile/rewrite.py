@@ -1,0 +1,113 @@
+"""Run the passes on one dynamo graph and check the result; never a wrong graph.
+
+`rewrite_graph(gm, example_inputs)` returns (rewritten GraphModule or None, GraphReport).
+The rewritten graph takes the original inputs plus [active_index, out_cache, k_cache_0,
+v_cache_0, ...] and returns the original outputs plus the refilled caches in that order.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+from typing import Optional
+
+import torch
+import torch.fx as fx
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+from jano_compile.passes import REWRITE_PASSES, Unrewritable, token_layout
+from jano_compile.passes.plan import (SegmentSlice, ShapeLiteral, SplitSizes, SqueezeDims,
+                                      TokenPlan)
+from jano_compile.passes.token_inputs import ROLE
+from jano_compile.passes.token_layout import value
+
+from .fake_inputs import extra_inputs, fake_inputs
+from .report import CacheSpec, GraphReport
+
+log = logging.getLogger(__name__)
+
+
+def graph_name(gm: fx.GraphModule) -> str:
+    return "graph_" + hashlib.sha1(gm.code.encode()).hexdigest()[:10]
+
+
+def _describe_literal(edit) -> str:
+    if isinstance(edit, ShapeLiteral):
+        how = "-1" if edit.use_minus_one else "gathered length"
+        return f"shape[{edit.position}] {edit.layout.full_length} -> {how} of {edit.layout}"
+    if isinstance(edit, SplitSizes):
+        return f"split sizes {[s.size for s in edit.layout.segments]} -> per-segment gathered sizes"
+    if isinstance(edit, SegmentSlice):
+        seg = edit.layout.segments[edit.segment]
+        return f"slice of {seg.kind} segment of {edit.layout} -> gathered bounds"
+    if isinstance(edit, SqueezeDims):
+        return f"squeeze() -> squeeze({edit.dims})"
+    return repr(edit)
+
+
+def _report(name: str, plan: TokenPlan, gm: fx.GraphModule) -> GraphReport:
+    caches = [CacheSpec(n.name, n.meta[ROLE], tuple(n.meta["example_value"].shape),
+                        str(n.meta["example_value"].dtype).replace("torch.", ""))
+              for n in extra_inputs(gm) if n.meta[ROLE] != "active_index"]
+    attention = [{"node": s.node.name, "kind": s.kind, "layout": str(s.query.layout),
+                  "how": ("Q gathered, K/V completed from cache" if s.kind == "self"
+                          else "Q gathered, K/V from text untouched")} for s in plan.attention]
+    return GraphReport(
+        graph=name, rewritten=True, num_image_tokens=plan.num_image_tokens,
+        entry=plan.entry.name, exit=plan.exit.name, attention=attention,
+        literals=[{"node": e.node.name, "what": _describe_literal(e)} for e in plan.literals],
+        tables=[{"node": t.node.name, "table": t.arg.name, "dim": t.dim, "layout": str(t.layout)}
+                for t in plan.tables],
+        caches=caches)
+
+
+def _validate(gm: fx.GraphModule, original: fx.GraphModule, example_inputs, plan: TokenPlan):
+    """Shape-check the rewritten graph at a length that differs from N (a literal or table we
+    missed fails here), then annotate it with symbolic shapes for dumps and Inductor."""
+    n = plan.num_image_tokens
+    out_node = next(x for x in original.graph.nodes if x.op == "output")
+    expected = [tuple(value(a).shape) for a in out_node.args[0] if isinstance(value(a), torch.Tensor)]
+    for probe in sorted({max(n - 1, 0), n // 2 + 1}):
+        mode, fakes = fake_inputs(gm, example_inputs, num_active=probe)
+        try:
+            with mode:
+                outs = FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
+        except Exception as e:  # noqa: BLE001 - any failure means: do not rewrite
+            raise Unrewritable(f"shape check with {probe} active tokens failed: "
+                               f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+        got = [tuple(o.shape) for o in outs if isinstance(o, torch.Tensor)]
+        if got[:len(expected)] != expected:
+            raise Unrewritable(f"outputs change shape with {probe} active tokens: {got} vs {expected}")
+    mode, fakes = fake_inputs(gm, example_inputs, num_active=None)
+    with mode:
+        FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
+    if mode.shape_env.replacements:
+        raise Unrewritable(f"the active-token count got specialised: {mode.shape_env.replacements}")
+
+
+def rewrite_graph(gm: fx.GraphModule, example_inputs) -> tuple[Optional[fx.GraphModule], GraphReport]:
+    name = graph_name(gm)
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                       for t in example_inputs):
+        return None, GraphReport(name, False, "autograd is recording (jano is for inference: "
+                                 "call under torch.no_grad() or torch.inference_mode())")
+    work = copy.deepcopy(gm)
+    try:
+        plan = token_layout(work)
+    except Unrewritable as e:
+        holds = "no image-token region" not in str(e) and "no `hidden_states`" not in str(e)
+        return None, GraphReport(name, False, str(e), holds_image_tokens=holds)
+    try:
+        for p in REWRITE_PASSES:
+            work = p(work, plan)
+            log.debug("after %s:\n%s", p.__name__, work.graph)
+        work.graph.lint()
+        work.recompile()
+        _validate(work, gm, example_inputs, plan)
+    except Unrewritable as e:
+        return None, GraphReport(name, False, str(e))
+    except Exception as e:  # noqa: BLE001 - a pass bug must not break the user's model
+        log.warning("jano: rewrite of %s failed", name, exc_info=True)
+        return None, GraphReport(name, False, f"internal error in the rewrite: {type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:300]}")
+    return work, _report(name, plan, work)

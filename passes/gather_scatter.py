@@ -1,0 +1,42 @@
+"""gather_scatter: select the active image tokens at the entry, scatter them into the output
+cache at the exit.
+
+    before                                   after
+    h   = transpose(...)      [B, N, C]      h   = transpose(...)                       [B, N, C]
+                                             h_g = index_select(h, 1, active_index)     [B, n, C]
+    ... blocks on h ...                      ... blocks on h_g ...
+    out = linear(x)           [B, N, C]      out = linear(x)                            [B, n, C]
+                                             full = index_copy(out_cache, 1, active_index, out)
+    reshape(out, (B, 8, 8, ...))             reshape(full, (B, 8, 8, ...))   (full: [B, N, C])
+                                             outputs += (full,)   -> the next call's out_cache
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from .plan import TokenPlan
+from .token_inputs import active_index, add_input, add_outputs
+from .token_layout import value
+
+OUT_CACHE = "out_cache"
+
+
+def gather_scatter(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:
+    graph = gm.graph
+    entry_val, exit_val = value(plan.entry), value(plan.exit)
+    idx = active_index(graph, entry_val.device)
+    cache = add_input(graph, OUT_CACHE, "out_cache", exit_val)
+
+    anchor = plan.entry if plan.entry.op != "placeholder" else idx
+    with graph.inserting_after(anchor):
+        gathered = graph.call_function(torch.index_select, (plan.entry, 1, idx))
+    gathered.name = "gathered_" + plan.entry.name
+    plan.entry.replace_all_uses_with(gathered, delete_user_cb=lambda u: u is not gathered)
+
+    with graph.inserting_after(plan.exit):
+        full = graph.call_function(torch.index_copy, (cache, 1, idx, plan.exit))
+    full.name = "scattered_" + plan.exit.name
+    plan.exit.replace_all_uses_with(full, delete_user_cb=lambda u: u is not full)
+    add_outputs(graph, [full], "out_cache")
+    return gm

@@ -1,0 +1,44 @@
+"""kv_cache: self/joint attention attends to every token: keys and values of the gathered
+tokens are written into the layer's cache of the full sequence, and attention reads the
+whole cache. Cross-attention to text is left as it is.
+
+    before                                      after (layer i, joint [text 7 | image 64])
+    q, k, v                  [B, H, 71, D]      q, k, v                        [B, H, 7 + n, D]
+                                                k_all = index_copy(k_cache_i, 2, rows, k)  [B, H, 71, D]
+                                                v_all = index_copy(v_cache_i, 2, rows, v)
+    o = sdpa(q, k, v)        [B, H, 71, D]      o = sdpa(q, k_all, v_all)      [B, H, 7 + n, D]
+                                                outputs += (k_all, v_all)  -> next call's caches
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from .plan import TokenPlan
+from .token_inputs import add_input, add_outputs, layout_rows
+from .token_layout import value
+
+
+def kv_cache(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:
+    graph = gm.graph
+    new_outputs = []
+    layer = 0
+    for site in plan.attention:
+        if site.kind != "self":
+            continue
+        rows = layout_rows(graph, site.key.layout)
+        filled = {}
+        for role, src in (("k_cache", site.key_node), ("v_cache", site.value_node)):
+            if src in filled:
+                continue
+            cache = add_input(graph, f"{role}_{layer}", role, value(src))
+            with graph.inserting_before(site.node):
+                full = graph.call_function(torch.index_copy, (cache, site.key.dim, rows, src))
+            full.name = f"{role}_{layer}_filled"
+            filled[src] = full
+            new_outputs.append(full)
+        site.node.args = tuple(filled.get(a, a) for a in site.node.args)
+        site.node.kwargs = {k: filled.get(a, a) for k, a in site.node.kwargs.items()}
+        layer += 1
+    add_outputs(graph, new_outputs, "kv_cache")
+    return gm

@@ -1,0 +1,135 @@
+"""Data the passes share: token layouts and the rewrite plan found by `token_layout`.
+
+Vocabulary:
+  image tokens  the N latent patches Jano may skip; `active_index` [n] selects n of them
+  text tokens   any other tokens in a joint sequence (prompt, registers): always recomputed
+  layout        what a token axis holds, in order, e.g. [text 7 | image 64] (FLUX, CogVideoX)
+                or [image 64 | text 5] (SD3); its gathered length is 7 + n
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch.fx as fx
+
+TEXT = "text"
+IMAGE = "image"
+
+
+@dataclass(frozen=True)
+class Segment:
+    kind: str   # TEXT or IMAGE
+    size: int   # full (ungathered) number of tokens
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The segments along a token axis, in sequence order; exactly one is IMAGE."""
+    segments: tuple[Segment, ...]
+
+    @staticmethod
+    def image(num_tokens: int) -> "Layout":
+        return Layout((Segment(IMAGE, num_tokens),))
+
+    @property
+    def full_length(self) -> int:
+        return sum(s.size for s in self.segments)
+
+    @property
+    def text_length(self) -> int:
+        return sum(s.size for s in self.segments if s.kind == TEXT)
+
+    @property
+    def is_image_only(self) -> bool:
+        return len(self.segments) == 1
+
+    def offsets(self) -> list[int]:
+        """Full-length start offset of each segment."""
+        out, acc = [], 0
+        for s in self.segments:
+            out.append(acc)
+            acc += s.size
+        return out
+
+    def __str__(self) -> str:
+        return "[" + " | ".join(f"{s.kind} {s.size}" for s in self.segments) + "]"
+
+
+@dataclass(frozen=True)
+class TokenAxis:
+    """`dim` of a tensor holds the tokens described by `layout` (gathered at run time)."""
+    dim: int
+    layout: Layout
+
+
+@dataclass(frozen=True)
+class ShapeLiteral:
+    """`node`'s shape argument at `position` is the full length of `layout`: it becomes the
+    gathered length (or -1 where `use_minus_one`, e.g. for expand)."""
+    node: fx.Node
+    position: int
+    layout: Layout
+    use_minus_one: bool = False
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    """`node` splits a token axis into the segments of `layout` (split_with_sizes [7, 64])."""
+    node: fx.Node
+    layout: Layout
+
+
+@dataclass(frozen=True)
+class SegmentSlice:
+    """`node` (getitem) slices the token axis at `position` of its index tuple to exactly
+    segment `segment` of `layout` (FLUX's hidden_states[:, 7:])."""
+    node: fx.Node
+    position: int
+    layout: Layout
+    segment: int
+
+
+@dataclass(frozen=True)
+class SqueezeDims:
+    """`node` is squeeze() without dims; it must name them, since a gathered axis may be 1."""
+    node: fx.Node
+    dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TableGather:
+    """Argument `arg` of `node` is a per-token side table (RoPE cos/sin, position table,
+    attention-mask rows) whose `dim` runs over the full `layout`; it is gathered."""
+    node: fx.Node
+    arg: fx.Node
+    dim: int
+    layout: Layout
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """One attention call. kind: "self" (K/V over the image stream, maybe joint with text)
+    or "cross" (K/V from text only: untouched)."""
+    node: fx.Node
+    kind: str
+    query: TokenAxis
+    key: Optional[TokenAxis] = None
+    key_node: Optional[fx.Node] = None
+    value_node: Optional[fx.Node] = None
+
+
+@dataclass
+class TokenPlan:
+    """What `token_layout` found; the rewriting passes apply it."""
+    num_image_tokens: int
+    entry: fx.Node
+    exit: fx.Node
+    axes: dict = field(default_factory=dict)          # Node -> TokenAxis | tuple | None
+    attention: list = field(default_factory=list)     # AttentionSite
+    literals: list = field(default_factory=list)      # ShapeLiteral | SplitSizes | SegmentSlice | SqueezeDims
+    tables: list = field(default_factory=list)        # TableGather
+
+
+class Unrewritable(Exception):
+    """The graph cannot be rewritten safely; the message says why (shown in the report)."""

@@ -1,0 +1,133 @@
+"""The graph nodes every rewriting pass shares: the `active_index` input and what derives
+from it (gathered lengths, per-layout row indices). Each is created once, found by name.
+
+    active_index : [n] int64 positions among the N image tokens (a graph input)
+    n            : active_index.size(0), symbolic under Inductor
+    rows[layout] : [T + n] rows of a joint sequence, e.g. [text 7 | image 64] ->
+                   cat(arange(0, 7), active_index + 7)
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+
+from .plan import IMAGE, Layout
+
+ACTIVE_INDEX = "active_index"
+ROLE = "jano_role"          # node.meta key naming the inputs and outputs the passes add
+
+
+def _placeholders(graph: fx.Graph) -> list[fx.Node]:
+    return [n for n in graph.nodes if n.op == "placeholder"]
+
+
+def _find(graph: fx.Graph, name: str):
+    return next((n for n in graph.nodes if n.name == name), None)
+
+
+def add_input(graph: fx.Graph, name: str, role: str, example=None) -> fx.Node:
+    """Append a placeholder after the existing ones."""
+    with graph.inserting_after(_placeholders(graph)[-1]):
+        node = graph.placeholder(name)
+    node.meta[ROLE] = role
+    if example is not None:
+        node.meta["example_value"] = example
+    return node
+
+
+def add_outputs(graph: fx.Graph, nodes: list[fx.Node], role: str) -> None:
+    """Append `nodes` to the graph's output tuple."""
+    out = next(n for n in graph.nodes if n.op == "output")
+    results = out.args[0]
+    results = tuple(results) if isinstance(results, (tuple, list)) else (results,)
+    out.args = (results + tuple(nodes),)
+    out.meta.setdefault("jano_extra_outputs", []).extend((n.name, role) for n in nodes)
+
+
+def _after(graph: fx.Graph, *inputs):
+    """Insertion point right after the last of `inputs` (after the placeholders if none)."""
+    wanted = {a for a in inputs if isinstance(a, fx.Node)}
+    anchor = _placeholders(graph)[-1]
+    for n in graph.nodes:
+        if n in wanted:
+            anchor = n
+    return graph.inserting_after(anchor)
+
+
+def active_index(graph: fx.Graph, device: torch.device) -> fx.Node:
+    node = _find(graph, ACTIVE_INDEX)
+    if node is None:
+        node = add_input(graph, ACTIVE_INDEX, "active_index",
+                         torch.empty(0, dtype=torch.long, device=device))
+        node.meta["device"] = device
+    return node
+
+
+def num_active(graph: fx.Graph) -> fx.Node:
+    node = _find(graph, "num_active")
+    if node is None:
+        idx = _find(graph, ACTIVE_INDEX)
+        with _after(graph, idx):
+            node = graph.call_method("size", (idx, 0))
+        node.name = "num_active"
+    return node
+
+
+def _n_plus(graph: fx.Graph, const: int):
+    """Node for n + const (n itself when const is 0)."""
+    n = num_active(graph)
+    if const == 0:
+        return n
+    name = f"num_active_plus_{const}"
+    node = _find(graph, name)
+    if node is None:
+        with _after(graph, n):
+            node = graph.call_function(operator.add, (n, const))
+        node.name = name
+    return node
+
+
+def _gathered_offset(graph: fx.Graph, layout: Layout, k: int):
+    """Start of segment k on the gathered axis: an int, or a node when image tokens precede."""
+    const = sum(s.size for s in layout.segments[:k] if s.kind != IMAGE)
+    if all(s.kind != IMAGE for s in layout.segments[:k]):
+        return const
+    return _n_plus(graph, const)
+
+
+def gathered_length(graph: fx.Graph, layout: Layout):
+    """Expression (node) for the gathered length of `layout`: text length + n."""
+    return _gathered_offset(graph, layout, len(layout.segments))
+
+
+def segment_bounds(graph: fx.Graph, layout: Layout, k: int):
+    """(start, stop) of segment k on the gathered axis; None for the open ends."""
+    start = _gathered_offset(graph, layout, k)
+    stop = None if k == len(layout.segments) - 1 else _gathered_offset(graph, layout, k + 1)
+    return (None if isinstance(start, int) and start == 0 else start), stop
+
+
+def layout_rows(graph: fx.Graph, layout: Layout) -> fx.Node:
+    """[T + n] int64 rows of the full sequence that the gathered sequence holds."""
+    idx = _find(graph, ACTIVE_INDEX)
+    if layout.is_image_only:
+        return idx
+    name = "rows_" + "_".join(f"{s.kind}{s.size}" for s in layout.segments)
+    node = _find(graph, name)
+    if node is not None:
+        return node
+    device = idx.meta["device"]
+    pieces = []
+    for off, seg in zip(layout.offsets(), layout.segments):
+        with _after(graph, idx, *pieces):
+            if seg.kind == IMAGE:
+                pieces.append(graph.call_function(operator.add, (idx, off)) if off else idx)
+            else:
+                pieces.append(graph.call_function(
+                    torch.arange, (off, off + seg.size), {"dtype": torch.long, "device": device}))
+    with _after(graph, idx, *pieces):
+        node = graph.call_function(torch.cat, (pieces,), {"dim": 0})
+    node.name = name
+    return node

@@ -1,0 +1,82 @@
+"""token_shapes: literals that describe the token axis become expressions of the active
+count n, and per-token side tables are gathered with the same rows.
+
+Which literal changes is decided by the axis it describes (from `token_layout`), never by
+its value: a head dim or a text length may equal the token count.
+
+    before                                       after
+    reshape(q, 1, 71, 2, -1, 2)                  reshape(q, 1, n + 7, 2, -1, 2)
+    split_with_sizes(h, [7, 64], dim=1)          split_with_sizes(h, [7, n], dim=1)
+    h[:, 7:]                                     h[:, 7:]            (open end: unchanged)
+    h[:, :64]  on [image 64 | text 5]            h[:, :n]
+    expand(f, 3, 8, 8, -1) on the token axis     expand(f, -1, ...)
+    q * cos      cos: [1, 71, 1, D] table        q * index_select(cos, 1, rows)   [1, n + 7, 1, D]
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from .plan import SegmentSlice, ShapeLiteral, SplitSizes, SqueezeDims, TokenPlan
+from .token_inputs import gathered_length, layout_rows, segment_bounds
+
+
+def _get_shape(node: fx.Node):
+    for key in ("shape", "size"):
+        if key in node.kwargs:
+            return list(node.kwargs[key]), ("kw", key)
+    rest = node.args[1:]
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
+        return list(rest[0]), ("tuple", None)
+    return list(rest), ("varargs", None)
+
+
+def _set_shape(node: fx.Node, shape: list, form) -> None:
+    kind, key = form
+    if kind == "kw":
+        node.kwargs = {**node.kwargs, key: tuple(shape)}
+    elif kind == "tuple":
+        node.args = (node.args[0], tuple(shape)) + tuple(node.args[2:])
+    else:
+        node.args = (node.args[0], *shape)
+
+
+def _rewrite_literal(graph: fx.Graph, edit) -> None:
+    node = edit.node
+    if isinstance(edit, ShapeLiteral):
+        shape, form = _get_shape(node)
+        shape[edit.position] = -1 if edit.use_minus_one else gathered_length(graph, edit.layout)
+        _set_shape(node, shape, form)
+    elif isinstance(edit, SplitSizes):
+        sizes = [gathered_length(graph, type(edit.layout)((s,))) for s in edit.layout.segments]
+        if "split_size_or_sections" in node.kwargs or "split_sizes" in node.kwargs:
+            key = "split_sizes" if "split_sizes" in node.kwargs else "split_size_or_sections"
+            node.kwargs = {**node.kwargs, key: sizes}
+        else:
+            node.args = (node.args[0], sizes) + tuple(node.args[2:])
+    elif isinstance(edit, SegmentSlice):
+        index = node.args[1]
+        items = list(index) if isinstance(index, tuple) else [index]
+        start, stop = segment_bounds(graph, edit.layout, edit.segment)
+        items[edit.position] = slice(start, stop)
+        node.args = (node.args[0], tuple(items) if isinstance(index, tuple) else items[0])
+    elif isinstance(edit, SqueezeDims):
+        node.args = (node.args[0], edit.dims)
+        node.kwargs = {k: v for k, v in node.kwargs.items() if k != "dim"}
+
+
+def token_shapes(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:
+    graph = gm.graph
+    for edit in plan.literals:
+        _rewrite_literal(graph, edit)
+    gathered: dict = {}
+    for table in plan.tables:
+        key = (table.arg, table.dim, table.layout)
+        if key not in gathered:
+            rows = layout_rows(graph, table.layout)
+            with graph.inserting_before(table.node):
+                g = graph.call_function(torch.index_select, (table.arg, table.dim, rows))
+            g.name = f"{table.arg.name}_rows"
+            gathered[key] = g
+        table.node.replace_input_with(table.arg, gathered[key])
+    return gm
