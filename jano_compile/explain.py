@@ -1,0 +1,22 @@
+"""`jano_compile.explain(model, *args, **kwargs)`: what the backend would do, without lowering."""
+from __future__ import annotations
+
+import torch
+
+from .report import Report
+from .rewrite import rewrite_graph
+
+
+def explain(model: torch.nn.Module, *args, **kwargs) -> Report:
+    """Capture `model(*args, **kwargs)` with dynamo, run the passes on each graph, and return
+    the report (print it for a table). The model runs once, eagerly, under no_grad."""
+    module = getattr(model, "_orig_mod", model)
+    reports = []
+
+    def capture(gm, example_inputs):
+        reports.append(rewrite_graph(gm, example_inputs)[1])
+        return gm.forward
+
+    with torch.no_grad():
+        torch.compile(module, backend=capture, dynamic=False)(*args, **kwargs)
+    return Report(reports)
