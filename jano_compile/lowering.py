@@ -1,8 +1,12 @@
 """Lowering of a (rewritten) graph: Inductor, or eager FX for tests and debugging.
 
 A rewritten graph is compiled lazily at its first call, with `active_index` a fake tensor
-of symbolic length, so one compiled graph serves every active-token count (0 .. N). Not
+of symbolic length, so one compiled graph serves every active-token count (1 .. N). Not
 inside the backend call: there dynamo's tracing context would fix the length.
+
+An empty `active_index` runs the rewritten graph eagerly instead: Inductor's CPU flash
+attention kernel divides by the query length (SIGFPE at 0 queries), while eager
+F.scaled_dot_product_attention handles it. Only text tokens (if any) are computed then.
 """
 from __future__ import annotations
 
@@ -17,10 +21,6 @@ from .options import Options
 log = logging.getLogger(__name__)
 
 
-def _call(fn, args):
-    return fn(list(args)) if getattr(fn, "_boxed_call", False) else fn(*args)
-
-
 class Lowered:
     """Callable running `gm`; `compiles` counts the lowerings it made (at most one)."""
 
@@ -30,6 +30,7 @@ class Lowered:
         self.symbolic_index = symbolic_index
         self.compiles = 0
         self._fn: Callable | None = None
+        self._index_position = len(args_of(gm)) - _num_extra(gm) if symbolic_index else None
 
     def _lower(self, args) -> Callable:
         if self.options.lowering == "eager":
@@ -46,9 +47,15 @@ class Lowered:
         return fn
 
     def __call__(self, *args):
+        if self._index_position is not None and args[self._index_position].numel() == 0:
+            return self.gm(*args)
         if self._fn is None:
             self._fn = self._lower(args)
-        return _call(self._fn, args)
+        return self._fn(*args)
+
+
+def args_of(gm: fx.GraphModule) -> list[fx.Node]:
+    return [n for n in gm.graph.nodes if n.op == "placeholder"]
 
 
 def _num_extra(gm: fx.GraphModule) -> int:
