@@ -1,0 +1,226 @@
+"""Jano configuration: the frozen settings of one region-adaptive generation.
+
+``JanoConfig`` holds every knob of the method (warm-up, schedule intervals, analysis
+thresholds, inward diffusion, block size). ``PRESETS`` keeps what the reference tuned per
+model family as data, and ``resolve_config`` merges them with explicit options::
+
+    resolve_config("flux", {"warmup_steps": 8})   # option > FLUX preset > default
+
+Sizes are in tokens of the transformer's patch grid ``(frames, h, w)``; an image model
+has ``frames == 1``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from types import MappingProxyType
+from typing import Any, Mapping
+
+logger = logging.getLogger(__name__)
+
+THRESHOLD_MODES = ("fixed", "quantile")
+
+#: Blocks the default block size aims for along the longer side of a frame (the
+#: reference: 4x4 tokens on FLUX's 64x64 token grid at 1024x1024).
+DEFAULT_BLOCKS_ACROSS = 16
+#: Blocks the default block size aims for along time (the reference: 7 of Wan2.1's 21
+#: latent frames).
+DEFAULT_BLOCKS_IN_TIME = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class JanoConfig:
+    """Settings of Jano's warm-up, region analysis and adaptive schedule.
+
+    Attributes:
+        warmup_steps: first denoising steps computed in full; their latents feed the
+            analysis, which compares step ``i`` with step ``i + warmup_steps // 2``, so at
+            least 2.
+        cooldown_steps: last denoising steps computed in full (needs
+            ``num_inference_steps``; without it no cool-down can be placed).
+        static_interval: after warm-up, a full refresh every this many steps, the first
+            one on the first step after warm-up.
+        medium_interval: medium and active tokens are recomputed every this many steps,
+            counted from the same start; active tokens on every other step.
+        static_thresh: ``"fixed"`` mode: blocks whose normalised score is below this are
+            static (level 0).
+        medium_thresh: ``"fixed"`` mode: blocks scoring at least ``static_thresh`` and below
+            this are medium (level 1); from this score up, active (level 2).
+        t_weight: weight of the temporal term in a block's score,
+            ``t_weight * temporal + (1 - t_weight) * spatial``; ignored where a block has a
+            single frame (images).
+        d_strength: inward diffusion: fraction of the gap to the enclosing contour by which
+            an enclosed block's score is lifted (0 disables).
+        d_distance: inward diffusion: how many blocks away an enclosing contour may lie
+            (0 disables).
+        block_size: analysis block ``(frames, h, w)`` in tokens, edge blocks may be smaller;
+            ``None`` picks about 16 blocks across the longer side of a frame and about 3
+            along time (see ``default_block_size``).
+        threshold_mode: ``"fixed"``: the reference's thresholds on min-max normalised
+            scores; ``"quantile"``: levels by target token fractions of the score
+            distribution (``static_fraction``, ``medium_fraction``), inward diffusion still
+            applied before ranking.
+        static_fraction: ``"quantile"`` mode: target fraction of tokens that are static.
+        medium_fraction: ``"quantile"`` mode: target fraction of tokens that are medium; the
+            rest is active.
+        num_inference_steps: steps of the whole generation when known, to place the
+            cool-down; ``None`` when unknown.
+        save_dir: directory for the region-map PNG of each generation; ``None`` writes none.
+    """
+
+    warmup_steps: int = 6
+    cooldown_steps: int = 4
+    static_interval: int = 10
+    medium_interval: int = 5
+    static_thresh: float = 0.2
+    medium_thresh: float = 0.3
+    t_weight: float = 0.7
+    d_strength: float = 0.8
+    d_distance: int = 2
+    block_size: tuple[int, int, int] | None = None
+    threshold_mode: str = "fixed"
+    static_fraction: float = 0.4
+    medium_fraction: float = 0.3
+    num_inference_steps: int | None = None
+    save_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.block_size, (list, tuple)):
+            object.__setattr__(self, "block_size", tuple(self.block_size))
+        if isinstance(self.save_dir, os.PathLike):
+            object.__setattr__(self, "save_dir", os.fspath(self.save_dir))
+        for name in ("static_thresh", "medium_thresh", "t_weight", "d_strength",
+                     "static_fraction", "medium_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid field and why."""
+        _check_int(self, "warmup_steps", 2, "the analysis compares two warm-up steps")
+        _check_int(self, "cooldown_steps", 0)
+        _check_int(self, "static_interval", 1)
+        _check_int(self, "medium_interval", 1)
+        _check_int(self, "d_distance", 0)
+        for name in ("static_thresh", "medium_thresh", "t_weight", "d_strength",
+                     "static_fraction", "medium_fraction"):
+            _check_unit(self, name)
+        if self.static_thresh > self.medium_thresh:
+            _fail("static_thresh", self.static_thresh,
+                  f"must not exceed medium_thresh={self.medium_thresh!r}")
+        if self.static_fraction + self.medium_fraction > 1.0:
+            _fail("medium_fraction", self.medium_fraction,
+                  f"static_fraction + medium_fraction must not exceed 1 "
+                  f"(static_fraction={self.static_fraction!r})")
+        if self.threshold_mode not in THRESHOLD_MODES:
+            _fail("threshold_mode", self.threshold_mode, f"must be one of {THRESHOLD_MODES}")
+        if self.block_size is not None:
+            block = self.block_size
+            if (not isinstance(block, tuple) or len(block) != 3
+                    or not all(_is_int(b) and b >= 1 for b in block)):
+                _fail("block_size", block, "must be None or three positive ints (frames, h, w)")
+        if self.num_inference_steps is not None:
+            _check_int(self, "num_inference_steps", 1)
+            if self.warmup_steps + self.cooldown_steps > self.num_inference_steps:
+                _fail("num_inference_steps", self.num_inference_steps,
+                      f"shorter than warmup_steps + cooldown_steps = "
+                      f"{self.warmup_steps} + {self.cooldown_steps}")
+        if self.save_dir is not None and not isinstance(self.save_dir, str):
+            _fail("save_dir", self.save_dir, "must be None, a str or a path")
+
+    def check_block_size(self, grid: tuple[int, int, int]) -> None:
+        """Raise ``ValueError`` if ``block_size`` is larger than the token ``grid``."""
+        grid = check_grid(grid)
+        if self.block_size is None:
+            return
+        for axis, size, extent in zip(("frames", "h", "w"), self.block_size, grid):
+            if size > extent:
+                _fail("block_size", self.block_size,
+                      f"{axis} size {size} is larger than the token grid {grid}")
+
+    def block_size_for(self, grid: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The analysis block ``(frames, h, w)`` for ``grid``: ``block_size`` checked, or
+        ``default_block_size(grid)`` when it is ``None``."""
+        self.check_block_size(grid)
+        return self.block_size if self.block_size is not None else default_block_size(grid)
+
+
+CONFIG_FIELDS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(JanoConfig))
+
+#: What the reference tuned per model family (keys: lower-case family names). Families
+#: without an entry use the ``JanoConfig`` defaults.
+PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "flux": MappingProxyType(dict(
+        warmup_steps=7, cooldown_steps=2, static_interval=12, medium_interval=4,
+        static_thresh=0.2, medium_thresh=0.4, t_weight=0.0,
+    )),
+    "wan": MappingProxyType(dict(
+        warmup_steps=6, cooldown_steps=4, static_thresh=0.2, medium_thresh=0.6,
+        t_weight=0.7, d_distance=1,
+    )),
+})
+
+
+def resolve_config(family: str | None, options: Mapping[str, Any] | None = None) -> JanoConfig:
+    """Build the config of one compiled model.
+
+    Precedence: an explicit entry of ``options``, then ``PRESETS[family]``, then the
+    ``JanoConfig`` default. ``family`` is matched case-insensitively; ``None`` or a family
+    without a preset uses the defaults. Unknown option keys raise ``ValueError`` listing
+    the valid ones.
+    """
+    options = dict(options or {})
+    unknown = sorted(set(options) - CONFIG_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown Jano option(s) {unknown}; valid: {sorted(CONFIG_FIELDS)}")
+    preset = PRESETS.get(family.lower(), {}) if family else {}
+    if family and not preset:
+        logger.debug("no Jano preset for family %s; using JanoConfig defaults", family)
+    return JanoConfig(**{**preset, **options})
+
+
+def check_grid(grid: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Return ``grid`` as a tuple ``(frames, h, w)`` of positive ints or raise ``ValueError``."""
+    grid = tuple(grid)
+    if len(grid) != 3 or not all(_is_int(g) and g >= 1 for g in grid):
+        raise ValueError(f"token grid must be three positive ints (frames, h, w), got {grid!r}")
+    return grid
+
+
+def default_block_size(grid: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Block ``(frames, h, w)`` giving about 16 blocks across the longer side of a frame
+    (square in h, w) and about 3 along time; at least 2 per axis where the grid allows, so
+    every block has pairs of positions to compare.
+
+    >>> default_block_size((1, 64, 64)), default_block_size((21, 30, 52))
+    ((1, 4, 4), (7, 3, 3))
+    """
+    frames, height, width = check_grid(grid)
+    side = max(2, round(max(height, width) / DEFAULT_BLOCKS_ACROSS))
+    time = max(2, round(frames / DEFAULT_BLOCKS_IN_TIME))
+    return min(frames, time), min(height, side), min(width, side)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _fail(name: str, value: Any, why: str) -> None:
+    raise ValueError(f"JanoConfig.{name}={value!r}: {why}")
+
+
+def _check_int(config: JanoConfig, name: str, minimum: int, why: str = "") -> None:
+    value = getattr(config, name)
+    if not _is_int(value):
+        _fail(name, value, "must be an int")
+    if value < minimum:
+        _fail(name, value, f"must be >= {minimum}" + (f" ({why})" if why else ""))
+
+
+def _check_unit(config: JanoConfig, name: str) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, float) or not 0.0 <= value <= 1.0:
+        _fail(name, value, "must be a number in [0, 1]")

@@ -1,0 +1,143 @@
+"""JanoConfig validation, default block size, presets and option precedence."""
+
+import dataclasses
+import math
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from jano_compile.config import (CONFIG_FIELDS, PRESETS, JanoConfig, default_block_size,
+                                 resolve_config)
+
+
+def test_defaults_match_the_reference():
+    config = JanoConfig()
+    assert (config.warmup_steps, config.cooldown_steps) == (6, 4)
+    assert (config.static_interval, config.medium_interval) == (10, 5)
+    assert (config.static_thresh, config.medium_thresh) == (0.2, 0.3)
+    assert (config.t_weight, config.d_strength, config.d_distance) == (0.7, 0.8, 2)
+    assert config.block_size is None and config.num_inference_steps is None
+    assert config.save_dir is None and config.threshold_mode == "fixed"
+
+
+@pytest.mark.parametrize("field, overrides", [
+    ("warmup_steps", dict(warmup_steps=-1)),
+    ("warmup_steps", dict(warmup_steps=1)),
+    ("warmup_steps", dict(warmup_steps=2.0)),
+    ("warmup_steps", dict(warmup_steps=True)),
+    ("cooldown_steps", dict(cooldown_steps=-2)),
+    ("static_interval", dict(static_interval=0)),
+    ("medium_interval", dict(medium_interval=-5)),
+    ("static_thresh", dict(static_thresh=-0.1)),
+    ("static_thresh", dict(static_thresh=float("nan"))),
+    ("medium_thresh", dict(medium_thresh=1.5)),
+    ("static_thresh", dict(static_thresh=0.5, medium_thresh=0.3)),
+    ("t_weight", dict(t_weight=1.2)),
+    ("t_weight", dict(t_weight="0.5")),
+    ("d_strength", dict(d_strength=-0.5)),
+    ("d_distance", dict(d_distance=-1)),
+    ("block_size", dict(block_size=(0, 4, 4))),
+    ("block_size", dict(block_size=(4, 4))),
+    ("block_size", dict(block_size=(1, 2.5, 4))),
+    ("threshold_mode", dict(threshold_mode="median")),
+    ("static_fraction", dict(static_fraction=1.1)),
+    ("medium_fraction", dict(static_fraction=0.7, medium_fraction=0.4)),
+    ("num_inference_steps", dict(num_inference_steps=0)),
+    ("num_inference_steps", dict(num_inference_steps=9)),  # 6 warm-up + 4 cool-down > 9
+    ("save_dir", dict(save_dir=3)),
+])
+def test_invalid_value_names_the_field(field, overrides):
+    with pytest.raises(ValueError, match=rf"JanoConfig\.{field}="):
+        JanoConfig(**overrides)
+
+
+def test_edge_values_are_valid():
+    JanoConfig(num_inference_steps=10)  # warm-up + cool-down == run: all steps full
+    JanoConfig(static_thresh=0, medium_thresh=0, static_fraction=1, medium_fraction=0)
+    JanoConfig(static_thresh=1.0, medium_thresh=1.0, d_distance=0, cooldown_steps=0)
+
+
+def test_config_is_frozen_and_replace_revalidates():
+    config = JanoConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.warmup_steps = 3
+    with pytest.raises(ValueError, match="medium_interval"):
+        dataclasses.replace(config, medium_interval=0)
+
+
+def test_values_are_normalised():
+    config = JanoConfig(block_size=[1, 4, 4], t_weight=0)
+    assert config.block_size == (1, 4, 4) and isinstance(config.t_weight, float)
+
+
+def test_block_larger_than_grid_is_rejected():
+    config = JanoConfig(block_size=(1, 8, 8))
+    config.check_block_size((1, 8, 16))
+    with pytest.raises(ValueError, match=r"block_size.*h size 8"):
+        config.check_block_size((1, 4, 16))
+    with pytest.raises(ValueError, match=r"block_size.*frames size 2"):
+        JanoConfig(block_size=(2, 2, 2)).block_size_for((1, 4, 4))
+    with pytest.raises(ValueError, match="token grid"):
+        config.check_block_size((1, 0, 8))
+
+
+def test_default_block_size_matches_the_reference_on_flux():
+    assert default_block_size((1, 64, 64)) == (1, 4, 4)  # 8x8 latent pixels, 16x16 blocks
+    assert JanoConfig().block_size_for((1, 64, 64)) == (1, 4, 4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 30), st.integers(1, 200), st.integers(1, 200))
+def test_default_block_size_fits_and_gives_about_16_blocks(frames, height, width):
+    block = default_block_size((frames, height, width))
+    assert all(1 <= b <= g for b, g in zip(block, (frames, height, width)))
+    side = max(block[1:])  # square in (h, w) where the grid allows
+    assert block[1:] == (min(height, side), min(width, side))
+    longer = max(height, width)
+    if longer >= 20:
+        assert 10 <= math.ceil(longer / max(block[1:])) <= 21
+    JanoConfig(block_size=block).check_block_size((frames, height, width))
+
+
+def test_presets_are_read_only_data():
+    assert PRESETS["flux"]["warmup_steps"] == 7 and PRESETS["wan"]["d_distance"] == 1
+    with pytest.raises(TypeError):
+        PRESETS["flux"]["warmup_steps"] = 1
+    for preset in PRESETS.values():
+        assert set(preset) <= CONFIG_FIELDS
+        JanoConfig(**preset)
+
+
+def test_resolve_config_precedence():
+    flux = resolve_config("FLUX", {})
+    assert (flux.warmup_steps, flux.cooldown_steps, flux.static_interval,
+            flux.medium_interval) == (7, 2, 12, 4)
+    assert (flux.static_thresh, flux.medium_thresh, flux.t_weight) == (0.2, 0.4, 0.0)
+    assert flux.d_strength == JanoConfig().d_strength  # not in the preset: default
+    explicit = resolve_config("flux", {"warmup_steps": 9, "d_distance": 3})
+    assert (explicit.warmup_steps, explicit.d_distance, explicit.cooldown_steps) == (9, 3, 2)
+    wan = resolve_config("wan", {"medium_thresh": 0.5})
+    assert (wan.medium_thresh, wan.d_distance, wan.t_weight) == (0.5, 1, 0.7)
+    assert resolve_config(None, None) == JanoConfig()
+    assert resolve_config("pixart", {}) == JanoConfig()  # family without a preset
+
+
+def test_resolve_config_rejects_unknown_keys_listing_valid_ones():
+    with pytest.raises(ValueError, match=r"warmup_step'\].*valid:.*'warmup_steps'"):
+        resolve_config("flux", {"warmup_step": 3})
+    with pytest.raises(ValueError, match="JanoConfig.cooldown_steps"):
+        resolve_config("flux", {"cooldown_steps": -1})
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([None, "flux", "wan"]),
+       st.fixed_dictionaries({}, optional={
+           "warmup_steps": st.integers(2, 10), "cooldown_steps": st.integers(0, 5),
+           "static_interval": st.integers(1, 20), "medium_interval": st.integers(1, 20),
+           "t_weight": st.floats(0, 1), "d_distance": st.integers(0, 4)}))
+def test_explicit_options_always_win(family, options):
+    config = resolve_config(family, options)
+    preset = PRESETS.get(family or "", {})
+    for name in CONFIG_FIELDS:
+        expected = options.get(name, preset.get(name, getattr(JanoConfig(), name)))
+        assert getattr(config, name) == expected, name
