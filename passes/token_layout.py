@@ -148,13 +148,16 @@ class _Propagation:
         n_img = value(exit_node).shape[1]
         self.plan = TokenPlan(num_image_tokens=n_img, entry=entry, exit=exit_node)
         self.axes: dict = {}
+        self.visited = 0
 
     # -- helpers
     def ax(self, a) -> Any:
         return self.axes.get(a) if isinstance(a, fx.Node) else None
 
     def fail(self, node: fx.Node, why: str):
-        raise Unrewritable(f"{node.name} ({op_name(node)}): {why}")
+        error = Unrewritable(f"{node.name} ({op_name(node)}): {why}")
+        error.progress = self.visited   # how far this entry candidate got
+        raise error
 
     def run(self) -> TokenPlan:
         plan = self.plan
@@ -178,6 +181,7 @@ class _Propagation:
             if not inputs:
                 continue
             self.axes[node] = self.visit(node)
+            self.visited += 1
             if node is plan.exit:
                 got = self.axes[node]
                 if not (isinstance(got, TokenAxis) and got.dim == 1 and got.layout.is_image_only):
@@ -592,10 +596,11 @@ def token_layout(gm: fx.GraphModule) -> TokenPlan:
     if not candidates:
         raise Unrewritable(f"no [batch, {value(exit_node).shape[1]}, channels] tensor derived from "
                            f"{source.name} before the output: no image-token region")
-    first_error = None
+    errors = []
     for entry in candidates:
         try:
             return _Propagation(gm, entry, exit_node).run()
         except Unrewritable as e:
-            first_error = first_error or e
-    raise first_error
+            errors.append(e)
+    # the candidate that got furthest is the real entry; its error is the reason
+    raise max(errors, key=lambda e: getattr(e, "progress", 0))

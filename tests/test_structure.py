@@ -1,0 +1,120 @@
+"""Structure of the rewrite: which ops appear and disappear, what the report counts, and the
+near misses that must not be rewritten."""
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+import jano_compile
+
+from .capture import count_calls, snapshot
+from .models import FAMILIES
+from .toy import ToyDiT
+
+
+class AttentionCalls(TorchFunctionMode):
+    """Counts sdpa calls of an eager run: self/joint when keys are as long as queries."""
+
+    def __init__(self):
+        super().__init__()
+        self.self_calls = self.cross_calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            q = kwargs.get("query", args[0] if args else None)
+            k = kwargs.get("key", args[1] if len(args) > 1 else None)
+            if q.shape[-2] == k.shape[-2]:
+                self.self_calls += 1
+            else:
+                self.cross_calls += 1
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_report_counts_every_attention(family):
+    model, kwargs, n = FAMILIES[family].build(b=1, layers=2)
+    model.eval()
+    with torch.no_grad(), AttentionCalls() as calls:
+        model(**kwargs, return_dict=False)
+    snap = snapshot(model, **kwargs, return_dict=False)
+    (report,) = snap.reports
+    assert report.rewritten, report.reason
+    assert report.num_image_tokens == n
+    assert report.self_attention_count == calls.self_calls
+    assert report.cross_attention_count == calls.cross_calls
+    # one K and one V cache per self-attention, plus the output cache
+    assert len(report.caches) == 2 * calls.self_calls + 1
+    after = snap.after[0]
+    assert count_calls(after, torch.index_select) >= 1          # the entry gather
+    assert count_calls(after, torch.index_copy) == 2 * calls.self_calls + 1
+    assert count_calls(after, F.scaled_dot_product_attention) == calls.self_calls + calls.cross_calls
+
+
+def test_toy_model_is_rewritten_and_exact():
+    model = ToyDiT().eval()
+    x = torch.randn(2, 4, 8, 8)
+    snap = snapshot(model, x)
+    assert snap.reports[0].rewritten, snap.reports[0].reason
+    assert snap.reports[0].self_attention_count == 2
+
+
+@pytest.mark.parametrize("switch,why", [("token_mean", "reduction over image tokens"),
+                                        ("manual_attention", "matmul contracts over image tokens")])
+def test_near_miss_is_not_rewritten(switch, why):
+    model = ToyDiT(**{switch: True}).eval()
+    x = torch.randn(2, 4, 8, 8)
+    snap = snapshot(model, x)
+    (report,) = snap.reports
+    assert not report.rewritten
+    assert why in report.reason
+    # through the backend: a warning, plain execution, the same result as eager
+    with torch.no_grad():
+        reference = model(x)[0]
+        compiled = torch.compile(model, backend="jano", options={"lowering": "eager"})
+        with pytest.warns(UserWarning, match=why):
+            out = compiled(x)[0]
+        stats = jano_compile.controller(compiled).stats()
+    torch.testing.assert_close(out, reference)
+    assert stats["rewritten"] is False and why in stats["fallback_reason"]
+
+
+def test_literal_equal_to_token_count_is_rewritten_by_axis_not_value():
+    """FLUX with 16 image tokens, head dim 16 and text length 16: only the token-axis
+    literals change."""
+    model, kwargs, n = FAMILIES["flux"].build(b=1, h=4, w=4, text=16, head_dim=16)
+    snap = snapshot(model.eval(), **kwargs, return_dict=False)
+    report = snap.reports[0]
+    assert report.rewritten, report.reason
+    for lit in report.literals:
+        assert "head" not in lit["what"]
+    after = snap.after[0]
+    reshapes = [nd for nd in after.graph.nodes if nd.target in ("reshape", "view")]
+    for nd in reshapes:
+        if 32 in nd.args[1:]:          # text 16 + image 16 on the joint axis
+            pytest.fail(f"{nd.name} still holds the full joint length: {nd.args}")
+
+
+def test_explain_and_dump(tmp_path):
+    model, kwargs, n = FAMILIES["sd3"].build(b=1)
+    model.eval()
+    report = jano_compile.explain(model, **kwargs, return_dict=False)
+    assert report.rewritten
+    text = str(report)
+    assert "self" in text and "literal" in text and "table" in text
+    assert json.loads(report.to_json())[0]["num_image_tokens"] == n
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(model, backend="jano", options={"lowering": "eager", "dump_dir": str(tmp_path)})(
+            **kwargs, return_dict=False)
+    (graph_dir,) = list(tmp_path.iterdir())
+    names = sorted(os.listdir(graph_dir))
+    assert names == ["after.txt", "before.txt", "report.json", "report.txt"]
+    after = (graph_dir / "after.txt").read_text()
+    assert "index_select" in after and "active_index" in after and "k_cache_0" in after
+    assert "float32[1, 64, 16]" in (graph_dir / "before.txt").read_text()
+    assert json.loads((graph_dir / "report.json").read_text())["rewritten"] is True
