@@ -1,0 +1,20 @@
+"""Through Inductor (slow on CPU: one compile per test): one compiled graph serves every
+active-token count, exactly, with no recompile of dynamo or of our lowering."""
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from .oracle import check_oracle
+
+
+@pytest.mark.parametrize("family", ["flux", "pixart"])   # joint text-first; image-only + cross
+def test_one_compile_serves_every_active_count(family):
+    counters.clear()
+    subsets = [[], [0], lambda n: list(range(1, n, 3)), lambda n: list(range(n // 2)),
+               lambda n: list(range(n)), [5]]
+    ctl, n = check_oracle(family, 2, torch.float32, subsets, lowering="inductor")
+    stats = ctl.stats()
+    assert stats["graphs"] == 1, "dynamo handed over more than one graph"
+    assert stats["compiles"] == 1, "the rewritten graph was lowered more than once"
+    assert counters["stats"]["unique_graphs"] == 1
+    assert stats["calls"] == 1 + len(subsets)
