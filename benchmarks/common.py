@@ -1,0 +1,70 @@
+"""Shared pieces of the benchmarks: the FLUX-architecture transformer and a timer."""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class FluxSize:
+    """Random-weight FLUX-architecture transformer (diffusers FluxTransformer2DModel)."""
+    grid: int = 32            # image tokens = grid * grid
+    text: int = 64
+    heads: int = 8
+    head_dim: int = 64
+    layers: int = 2
+    single_layers: int = 4
+    in_channels: int = 64
+
+    @staticmethod
+    def flux_dev() -> "FluxSize":
+        """FLUX.1-dev at 1024x1024: 4096 image tokens, 512 text tokens."""
+        return FluxSize(grid=64, text=512, heads=24, head_dim=128, layers=19, single_layers=38)
+
+
+def build_flux(size: FluxSize, batch: int, dtype, device, seed: int = 0):
+    """(transformer, call kwargs) with random weights and inputs."""
+    from diffusers import FluxTransformer2DModel
+    torch.manual_seed(seed)
+    d = size.head_dim
+    third = (d // 3) // 2 * 2
+    model = FluxTransformer2DModel(
+        patch_size=1, in_channels=size.in_channels, num_layers=size.layers,
+        num_single_layers=size.single_layers, attention_head_dim=d,
+        num_attention_heads=size.heads, joint_attention_dim=256, pooled_projection_dim=256,
+        axes_dims_rope=(d - 2 * third, third, third)).to(device, dtype).eval()
+    n = size.grid * size.grid
+    img_ids = torch.zeros(n, 3, device=device)
+    img_ids[:, 1] = torch.arange(n, device=device) // size.grid
+    img_ids[:, 2] = torch.arange(n, device=device) % size.grid
+    kwargs = dict(
+        hidden_states=torch.randn(batch, n, size.in_channels, device=device, dtype=dtype),
+        encoder_hidden_states=torch.randn(batch, size.text, 256, device=device, dtype=dtype),
+        pooled_projections=torch.randn(batch, 256, device=device, dtype=dtype),
+        timestep=torch.full((batch,), 0.5, device=device, dtype=dtype),
+        img_ids=img_ids, txt_ids=torch.zeros(size.text, 3, device=device), return_dict=False)
+    return model, kwargs
+
+
+def sync(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_call(fn, repeats: int, device) -> list[float]:
+    """Wall-clock seconds of `fn()` for each of `repeats` calls."""
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def median(xs) -> float:
+    return statistics.median(xs)
