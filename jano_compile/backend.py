@@ -11,7 +11,7 @@ from .dump import write_dump
 from .lowering import Lowered
 from .options import parse_options
 from .rewrite import rewrite_graph
-from .runtime import FallbackGraph, RewrittenGraph, param_positions
+from .runtime import FallbackGraph, RewrittenGraph, input_positions, param_positions
 
 log = logging.getLogger(__name__)
 BACKEND_NAME = "jano"
@@ -24,20 +24,22 @@ def jano_backend(gm: fx.GraphModule, example_inputs, mode=None, options=None):
     rewritten, report = rewrite_graph(gm, example_inputs)
     if opts.dump_dir:
         write_dump(opts.dump_dir, report, gm, rewritten)
-    positions = param_positions(example_inputs)
+    params = param_positions(example_inputs)
+    named = input_positions(gm)
+    schedule = dict(opts.schedule)
     if rewritten is None:
         if report.holds_image_tokens:
             warnings.warn(f"jano: graph not rewritten, running plain "
                           f"{opts.lowering}: {report.reason}", stacklevel=2)
         log.info("jano: %s not rewritten: %s", report.graph, report.reason)
-        return FallbackGraph(report, Lowered(gm, opts, symbolic_index=False), positions)
+        return FallbackGraph(report, Lowered(gm, opts, symbolic_index=False), params, named, schedule)
     log.info("jano: %s", report)
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
     results = out_node.args[0]
     num_outputs = len(results) if isinstance(results, (tuple, list)) else 1
     device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
-    return RewrittenGraph(report, Lowered(rewritten, opts, symbolic_index=True), positions,
-                          num_outputs, device)
+    return RewrittenGraph(report, Lowered(rewritten, opts, symbolic_index=True), params, named,
+                          schedule, num_outputs, device)
 
 
 def register() -> None:

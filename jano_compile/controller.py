@@ -11,15 +11,21 @@ After a refresh the next call is full, then calls return to the active set.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import weakref
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
+from .adaptive import AdaptiveSchedule, Decision
+from .config import resolve_config
+from .geometry import geometry_for, image_tokens
 from .registry import REGISTRY
 
 DEFAULT_BRANCH = "default"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,6 +44,9 @@ class CallRecord:
     full: bool
     active: int
     total: int
+    step: Optional[int] = None       # automatic schedule only
+    branch: str = DEFAULT_BRANCH
+    phase: Optional[str] = None
 
 
 class Controller:
@@ -55,10 +64,17 @@ class Controller:
         self._num_image_tokens: Optional[int] = None
         self._calls: list[CallRecord] = []
         self.branch = DEFAULT_BRANCH
+        self.manual = False                             # set by refresh() / set_active()
+        self.branch_name: Optional[str] = None          # from cache_context, via enable()
+        self.num_inference_steps: Optional[int] = None  # from enable() (set_timesteps)
+        self._adaptive: Optional[AdaptiveSchedule] = None
+        self._auto_off_reason: Optional[str] = None
 
     # ------------------------------------------------------------------ public API
     def refresh(self) -> None:
-        """The next call computes every token and refills all caches."""
+        """The next call computes every token and refills all caches. Switches the
+        controller to manual control (the automatic schedule stops)."""
+        self.manual = True
         self._refresh_next = True
 
     def set_active(self, index: torch.Tensor) -> None:
@@ -85,13 +101,23 @@ class Controller:
             raise ValueError("set_active(): the index holds duplicate positions")
         self._active = sorted_index
         self._active_on = {}
+        self.manual = True
+
+    def region_map(self) -> torch.Tensor:
+        """The last analysis as a LongTensor [frames, h, w]: 0 static, 1 medium, 2 active."""
+        from .analyzer import region_map
+        analysis = self._adaptive.analysis if self._adaptive else None
+        if analysis is None:
+            raise RuntimeError("no region analysis yet: it runs after the warm-up steps of a "
+                               "generation under the automatic schedule")
+        return region_map(analysis, analysis.grid)
 
     def stats(self) -> dict:
         rewritten_graphs = [g for g in self._graphs.values() if g.report.rewritten]
         holding = [g for g in self._graphs.values() if g.report.holds_image_tokens]
         reasons = [g.report.reason for g in holding if not g.report.rewritten]
         last = self._calls[-1] if self._calls else None
-        return {
+        stats = {
             "graphs": len(self._graphs),
             "compiles": sum(g.compiles for g in self._graphs.values()),
             "calls": len(self._calls),
@@ -101,7 +127,31 @@ class Controller:
             "cache_bytes": sum(s.nbytes for s in self._states.values()),
             "rewritten": bool(holding) and len(rewritten_graphs) == len(holding),
             "fallback_reason": "; ".join(reasons) if reasons else None,
+            "mode": "manual" if self.manual else "auto",
         }
+        stats.update(self._schedule_stats())
+        return stats
+
+    def _schedule_stats(self) -> dict:
+        adaptive = self._adaptive
+        generation = [c for c in self._calls if c.step is not None]
+        out = {"auto_disabled": self._auto_off_reason}
+        if adaptive is None:
+            return out
+        analysis = adaptive.analysis
+        first = {}
+        for c in generation:
+            first.setdefault(c.step, c)
+        total = sum(c.total for c in generation)
+        out.update({
+            "levels": [first[s].phase for s in sorted(first)],
+            "analysis_seconds": analysis.elapsed_s if analysis else None,
+            "active_fraction_map": analysis.active_fraction if analysis else None,
+            "medium_fraction_map": analysis.medium_fraction if analysis else None,
+            "compute_saved": 1 - sum(c.active for c in generation) / total if total else 0.0,
+            "branches": sorted({c.branch for c in generation}),
+        })
+        return out
 
     @property
     def reports(self) -> list:
@@ -121,11 +171,23 @@ class Controller:
         """One call of a rewritten graph: pick the index, pass and refill the caches."""
         self._graphs[id(graph)] = graph
         n = graph.report.num_image_tokens
+        decision = None if self.manual else self._decide(graph, args)
+        if decision is not None:
+            self.branch = decision.branch
+            state = self._states.setdefault((id(graph), self.branch), GraphState())
+            full = decision.index is None or state.caches is None
+            if not full and decision.index is not self._active:
+                self._active, self._active_on = decision.index, {}
+            return self._run(graph, args, state, full, decision)
         state = self._states.setdefault((id(graph), self.branch), GraphState())
         full = self._refresh_next or self._active is None or state.caches is None
         if not full and self._active.numel() and int(self._active[-1]) >= n:
             raise IndexError(f"the active index reaches past the {n} image tokens of this graph "
                              "(did the resolution change?); call set_active() again")
+        return self._run(graph, args, state, full, None)
+
+    def _run(self, graph, args, state: GraphState, full: bool, decision: Optional[Decision]):
+        n = graph.report.num_image_tokens
         device = graph.index_device
         index = self._index(n, device, full)
         if state.caches is None:
@@ -137,8 +199,61 @@ class Controller:
         if full:
             self._refresh_next = False
             self._num_image_tokens = n
-        self._calls.append(CallRecord(graph.report.graph, full, index.numel(), n))
+        record = CallRecord(graph.report.graph, full, index.numel(), n)
+        if decision is not None:
+            record.step, record.branch, record.phase = decision.step, decision.branch, decision.phase.value
+        self._calls.append(record)
         return outs[:k]
+
+    # ------------------------------------------------------------------ automatic schedule
+    def _decide(self, graph, args) -> Optional[Decision]:
+        """The automatic schedule's decision for this call, or None when it cannot run."""
+        if self._auto_off_reason is not None:
+            return None
+        module = self._module_ref() if self._module_ref else None
+        geometry = geometry_for(module)
+        positions = graph.input_positions
+        why = None
+        if "timestep" not in positions or "hidden_states" not in positions:
+            why = "the graph has no `timestep` or `hidden_states` input"
+        elif geometry is None:
+            why = (f"unknown model family {type(module).__name__ if module else '(model not found)'}: "
+                   "add it to jano_compile.geometry.GEOMETRY, or drive ctl.set_active() yourself")
+        if why:
+            self._auto_off_reason = why
+            log.warning("jano: automatic schedule off, every step computes all tokens: %s", why)
+            return None
+        if self._adaptive is None:
+            options = dict(graph.schedule_options)
+            if self.num_inference_steps and "num_inference_steps" not in options:
+                options["num_inference_steps"] = self.num_inference_steps
+            self._adaptive = AdaptiveSchedule(resolve_config(geometry.family, options))
+        timestep = float(args[positions["timestep"]].reshape(-1)[0])
+        decision = self._adaptive.decide(timestep, self.branch_name)
+        if decision.new_generation:
+            self._calls = [c for c in self._calls if c.step is None]
+        if self._adaptive.wants_latents(decision):
+            img_ids = args[positions["img_ids"]] if "img_ids" in positions else None
+            tokens, grid = image_tokens(geometry, module, args[positions["hidden_states"]], img_ids)
+            if tokens.shape[1] != graph.report.num_image_tokens:
+                self._auto_off_reason = (f"the latent holds {tokens.shape[1]} tokens but the graph "
+                                         f"{graph.report.num_image_tokens}")
+                return None
+            self._adaptive.record_latents(tokens, grid)
+        return decision
+
+    def set_num_inference_steps(self, num_steps: Optional[int]) -> None:
+        """The length of the coming generation (places the cool-down). `enable()` calls it."""
+        self.num_inference_steps = num_steps
+        if self._adaptive is None:
+            return
+        try:
+            self._adaptive.config = dataclasses.replace(self._adaptive.config,
+                                                        num_inference_steps=num_steps)
+            self._adaptive.all_full = False
+        except ValueError as e:   # shorter than warm-up + cool-down: compute everything
+            log.info("jano: %s; every step computes all tokens", e)
+            self._adaptive.all_full = True
 
     def _index(self, n: int, device, full: bool) -> torch.Tensor:
         if full:
