@@ -6,9 +6,12 @@
 """
 from .backend import jano_backend, register
 from .controller import Controller, controller
+from .config import JanoConfig
 from .explain import explain
+from .pipeline import disable, enable
 from .report import GraphReport, Report
 
 register()
 
-__all__ = ["Controller", "GraphReport", "Report", "controller", "explain", "jano_backend"]
+__all__ = ["Controller", "GraphReport", "JanoConfig", "Report", "controller", "disable", "enable",
+           "explain", "jano_backend"]

@@ -1,0 +1,115 @@
+"""`jano_compile.enable(pipe)`: Jano on a diffusers pipeline in one line.
+
+    ctl = jano_compile.enable(pipe)             # or enable(pipe, JanoConfig(...)) / dict
+    image = pipe(prompt_embeds=..., num_inference_steps=50).images[0]
+    print(ctl.stats()); jano_compile.disable(pipe)
+
+It compiles `pipe.transformer` with the jano backend (dynamic=False), learns
+`num_inference_steps` whenever the scheduler's `set_timesteps` runs, takes branch names
+from `transformer.cache_context("cond"/"uncond")`, and shows each step's level and active
+fraction on the pipeline's progress bar. Only instance attributes are set (Python looks
+`__call__` up on the type, so the pipeline call itself is left alone); `disable` removes them.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Union
+
+import torch
+
+from .config import JanoConfig
+from .controller import Controller, controller
+
+_HANDLE = "_jano_handle"
+
+
+@dataclass
+class _Handle:
+    transformer: torch.nn.Module
+    controller: Controller
+    patched: list          # (object, attribute name) set on instances
+
+
+def _options(config: Union[JanoConfig, Mapping[str, Any], None]) -> dict:
+    if config is None:
+        return {}
+    if isinstance(config, JanoConfig):
+        return dataclasses.asdict(config)
+    return dict(config)
+
+
+def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
+           lowering: str = "inductor", **compile_kwargs) -> Controller:
+    """Compile `pipe.transformer` with Jano; returns its controller. `config` fields win over
+    the family preset, which wins over the JanoConfig defaults."""
+    if getattr(pipe, _HANDLE, None) is not None:
+        raise RuntimeError("jano is already enabled on this pipeline; call jano_compile.disable(pipe) first")
+    transformer = getattr(pipe, "transformer", None)
+    if not isinstance(transformer, torch.nn.Module):
+        raise TypeError(f"{type(pipe).__name__} has no `transformer` module to compile")
+    options = {"lowering": lowering, **_options(config)}
+    compiled = torch.compile(transformer, backend="jano", dynamic=False, options=options,
+                             **compile_kwargs)
+    ctl = controller(transformer)
+    patched = []
+
+    def set_on(obj, name, value):
+        obj.__dict__[name] = value
+        patched.append((obj, name))
+
+    original_context = getattr(transformer, "cache_context", None)
+    if original_context is not None:
+        @contextlib.contextmanager
+        def cache_context(name, **kwargs):
+            ctl.branch_name = name
+            try:
+                with original_context(name, **kwargs):
+                    yield
+            finally:
+                ctl.branch_name = None
+        set_on(transformer, "cache_context", cache_context)
+
+    scheduler = pipe.scheduler
+    original_set_timesteps = scheduler.set_timesteps
+
+    @functools.wraps(original_set_timesteps)   # pipelines inspect its signature
+    def set_timesteps(*args, **kwargs):
+        result = original_set_timesteps(*args, **kwargs)
+        ctl.set_num_inference_steps(len(scheduler.timesteps))
+        return result
+    set_on(scheduler, "set_timesteps", set_timesteps)
+
+    original_progress_bar = pipe.progress_bar
+
+    @functools.wraps(original_progress_bar)
+    def progress_bar(*args, **kwargs):
+        bar = original_progress_bar(*args, **kwargs)
+        update = bar.update
+
+        def update_with_level(n=1):
+            calls = ctl._calls
+            if calls and calls[-1].phase is not None:
+                last = calls[-1]
+                bar.set_postfix(jano=f"{last.phase} {last.active / max(last.total, 1):.0%}", refresh=False)
+            return update(n)
+        bar.update = update_with_level
+        return bar
+    set_on(pipe, "progress_bar", progress_bar)
+
+    pipe.transformer = compiled
+    setattr(pipe, _HANDLE, _Handle(transformer, ctl, patched))
+    return ctl
+
+
+def disable(pipe) -> None:
+    """Undo `enable`: the pipeline gets its eager transformer back."""
+    handle: Optional[_Handle] = getattr(pipe, _HANDLE, None)
+    if handle is None:
+        raise RuntimeError("jano is not enabled on this pipeline")
+    for obj, name in handle.patched:
+        obj.__dict__.pop(name, None)
+    pipe.transformer = handle.transformer
+    delattr(pipe, _HANDLE)
