@@ -1,0 +1,23 @@
+"""The README's demo command runs end to end (2 steps, 1 image, eager lowering for speed)."""
+import pytest
+
+from jano_compile.cli import main
+from jano_compile.models import bundled_files
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    if not all(p.is_file() for p in bundled_files()):
+        pytest.skip("bundled weights not trained into the package")
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--steps", "2", "--seeds", "1", "--lowering", "eager", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "PSNR" in text and "speedup" in text
+    from PIL import Image
+    image = Image.open(out)
+    assert image.size == (3 * 128 + 20, 128)
+
+
+def test_demo_rejects_bad_arguments():
+    with pytest.raises(SystemExit):
+        main(["demo", "--steps", "0"])
