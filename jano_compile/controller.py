@@ -224,10 +224,9 @@ class Controller:
             log.warning("jano: automatic schedule off, every step computes all tokens: %s", why)
             return None
         if self._adaptive is None:
-            options = dict(graph.schedule_options)
-            if self.num_inference_steps and "num_inference_steps" not in options:
-                options["num_inference_steps"] = self.num_inference_steps
-            self._adaptive = AdaptiveSchedule(resolve_config(geometry.family, options))
+            self._adaptive = AdaptiveSchedule(resolve_config(geometry.family, graph.schedule_options))
+            if self.num_inference_steps and "num_inference_steps" not in graph.schedule_options:
+                self.set_num_inference_steps(self.num_inference_steps)
         timestep = float(args[positions["timestep"]].reshape(-1)[0])
         decision = self._adaptive.decide(timestep, self.branch_name)
         if decision.new_generation:
