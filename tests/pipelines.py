@@ -38,3 +38,51 @@ def sd3_pipeline():
 
 
 PIPELINES = {"flux": flux_pipeline, "sd3": sd3_pipeline}
+
+
+def wan_pipeline():
+    transformer = D.WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                          in_channels=16, out_channels=16, text_dim=16, freq_dim=16, ffn_dim=32,
+                                          num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                          rope_max_seq_len=32).eval()
+    vae = D.AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                             temperal_downsample=[False, True, True]).eval()
+    pipe = D.WanPipeline(tokenizer=None, text_encoder=None, vae=vae,
+                         scheduler=D.FlowMatchEulerDiscreteScheduler(shift=3.0), transformer=transformer)
+    inputs = dict(prompt_embeds=torch.randn(1, 5, 16), negative_prompt_embeds=torch.randn(1, 5, 16),
+                  height=32, width=32, num_frames=5, guidance_scale=2.0, output_type="pt")
+    return pipe, inputs
+
+
+def pixart_pipeline():
+    transformer = D.PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                             out_channels=8, num_layers=1, cross_attention_dim=16, sample_size=8,
+                                             patch_size=2, caption_channels=16, norm_type="ada_norm_single",
+                                             use_additional_conditions=False).eval()
+    pipe = D.PixArtSigmaPipeline(tokenizer=None, text_encoder=None, vae=tiny_vae(4),
+                                 transformer=transformer, scheduler=D.DDIMScheduler())
+    inputs = dict(prompt_embeds=torch.randn(1, 6, 16), prompt_attention_mask=torch.ones(1, 6, dtype=torch.long),
+                  negative_prompt_embeds=torch.randn(1, 6, 16),
+                  negative_prompt_attention_mask=torch.ones(1, 6, dtype=torch.long),
+                  negative_prompt=None, height=16, width=16, guidance_scale=2.0, output_type="pt",
+                  use_resolution_binning=False)
+    return pipe, inputs
+
+
+def cogvideox_pipeline():
+    transformer = D.CogVideoXTransformer3DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                                out_channels=4, time_embed_dim=4, text_embed_dim=16, num_layers=1,
+                                                sample_width=4, sample_height=4, sample_frames=9, patch_size=2,
+                                                temporal_compression_ratio=4, max_text_seq_length=6).eval()
+    vae = D.AutoencoderKLCogVideoX(in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+                                   up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8),
+                                   latent_channels=4, layers_per_block=1, norm_num_groups=2,
+                                   temporal_compression_ratio=4).eval()
+    pipe = D.CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
+                               scheduler=D.CogVideoXDDIMScheduler())
+    inputs = dict(prompt_embeds=torch.randn(1, 6, 16), negative_prompt_embeds=torch.randn(1, 6, 16),
+                  height=32, width=32, num_frames=9, guidance_scale=2.0, output_type="pt")
+    return pipe, inputs
+
+
+PIPELINES.update(wan=wan_pipeline, pixart=pixart_pipeline, cogvideox=cogvideox_pipeline)
