@@ -99,9 +99,39 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
         return bar
     set_on(pipe, "progress_bar", progress_bar)
 
+    vae = getattr(pipe, "vae", None)
+    if vae is not None and hasattr(vae, "decode"):
+        original_decode = vae.decode
+
+        @functools.wraps(original_decode)
+        def decode(*args, **kwargs):
+            result = original_decode(*args, **kwargs)
+            _save_overlay(ctl, result)
+            return result
+        set_on(vae, "decode", decode)
+
     pipe.transformer = compiled
     setattr(pipe, _HANDLE, _Handle(transformer, ctl, patched))
     return ctl
+
+
+def _save_overlay(ctl: Controller, decoded) -> None:
+    """With `save_dir`, the region map over the first decoded image (first frame of a video)."""
+    import os
+
+    from PIL import Image
+
+    from .analyzer import render_region_map
+    adaptive = ctl._adaptive
+    if adaptive is None or adaptive.analysis is None or not adaptive.config.save_dir:
+        return
+    sample = decoded[0] if isinstance(decoded, (tuple, list)) else getattr(decoded, "sample", decoded)
+    image = sample[0].float()
+    if image.dim() == 4:                       # [C, F, H, W] video: first frame
+        image = image[:, 0]
+    array = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    path = os.path.join(adaptive.config.save_dir, f"region_overlay_{adaptive.clock.generation:03d}.png")
+    render_region_map(ctl.region_map(), image=Image.fromarray(array)).save(path)
 
 
 def disable(pipe) -> None:
