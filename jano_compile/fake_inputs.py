@@ -24,8 +24,8 @@ def fake_inputs(gm: fx.GraphModule, example_inputs, num_active=None):
     for node in extra_inputs(gm):
         ex = node.meta["example_value"]
         if node.meta[ROLE] == "active_index":
-            real = torch.zeros(max(num_active or 0, 2) if num_active is None else num_active,
-                               dtype=torch.long, device=ex.device)
+            size = 2 if num_active is None else num_active   # symbolic: a hint >= 2
+            real = torch.zeros(size, dtype=torch.long, device=ex.device)
             if num_active is None:
                 ctx = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC],
                                                constraint_sizes=[None])

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch.fx as fx
 
-from .fake_inputs import fake_inputs
+from .fake_inputs import extra_inputs, fake_inputs
 from .options import Options
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,8 @@ class Lowered:
         self.symbolic_index = symbolic_index
         self.compiles = 0
         self._fn: Callable | None = None
-        self._index_position = len(args_of(gm)) - _num_extra(gm) if symbolic_index else None
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        self._index_position = (len(placeholders) - len(extra_inputs(gm))) if symbolic_index else None
 
     def _lower(self, args) -> Callable:
         if self.options.lowering == "eager":
@@ -38,7 +39,7 @@ class Lowered:
             return self.gm
         from torch._inductor.compile_fx import compile_fx
         if self.symbolic_index:
-            _, example = fake_inputs(self.gm, args[:len(args) - _num_extra(self.gm)], None)
+            _, example = fake_inputs(self.gm, args[:self._index_position], None)
         else:
             example = list(args)
         log.info("jano: compiling %s with Inductor", "rewritten graph" if self.symbolic_index else "graph")
@@ -52,12 +53,3 @@ class Lowered:
         if self._fn is None:
             self._fn = self._lower(args)
         return self._fn(*args)
-
-
-def args_of(gm: fx.GraphModule) -> list[fx.Node]:
-    return [n for n in gm.graph.nodes if n.op == "placeholder"]
-
-
-def _num_extra(gm: fx.GraphModule) -> int:
-    from .fake_inputs import extra_inputs
-    return len(extra_inputs(gm))

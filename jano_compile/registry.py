@@ -8,7 +8,7 @@ forgets a model's entries when its parameters are freed.
 from __future__ import annotations
 
 import weakref
-from typing import Iterable, Optional
+from typing import Iterable
 
 import torch
 
@@ -46,6 +46,3 @@ class ControllerRegistry:
 
 REGISTRY = ControllerRegistry()
 
-
-def first_param(args, positions) -> Optional[torch.Tensor]:
-    return args[positions[0]] if positions else None

@@ -5,6 +5,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+import torch
+
 
 @dataclass
 class CacheSpec:
@@ -16,7 +18,6 @@ class CacheSpec:
 
     @property
     def nbytes(self) -> int:
-        import torch
         n = 1
         for s in self.shape:
             n *= s

@@ -517,9 +517,8 @@ class _Propagation:
         x = node.args[0]
         t = self.ax(x)
         ndim = value(x).dim()
-        default_dim = 0 if name != "unbind" else 0
         dim_pos = 1 if name == "unbind" else 2
-        d = _normal_dim(_arg(node, dim_pos, "dim", default_dim), ndim)
+        d = _normal_dim(_arg(node, dim_pos, "dim", 0), ndim)
         outs = value(node)
         if d != t.dim:
             if name == "unbind":
