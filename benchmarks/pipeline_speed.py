@@ -1,0 +1,93 @@
+"""A whole 50-step generation of the transformer alone (no VAE; the analysis counted):
+plain torch.compile against jano with the reference schedule, in one run.
+
+Random weights give the analyzer no structure to find, so the region map is set by the
+quantile rule to 30% active, 30% medium, 40% static. With the default schedule (6 warm-up,
+4 cool-down, refresh every 10, medium every 5 steps: 10 full + 4 refresh + 4 medium + 32
+active steps of 50) that allows about 1.9x.
+
+    python benchmarks/pipeline_speed.py [--threads 1] [--device cuda --dtype bfloat16 --flux-dev]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+
+import torch
+
+import jano_compile
+from common import FluxSize, build_flux, median, sync
+
+SCHEDULE = dict(warmup_steps=6, cooldown_steps=4, static_interval=10, medium_interval=5,
+                threshold_mode="quantile", static_fraction=0.4, medium_fraction=0.3)
+
+
+def generate(transformer, kwargs, steps, device, ctl=None):
+    """Euler loop over timesteps 1 -> 0; returns (seconds, {phase: [step seconds]})."""
+    x = kwargs["hidden_states"].clone()
+    sigmas = torch.linspace(1.0, 0.0, steps + 1)
+    per_phase = defaultdict(list)
+    sync(device)
+    start = time.perf_counter()
+    for i in range(steps):
+        t0 = time.perf_counter()
+        t = torch.full((x.shape[0],), float(sigmas[i]), device=device, dtype=x.dtype)
+        v = transformer(**{**kwargs, "hidden_states": x, "timestep": t})[0]
+        x = x + float(sigmas[i + 1] - sigmas[i]) * v
+        sync(device)
+        phase = ctl._calls[-1].phase if ctl is not None else "plain"
+        per_phase[phase].append(time.perf_counter() - t0)
+    return time.perf_counter() - start, per_phase
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--flux-dev", action="store_true")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--runs", type=int, default=2, help="generations per method (median reported)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = FluxSize.flux_dev() if args.flux_dev else FluxSize()
+    model, kwargs = build_flux(size, 1, getattr(torch, args.dtype), args.device)
+    print(f"FLUX-architecture transformer, {size.grid ** 2} image + {size.text} text tokens, "
+          f"{args.steps} steps, {args.dtype}, {args.device}, {torch.get_num_threads()} threads")
+    with torch.no_grad():
+        plain = torch.compile(model, dynamic=False)
+        jano = torch.compile(model, backend="jano", dynamic=False,
+                             options={**SCHEDULE, "num_inference_steps": args.steps})
+        ctl = jano_compile.controller(jano)
+        print("compiling ...", flush=True)
+        generate(plain, kwargs, 2, args.device)
+        generate(jano, kwargs, args.steps, args.device, ctl)   # compiles, runs the schedule once
+        totals = {"plain": [], "jano": []}
+        phases = defaultdict(list)
+        for run in range(args.runs):
+            totals["plain"].append(generate(plain, kwargs, args.steps, args.device)[0])
+            seconds, per_phase = generate(jano, kwargs, args.steps, args.device, ctl)
+            totals["jano"].append(seconds)
+            for k, v in per_phase.items():
+                phases[k] += v
+            print(f"run {run + 1}/{args.runs}: plain {totals['plain'][-1]:.1f} s, jano {seconds:.1f} s", flush=True)
+    stats = ctl.stats()
+    plain_s, jano_s = median(totals["plain"]), median(totals["jano"])
+    print(f"\nregions: {stats['active_fraction_map']:.0%} active, {stats['medium_fraction_map']:.0%} medium; "
+          f"analysis {stats['analysis_seconds'] * 1e3:.1f} ms; image-token work skipped {stats['compute_saved']:.0%}")
+    print("\n| | seconds per generation | speedup |\n|---|---|---|")
+    print(f"| plain torch.compile | {plain_s:.2f} | 1.00x |")
+    print(f"| jano (default schedule) | {jano_s:.2f} | {plain_s / jano_s:.2f}x |")
+    print("\n| step kind | steps per generation | median step (ms) |\n|---|---|---|")
+    counts = defaultdict(int)
+    for phase in stats["levels"]:
+        counts[phase] += 1
+    for phase in ("warmup", "refresh", "medium", "active", "cooldown"):
+        if phases.get(phase):
+            print(f"| {phase} | {counts[phase]} | {median(phases[phase]) * 1e3:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
