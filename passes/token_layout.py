@@ -190,6 +190,11 @@ class _Propagation:
         else:
             if not started:
                 raise Unrewritable("the entry was not reached")
+        if not any(site.kind == "self" for site in plan.attention):
+            error = Unrewritable(f"no self-attention over image tokens between the entry "
+                                 f"{plan.entry.name} and the exit {plan.exit.name}")
+            error.progress = 0       # a later candidate that skips the blocks is no entry
+            raise error
         plan.axes = {k: v for k, v in self.axes.items() if v is not None}
         plan.axes[plan.exit] = TokenAxis(1, Layout.image(plan.num_image_tokens))
         return plan
@@ -461,18 +466,16 @@ class _Propagation:
         self.fail(node, f"slice {start}:{stop} of the token axis {t.layout} is not one segment")
 
     def setitem(self, node: fx.Node):
-        """In-place write `target[index] = val` (Wan's RoPE writes even/odd channels)."""
+        """In-place write `target[index] = val`: Wan's RoPE writes even/odd channels of all
+        tokens; CogVideoX's writes the image segment `q[:, :, T:]` of a joint sequence."""
         target, index, val = node.args
         t = self.ax(target)
         if not isinstance(t, TokenAxis):
             self.fail(node, "image tokens written into a tensor without a token axis")
-        view = self.index_axis(node, target, index, t, record=False)
-        if view is None:
-            self.fail(node, "write to part of the token axis")
-        if _is_tensor_node(val) and self.ax(val) is not None:
-            vt = self.ax(val)
-            if not isinstance(vt, TokenAxis) or vt.layout != view.layout:
-                self.fail(node, "the written value holds other tokens")
+        view = self.index_axis(node, target, index, t, record=True)   # None: the text segment
+        vt = self.ax(val) if _is_tensor_node(val) else None
+        if vt is not None and (view is None or not isinstance(vt, TokenAxis) or vt.layout != view.layout):
+            self.fail(node, "the written value holds other tokens than the slice it fills")
         return None
 
     def cat(self, node: fx.Node):

@@ -9,6 +9,7 @@ its value: a head dim or a text length may equal the token count.
     split_with_sizes(h, [7, 64], dim=1)          split_with_sizes(h, [7, n], dim=1)
     h[:, 7:]                                     h[:, 7:]            (open end: unchanged)
     h[:, :64]  on [image 64 | text 5]            h[:, :n]
+    q[:, :, 6:] = rope(q[:, :, 6:])              q[:, :, 6:] = ...   (CogVideoX, in place)
     expand(f, 3, 8, 8, -1) on the token axis     expand(f, -1, ...)
     q * cos      cos: [1, 71, 1, D] table        q * index_select(cos, 1, rows)   [1, n + 7, 1, D]
 """
@@ -19,6 +20,7 @@ import torch.fx as fx
 
 from .plan import SegmentSlice, ShapeLiteral, SplitSizes, SqueezeDims, TokenPlan
 from .token_inputs import gathered_length, layout_rows, segment_bounds
+from .token_layout import value
 
 
 def _get_shape(node: fx.Node):
@@ -45,7 +47,13 @@ def _rewrite_literal(graph: fx.Graph, edit) -> None:
     node = edit.node
     if isinstance(edit, ShapeLiteral):
         shape, form = _get_shape(node)
-        shape[edit.position] = -1 if edit.use_minus_one else gathered_length(graph, edit.layout)
+        if edit.use_minus_one:
+            shape[edit.position] = -1
+        else:
+            # other dims are static: spell out their -1, which is ambiguous when n is 0
+            full = value(node).shape
+            shape = [full[i] if s == -1 else s for i, s in enumerate(shape)]
+            shape[edit.position] = gathered_length(graph, edit.layout)
         _set_shape(node, shape, form)
     elif isinstance(edit, SplitSizes):
         sizes = [gathered_length(graph, type(edit.layout)((s,))) for s in edit.layout.segments]
@@ -59,7 +67,8 @@ def _rewrite_literal(graph: fx.Graph, edit) -> None:
         items = list(index) if isinstance(index, tuple) else [index]
         start, stop = segment_bounds(graph, edit.layout, edit.segment)
         items[edit.position] = slice(start, stop)
-        node.args = (node.args[0], tuple(items) if isinstance(index, tuple) else items[0])
+        node.args = (node.args[0], tuple(items) if isinstance(index, tuple) else items[0],
+                     *node.args[2:])          # setitem keeps its value
     elif isinstance(edit, SqueezeDims):
         node.args = (node.args[0], edit.dims)
         node.kwargs = {k: v for k, v in node.kwargs.items() if k != "dim"}

@@ -74,14 +74,24 @@ def wan(b=1, h=4, w=4, text=5, head_dim=12, heads=2, layers=1, frames=2):
     return m, kw, frames * h * w
 
 
-def cogvideox(b=1, h=4, w=4, text=6, head_dim=8, heads=2, layers=1, frames=2):
+def cogvideox(b=1, h=4, w=4, text=6, head_dim=8, heads=2, layers=1, frames=2, rope=False):
+    """rope=True: the RoPE table [N, head_dim] comes in as an input and is applied in place
+    to the image segment of the joint sequence (CogVideoX 1.5 style)."""
     m = D.CogVideoXTransformer3DModel(num_attention_heads=heads, attention_head_dim=head_dim, in_channels=4,
                                       out_channels=4, time_embed_dim=4, text_embed_dim=16, num_layers=layers,
                                       sample_width=2 * w, sample_height=2 * h, sample_frames=4 * frames - 3,
-                                      patch_size=2, temporal_compression_ratio=4, max_text_seq_length=text)
+                                      patch_size=2, temporal_compression_ratio=4, max_text_seq_length=text,
+                                      use_rotary_positional_embeddings=rope)
+    n = frames * h * w
     kw = dict(hidden_states=torch.randn(b, frames, 4, 2 * h, 2 * w), encoder_hidden_states=torch.randn(b, text, 16),
               timestep=_t(b))
-    return m, kw, frames * h * w
+    if rope:
+        kw["image_rotary_emb"] = (torch.randn(n, head_dim), torch.randn(n, head_dim))
+    return m, kw, n
+
+
+def cogvideox_rope(**kwargs):
+    return cogvideox(rope=True, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -98,9 +108,13 @@ FAMILIES = {
     "dit": Family(dit, 1, square_only=True),
     "wan": Family(wan, 1),
     "cogvideox": Family(cogvideox, 1),
+    "cogvideox_rope": Family(cogvideox_rope, 1),
 }
 
 
 def cast(kw: dict, dtype) -> dict:
-    return {k: (v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() and k != "timestep" else v)
-            for k, v in kw.items()}
+    def to(v):
+        if isinstance(v, tuple):
+            return tuple(to(x) for x in v)
+        return v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+    return {k: (v if k == "timestep" else to(v)) for k, v in kw.items()}

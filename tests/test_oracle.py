@@ -33,7 +33,7 @@ def configs(draw):
     family = draw(st.sampled_from(sorted(FAMILIES)))
     h = draw(st.integers(2, 4))
     w = h if FAMILIES[family].square_only else draw(st.integers(2, 4))
-    frames = draw(st.integers(1, 2)) if family in ("wan", "cogvideox") else None
+    frames = draw(st.integers(1, 2)) if family in ("wan", "cogvideox", "cogvideox_rope") else None
     size = dict(h=h, w=w) if frames is None else dict(h=h, w=w, frames=frames)
     n = h * w * (frames or 1)
     coincide = draw(st.sampled_from(["none", "head_dim", "text"]))
