@@ -65,6 +65,7 @@ class Decision:
 class AdaptiveSchedule:
     """Per-model automatic schedule (lives in the controller)."""
     config: JanoConfig
+    options: dict = field(default_factory=dict)                # the options it was built from
     clock: StepClock = field(default_factory=StepClock)
     warmup_latents: list = field(default_factory=list)      # [B, N, C] per warm-up step
     grid: Optional[tuple] = None

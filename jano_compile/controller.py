@@ -223,8 +223,10 @@ class Controller:
             self._auto_off_reason = why
             log.warning("jano: automatic schedule off, every step computes all tokens: %s", why)
             return None
-        if self._adaptive is None:
-            self._adaptive = AdaptiveSchedule(resolve_config(geometry.family, graph.schedule_options))
+        if self._adaptive is None or self._adaptive.options != graph.schedule_options:
+            # first call, or the model was compiled again with other schedule options
+            self._adaptive = AdaptiveSchedule(resolve_config(geometry.family, graph.schedule_options),
+                                              options=dict(graph.schedule_options))
             if self.num_inference_steps and "num_inference_steps" not in graph.schedule_options:
                 self.set_num_inference_steps(self.num_inference_steps)
         timestep = float(args[positions["timestep"]].reshape(-1)[0])
