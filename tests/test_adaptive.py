@@ -91,3 +91,17 @@ def test_split_cfg_equals_batched_cfg():
     assert stats["compute_saved"] > 0
     assert jano_compile.controller(fs).stats()["branches"] == ["call1", "default"]
     torch.testing.assert_close(split, x, atol=1e-4, rtol=1e-4)
+
+
+def test_compiling_again_with_other_options_changes_the_schedule():
+    model, kwargs, n = flux(b=1, h=4, w=4)
+    model.eval()
+    saved = []
+    with torch.no_grad():
+        for rule in (dict(static_thresh=0.0, medium_thresh=0.0),
+                     dict(threshold_mode="quantile", static_fraction=1.0, medium_fraction=0.0)):
+            torch._dynamo.reset()
+            f = _compiled(model, **rule)
+            euler_loop(f, kwargs)
+            saved.append(jano_compile.controller(f).stats()["compute_saved"])
+    assert saved[0] == 0.0 and saved[1] > 0.3

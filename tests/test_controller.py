@@ -146,3 +146,15 @@ def test_backend_name_registers_once_through_import_and_entry_point(order):
     code = "import torch; " + steps[order]
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_mode_and_inductor_settings_pass_through():
+    from jano_compile.options import parse_options
+    opts = parse_options("max-autotune", {"lowering": "inductor", "max_autotune_gemm": False,
+                                          "warmup_steps": 8})
+    patches = opts.inductor_patches()
+    assert patches["max_autotune"] is True          # from the mode
+    assert patches["max_autotune_gemm"] is False    # the explicit setting wins
+    assert dict(opts.schedule) == {"warmup_steps": 8}
+    with pytest.raises(ValueError, match="unknown torch.compile mode"):
+        parse_options("turbo", {})
