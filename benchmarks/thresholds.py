@@ -22,6 +22,7 @@ RULES = {
     "fixed (reference 0.2 / 0.4)": dict(threshold_mode="fixed"),
     "quantile (40% static, 30% medium)": dict(threshold_mode="quantile", static_fraction=0.4, medium_fraction=0.3),
     "quantile (60% static, 20% medium)": dict(threshold_mode="quantile", static_fraction=0.6, medium_fraction=0.2),
+    "quantile (30% static, 30% medium)": dict(threshold_mode="quantile", static_fraction=0.3, medium_fraction=0.3),
 }
 
 
@@ -29,14 +30,16 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--rules", nargs="*", default=None, help=f"subset of: {', '.join(RULES)}")
     args = p.parse_args(argv)
+    rules = {name: RULES[name] for name in (args.rules or RULES)}
     model = bundled()
-    rows = {name: [] for name in RULES}
+    rows = {name: [] for name in rules}
     with torch.no_grad():
         for seed in tqdm(range(args.seeds), desc="seeds"):
             cls = seed % model.num_classes
             full = model.sample([cls], args.steps, torch.Generator().manual_seed(seed))[0]
-            for name, rule in RULES.items():
+            for name, rule in rules.items():
                 torch._dynamo.reset()
                 f = torch.compile(model.transformer, backend="jano", dynamic=False,
                                   options={"lowering": "eager", **rule})
