@@ -36,7 +36,7 @@ def generate(transformer, kwargs, steps, device, ctl=None):
         v = transformer(**{**kwargs, "hidden_states": x, "timestep": t})[0]
         x = x + float(sigmas[i + 1] - sigmas[i]) * v
         sync(device)
-        phase = ctl._calls[-1].phase if ctl is not None else "plain"
+        phase = ctl.last_call.phase if ctl is not None else "plain"
         per_phase[phase].append(time.perf_counter() - t0)
     return time.perf_counter() - start, per_phase
 

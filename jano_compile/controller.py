@@ -62,7 +62,10 @@ class Controller:
         self._states: dict = {}                         # (graph id, branch) -> GraphState
         self._graphs: dict = {}                         # graph id -> graph (rewritten or not)
         self._num_image_tokens: Optional[int] = None
-        self._calls: list[CallRecord] = []
+        self._num_calls = 0
+        self._num_full_calls = 0
+        self.last_call: Optional[CallRecord] = None
+        self.step_records: list[CallRecord] = []        # this generation's automatic calls
         self.branch = DEFAULT_BRANCH
         self.manual = False                             # set by refresh() / set_active()
         self.branch_name: Optional[str] = None          # from cache_context, via enable()
@@ -116,12 +119,12 @@ class Controller:
         rewritten_graphs = [g for g in self._graphs.values() if g.report.rewritten]
         holding = [g for g in self._graphs.values() if g.report.holds_image_tokens]
         reasons = [g.report.reason for g in holding if not g.report.rewritten]
-        last = self._calls[-1] if self._calls else None
+        last = self.last_call
         stats = {
             "graphs": len(self._graphs),
             "compiles": sum(g.compiles for g in self._graphs.values()),
-            "calls": len(self._calls),
-            "full_calls": sum(c.full for c in self._calls),
+            "calls": self._num_calls,
+            "full_calls": self._num_full_calls,
             "active_fraction": (last.active / last.total) if last and last.total else 1.0,
             "num_image_tokens": self._num_image_tokens,
             "cache_bytes": sum(s.nbytes for s in self._states.values()),
@@ -134,7 +137,7 @@ class Controller:
 
     def _schedule_stats(self) -> dict:
         adaptive = self._adaptive
-        generation = [c for c in self._calls if c.step is not None]
+        generation = self.step_records
         out = {"auto_disabled": self._auto_off_reason}
         if adaptive is None:
             return out
@@ -164,7 +167,7 @@ class Controller:
 
     def run_fallback(self, graph, args):
         self._graphs[id(graph)] = graph
-        self._calls.append(CallRecord(graph.report.graph, True, 0, 0))
+        self._record(CallRecord(graph.report.graph, True, 0, 0))
         return graph.lowered(*args)
 
     def run_rewritten(self, graph, args):
@@ -202,8 +205,14 @@ class Controller:
         record = CallRecord(graph.report.graph, full, index.numel(), n)
         if decision is not None:
             record.step, record.branch, record.phase = decision.step, decision.branch, decision.phase.value
-        self._calls.append(record)
+            self.step_records.append(record)
+        self._record(record)
         return outs[:k]
+
+    def _record(self, record: CallRecord) -> None:
+        self._num_calls += 1
+        self._num_full_calls += record.full
+        self.last_call = record
 
     # ------------------------------------------------------------------ automatic schedule
     def _decide(self, graph, args) -> Optional[Decision]:
@@ -232,7 +241,7 @@ class Controller:
         timestep = float(args[positions["timestep"]].reshape(-1)[0])
         decision = self._adaptive.decide(timestep, self.branch_name)
         if decision.new_generation:
-            self._calls = [c for c in self._calls if c.step is None]
+            self.step_records = []
         if self._adaptive.wants_latents(decision):
             img_ids = args[positions["img_ids"]] if "img_ids" in positions else None
             tokens, grid = image_tokens(geometry, module, args[positions["hidden_states"]], img_ids)

@@ -90,9 +90,8 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
         update = bar.update
 
         def update_with_level(n=1):
-            calls = ctl._calls
-            if calls and calls[-1].phase is not None:
-                last = calls[-1]
+            last = ctl.last_call
+            if last is not None and last.phase is not None:
                 bar.set_postfix(jano=f"{last.phase} {last.active / max(last.total, 1):.0%}", refresh=False)
             return update(n)
         bar.update = update_with_level

@@ -60,7 +60,7 @@ def test_all_static_recomputes_only_text_on_active_steps(tmp_path):
     ctl = jano_compile.controller(f)
     stats = ctl.stats()
     assert torch.isfinite(out).all()
-    active_steps = [c for c in ctl._calls if c.phase == "active"]
+    active_steps = [c for c in ctl.step_records if c.phase == "active"]
     assert active_steps and all(c.active == 0 for c in active_steps)
     assert stats["compute_saved"] > 0
     assert ctl.region_map().shape == (1, 4, 4) and int(ctl.region_map().max()) == 0

@@ -14,7 +14,7 @@ CONFIG = dict(warmup_steps=3, cooldown_steps=2, static_interval=4, medium_interv
 
 
 @pytest.mark.parametrize("name", sorted(PIPELINES))
-def test_enable_runs_the_schedule_in_a_pipeline(name, tmp_path):
+def test_enable_runs_the_schedule_in_a_pipeline(name, tmp_path, capsys):
     pipe, inputs = PIPELINES[name]()
     with torch.no_grad():
         ctl = jano_compile.enable(pipe, {**CONFIG, "save_dir": str(tmp_path)}, lowering="eager")
@@ -29,6 +29,7 @@ def test_enable_runs_the_schedule_in_a_pipeline(name, tmp_path):
     expected = (3, inputs["height"], inputs["width"])
     assert tuple(images.shape[-3:]) == expected or tuple(images.shape[-4:]) == (inputs.get("num_frames"), *expected)
     assert list(tmp_path.glob("region_map_*.png")) and list(tmp_path.glob("region_overlay_*.png"))
+    assert "jano=active" in capsys.readouterr().err          # the level on the progress bar
     jano_compile.disable(pipe)
     assert not isinstance(pipe.transformer, torch._dynamo.eval_frame.OptimizedModule)
     assert "set_timesteps" not in vars(pipe.scheduler)
