@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import math
 import operator
-import re
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.fx as fx

@@ -1,6 +1,5 @@
 """The automatic schedule in a plain sampling loop: levels follow the schedule, the extreme
 thresholds reproduce plain compile / recompute only text, split CFG equals batched CFG."""
-import pytest
 import torch
 
 import jano_compile

@@ -8,7 +8,6 @@ import torch
 
 import jano_compile
 
-from .models import FAMILIES
 from .toy import ToyDiT
 
 

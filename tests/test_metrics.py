@@ -1,5 +1,4 @@
 """PSNR/SSIM helpers agree with scikit-image on random images."""
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, strategies as st

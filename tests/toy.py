@@ -1,6 +1,5 @@
 """A tiny DiT written here (not diffusers), with switches that make it a near miss: a mean
 over tokens, or attention written by hand. Used to check that such graphs are NOT rewritten."""
-import torch
 import torch.nn.functional as F
 from torch import nn
 
