@@ -58,10 +58,11 @@ class JanoConfig:
         block_size: analysis block ``(frames, h, w)`` in tokens, edge blocks may be smaller;
             ``None`` picks about 16 blocks across the longer side of a frame and about 3
             along time (see ``default_block_size``).
-        threshold_mode: ``"fixed"``: the reference's thresholds on min-max normalised
-            scores; ``"quantile"``: levels by target token fractions of the score
-            distribution (``static_fraction``, ``medium_fraction``), inward diffusion still
-            applied before ranking.
+        threshold_mode: ``"quantile"`` (default): levels by target token fractions of the
+            score distribution (``static_fraction``, ``medium_fraction``), inward diffusion
+            still applied before ranking; ``"fixed"``: the reference's thresholds on min-max
+            normalised scores. On the bundled model the quantile rule at 40/30 did 52% of the
+            token work at PSNR 32.5 dB / SSIM 0.963, the fixed rule 81% (README).
         static_fraction: ``"quantile"`` mode: target fraction of tokens that are static.
         medium_fraction: ``"quantile"`` mode: target fraction of tokens that are medium; the
             rest is active.
@@ -80,7 +81,7 @@ class JanoConfig:
     d_strength: float = 0.8
     d_distance: int = 2
     block_size: tuple[int, int, int] | None = None
-    threshold_mode: str = "fixed"
+    threshold_mode: str = "quantile"
     static_fraction: float = 0.4
     medium_fraction: float = 0.3
     num_inference_steps: int | None = None

@@ -39,7 +39,7 @@ def test_levels_follow_the_schedule_and_all_active_equals_plain():
     model.eval()
     with torch.no_grad():
         plain = euler_loop(model, kwargs)
-        f = _compiled(model, static_thresh=0.0, medium_thresh=0.0)   # every region active
+        f = _compiled(model, threshold_mode="fixed", static_thresh=0.0, medium_thresh=0.0)   # every region active
         out = euler_loop(f, kwargs)
     stats = jano_compile.controller(f).stats()
     config = JanoConfig(**SCHEDULE)
@@ -98,7 +98,7 @@ def test_compiling_again_with_other_options_changes_the_schedule():
     model.eval()
     saved = []
     with torch.no_grad():
-        for rule in (dict(static_thresh=0.0, medium_thresh=0.0),
+        for rule in (dict(threshold_mode="fixed", static_thresh=0.0, medium_thresh=0.0),
                      dict(threshold_mode="quantile", static_fraction=1.0, medium_fraction=0.0)):
             torch._dynamo.reset()
             f = _compiled(model, **rule)

@@ -90,7 +90,7 @@ def test_moving_object_in_still_background_is_active_where_it_moves(grid_block, 
     measurable_blocks = block_token_counts(grid, block) >= 2  # a 1-token block is kept active
     assume((measurable_blocks & (object_blocks == 0)).any())  # some still background
     moving = expand(object_blocks, grid, block)
-    analysis = analyze(trajectory(moving, seed, channels=32), grid, JanoConfig(block_size=block))
+    analysis = analyze(trajectory(moving, seed, channels=32), grid, JanoConfig(threshold_mode="fixed", block_size=block))
     levels = region_map(analysis)
     assert (levels[moving.bool()] == ACTIVE).all()
     # a rectangle encloses no background
@@ -139,7 +139,7 @@ def test_scaling_the_trajectory_by_a_power_of_two_keeps_levels(grid_block, confi
 def test_scaling_by_any_positive_constant_keeps_levels(grid_block, factor, seed):
     """Any factor: equal levels except for float rounding of scores at a threshold."""
     grid, block = grid_block
-    config = JanoConfig(block_size=block)
+    config = JanoConfig(threshold_mode="fixed", block_size=block)
     amplitude = torch.rand(grid, generator=torch.Generator().manual_seed(seed))
     latents = trajectory(amplitude, seed, noise=0.3)
     reference = analyze(latents, grid, config)
@@ -171,8 +171,8 @@ def test_extreme_settings_make_everything_active_or_static():
     grid, block = (1, 8, 8), (1, 2, 2)
     amplitude = torch.rand(grid, generator=torch.Generator().manual_seed(0))
     latents = trajectory(amplitude, 0)
-    everything = analyze(latents, grid, JanoConfig(block_size=block, static_thresh=0,
-                                                   medium_thresh=0))
+    everything = analyze(latents, grid, JanoConfig(block_size=block, threshold_mode="fixed",
+                                                   static_thresh=0, medium_thresh=0))
     assert everything.active_fraction == 1.0
     nothing = analyze(latents, grid, JanoConfig(block_size=block, threshold_mode="quantile",
                                                 static_fraction=1.0, medium_fraction=0.0))
@@ -181,12 +181,12 @@ def test_extreme_settings_make_everything_active_or_static():
 
 def test_still_trajectory_is_static_and_uniform_motion_is_active():
     grid = (1, 8, 8)
-    still = analyze(trajectory(torch.zeros(grid), 0), grid, JanoConfig())
+    still = analyze(trajectory(torch.zeros(grid), 0), grid, JanoConfig(threshold_mode="fixed"))
     assert still.static_fraction == 1.0
     uniform = [torch.full((64, 4), float(step)) for step in range(6)]  # moves, no contrast
-    assert analyze(uniform, grid, JanoConfig()).static_fraction == 1.0  # distances unchanged
+    assert analyze(uniform, grid, JanoConfig(threshold_mode="fixed")).static_fraction == 1.0  # distances unchanged
     spread = [x * (1 + step) for step, x in enumerate(trajectory(torch.zeros(grid), 0))]
-    assert analyze(spread, grid, JanoConfig(block_size=(1, 8, 8))).active_fraction == 1.0
+    assert analyze(spread, grid, JanoConfig(threshold_mode="fixed", block_size=(1, 8, 8))).active_fraction == 1.0
 
 
 def test_enclosed_interior_is_lifted():
@@ -234,9 +234,9 @@ def test_moving_ring_keeps_its_still_inside_from_freezing():
     ring[2, 2] = 0  # still interior block, enclosed by the moving outline
     moving = expand(ring.unsqueeze(0), grid, block)
     latents = trajectory(moving, 3, channels=32)
-    inside = region_map(analyze(latents, grid, JanoConfig(block_size=block)))[0, 4:6, 4:6]
+    inside = region_map(analyze(latents, grid, JanoConfig(threshold_mode="fixed", block_size=block)))[0, 4:6, 4:6]
     assert (inside == ACTIVE).all()
-    frozen = analyze(latents, grid, JanoConfig(block_size=block, d_strength=0))
+    frozen = analyze(latents, grid, JanoConfig(threshold_mode="fixed", block_size=block, d_strength=0))
     assert (region_map(frozen)[0, 4:6, 4:6] == STATIC).all()
 
 
@@ -248,7 +248,7 @@ def test_video_temporal_term_sees_motion_between_frames():
     drift = torch.zeros(grid)
     drift[:, :2, :2] = torch.arange(4.0).view(4, 1, 1)  # later frames drift further
     latents = [(base + step * drift.unsqueeze(-1)).reshape(-1, 8) for step in range(6)]
-    levels = region_map(analyze(latents, grid, JanoConfig(block_size=block, t_weight=1.0)))
+    levels = region_map(analyze(latents, grid, JanoConfig(threshold_mode="fixed", block_size=block, t_weight=1.0)))
     assert (levels[:, :2, :2] == ACTIVE).all() and (levels[:, 2:, 2:] == STATIC).all()
 
 
@@ -256,7 +256,7 @@ def test_batched_latents_fold_into_channels_and_analysis_is_deterministic():
     grid = (1, 6, 6)
     amplitude = torch.rand(grid, generator=torch.Generator().manual_seed(1))
     latents = trajectory(amplitude, 1, noise=0.3)
-    config = JanoConfig(block_size=(1, 2, 2))
+    config = JanoConfig(threshold_mode="fixed", block_size=(1, 2, 2))
     single = analyze(latents, grid, config)
     batched = analyze([x.unsqueeze(0) for x in latents], grid, config)
     assert torch.equal(single.block_scores, batched.block_scores)
@@ -268,13 +268,13 @@ def test_batched_latents_fold_into_channels_and_analysis_is_deterministic():
 def test_invalid_inputs_raise():
     latents = trajectory(torch.rand(1, 4, 4), 0)
     with pytest.raises(ValueError, match="at least 2"):
-        analyze(latents[:1], (1, 4, 4), JanoConfig())
+        analyze(latents[:1], (1, 4, 4), JanoConfig(threshold_mode="fixed"))
     with pytest.raises(ValueError, match="tokens = 20"):
-        analyze(latents, (1, 4, 5), JanoConfig())
+        analyze(latents, (1, 4, 5), JanoConfig(threshold_mode="fixed"))
     with pytest.raises(ValueError, match="block_size"):
-        analyze(latents, (1, 4, 4), JanoConfig(block_size=(1, 8, 8)))
+        analyze(latents, (1, 4, 4), JanoConfig(threshold_mode="fixed", block_size=(1, 8, 8)))
     with pytest.raises(ValueError, match="differ in shape"):
-        analyze([latents[0], latents[1][:8]], (1, 4, 4), JanoConfig())
+        analyze([latents[0], latents[1][:8]], (1, 4, 4), JanoConfig(threshold_mode="fixed"))
 
 
 def test_block_token_counts_cover_the_grid():

@@ -17,7 +17,7 @@ def test_defaults_match_the_reference():
     assert (config.static_thresh, config.medium_thresh) == (0.2, 0.3)
     assert (config.t_weight, config.d_strength, config.d_distance) == (0.7, 0.8, 2)
     assert config.block_size is None and config.num_inference_steps is None
-    assert config.save_dir is None and config.threshold_mode == "fixed"
+    assert config.save_dir is None and config.threshold_mode == "quantile"
 
 
 @pytest.mark.parametrize("field, overrides", [
