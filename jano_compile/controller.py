@@ -23,6 +23,7 @@ from .adaptive import AdaptiveSchedule, Decision
 from .config import resolve_config
 from .geometry import geometry_for, image_tokens
 from .registry import REGISTRY
+from .report import Report
 
 DEFAULT_BRANCH = "default"
 log = logging.getLogger(__name__)
@@ -116,9 +117,7 @@ class Controller:
         return region_map(analysis, analysis.grid)
 
     def stats(self) -> dict:
-        rewritten_graphs = [g for g in self._graphs.values() if g.report.rewritten]
-        holding = [g for g in self._graphs.values() if g.report.holds_image_tokens]
-        reasons = [g.report.reason for g in holding if not g.report.rewritten]
+        report = Report(self.reports)
         last = self.last_call
         stats = {
             "graphs": len(self._graphs),
@@ -128,8 +127,8 @@ class Controller:
             "active_fraction": (last.active / last.total) if last and last.total else 1.0,
             "num_image_tokens": self._num_image_tokens,
             "cache_bytes": sum(s.nbytes for s in self._states.values()),
-            "rewritten": bool(holding) and len(rewritten_graphs) == len(holding),
-            "fallback_reason": "; ".join(reasons) if reasons else None,
+            "rewritten": report.rewritten,
+            "fallback_reason": "; ".join(report.reasons) or None,
             "mode": "manual" if self.manual else "auto",
         }
         stats.update(self._schedule_stats())

@@ -42,7 +42,7 @@ def geometry_for(module: Optional[torch.nn.Module]) -> Optional[TokenGeometry]:
     return GEOMETRY.get(type(module).__name__)
 
 
-def _patch(module, layout: str) -> tuple[int, int, int]:
+def _patch(module) -> tuple[int, int, int]:
     """(pt, ph, pw) from the model's config."""
     cfg = getattr(module, "config", None)
     p = getattr(cfg, "patch_size", 1) or 1
@@ -66,7 +66,7 @@ def image_tokens(geometry: TokenGeometry, module, hidden_states: torch.Tensor,
         if h * w != n:
             raise ValueError(f"cannot place {n} packed tokens on a {h}x{w} grid")
         return x, (1, h, w)
-    pt, ph, pw = _patch(module, geometry.layout)
+    pt, ph, pw = _patch(module)
     if geometry.layout == "image":
         x = x.unsqueeze(2)                         # [B, C, 1, H, W]
         pt = 1

@@ -86,12 +86,18 @@ class Report:
 
     @property
     def rewritten(self) -> bool:
+        """Every graph holding image tokens was rewritten (and there is at least one)."""
         holding = [g for g in self.graphs if g.holds_image_tokens]
         return bool(holding) and all(g.rewritten for g in holding)
 
     @property
+    def reasons(self) -> list:
+        """Why the graphs holding image tokens were not rewritten."""
+        return [g.reason for g in self.graphs if g.holds_image_tokens and not g.rewritten]
+
+    @property
     def fallback_reason(self) -> Optional[str]:
-        reasons = [g.reason for g in self.graphs if g.reason and g.holds_image_tokens]
+        reasons = self.reasons
         if not reasons and not any(g.rewritten for g in self.graphs):
             reasons = [g.reason for g in self.graphs if g.reason]
         return "; ".join(reasons) if reasons else None
