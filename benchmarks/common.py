@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -25,17 +25,40 @@ class FluxSize:
         return FluxSize(grid=64, text=512, heads=24, head_dim=128, layers=19, single_layers=38)
 
 
+def add_size_args(parser) -> None:
+    """Command-line flags that pick a FluxSize (see `size_from_args`)."""
+    parser.add_argument("--flux-dev", action="store_true",
+                        help="FLUX.1-dev width and token counts (4096 + 512 tokens, 24x128 heads)")
+    parser.add_argument("--grid", type=int, default=None, help="image tokens per side (default 32; 64 with --flux-dev)")
+    parser.add_argument("--text", type=int, default=None, help="text tokens (default 64; 512 with --flux-dev)")
+    parser.add_argument("--layers", type=int, default=None, help="double-stream blocks (default 2; 19 with --flux-dev)")
+    parser.add_argument("--single-layers", type=int, default=None,
+                        help="single-stream blocks (default 4; 38 with --flux-dev)")
+
+
+def size_from_args(args) -> FluxSize:
+    base = FluxSize.flux_dev() if args.flux_dev else FluxSize()
+    given = {k: getattr(args, k) for k in ("grid", "text", "layers", "single_layers") if getattr(args, k) is not None}
+    return replace(base, **given)
+
+
+def describe(size: FluxSize) -> str:
+    return (f"FLUX-architecture transformer: {size.grid ** 2} image + {size.text} text tokens, "
+            f"{size.layers}+{size.single_layers} blocks, {size.heads}x{size.head_dim} heads")
+
+
 def build_flux(size: FluxSize, batch: int, dtype, device, seed: int = 0):
     """(transformer, call kwargs) with random weights and inputs."""
     from diffusers import FluxTransformer2DModel
     torch.manual_seed(seed)
     d = size.head_dim
     third = (d // 3) // 2 * 2
-    model = FluxTransformer2DModel(
-        patch_size=1, in_channels=size.in_channels, num_layers=size.layers,
-        num_single_layers=size.single_layers, attention_head_dim=d,
-        num_attention_heads=size.heads, joint_attention_dim=256, pooled_projection_dim=256,
-        axes_dims_rope=(d - 2 * third, third, third)).to(device, dtype).eval()
+    with torch.device(device):   # initialise on the device: a FLUX.1-dev-sized model on a CPU takes minutes
+        model = FluxTransformer2DModel(
+            patch_size=1, in_channels=size.in_channels, num_layers=size.layers,
+            num_single_layers=size.single_layers, attention_head_dim=d,
+            num_attention_heads=size.heads, joint_attention_dim=256, pooled_projection_dim=256,
+            axes_dims_rope=(d - 2 * third, third, third)).to(dtype).eval()
     n = size.grid * size.grid
     img_ids = torch.zeros(n, 3, device=device)
     img_ids[:, 1] = torch.arange(n, device=device) // size.grid

@@ -17,7 +17,7 @@ from collections import defaultdict
 import torch
 
 import jano_compile
-from common import FluxSize, build_flux, median, sync
+from common import add_size_args, build_flux, describe, median, size_from_args, sync
 
 SCHEDULE = dict(warmup_steps=6, cooldown_steps=4, static_interval=10, medium_interval=5,
                 threshold_mode="quantile", static_fraction=0.4, medium_fraction=0.3)
@@ -43,7 +43,7 @@ def generate(transformer, kwargs, steps, device, ctl=None):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--flux-dev", action="store_true")
+    add_size_args(p)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--runs", type=int, default=2, help="generations per method (median reported)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -52,10 +52,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    size = FluxSize.flux_dev() if args.flux_dev else FluxSize()
+    size = size_from_args(args)
     model, kwargs = build_flux(size, 1, getattr(torch, args.dtype), args.device)
-    print(f"FLUX-architecture transformer, {size.grid ** 2} image + {size.text} text tokens, "
-          f"{args.steps} steps, {args.dtype}, {args.device}, {torch.get_num_threads()} threads")
+    print(f"{describe(size)}, {args.steps} steps, {args.dtype}, {args.device}, {torch.get_num_threads()} threads")
     with torch.no_grad():
         plain = torch.compile(model, dynamic=False)
         jano = torch.compile(model, backend="jano", dynamic=False,

@@ -2,7 +2,7 @@
 jano at several fractions of active image tokens, in one run, medians of several runs.
 
     python benchmarks/step_speed.py                       # CPU size: ~1 s per full step here
-    python benchmarks/step_speed.py --flux-dev --dtype bfloat16 --device cuda
+    python benchmarks/step_speed.py --flux-dev --dtype bfloat16 --device cuda [--layers 5 --single-layers 10]
 
 Rounds alternate plain and jano steps so that machine noise hits both alike.
 """
@@ -15,16 +15,12 @@ import torch
 from tqdm import tqdm
 
 import jano_compile
-from common import FluxSize, build_flux, median, time_call
+from common import add_size_args, build_flux, describe, median, size_from_args, time_call
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--flux-dev", action="store_true", help="FLUX.1-dev size (4096 + 512 tokens)")
-    p.add_argument("--grid", type=int, default=32, help="image tokens per side (default 32: 1024 tokens)")
-    p.add_argument("--text", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--single-layers", type=int, default=4)
+    add_size_args(p)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -36,15 +32,12 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    size = FluxSize.flux_dev() if args.flux_dev else FluxSize(
-        grid=args.grid, text=args.text, layers=args.layers, single_layers=args.single_layers)
+    size = size_from_args(args)
     dtype = getattr(torch, args.dtype)
     model, kwargs = build_flux(size, args.batch, dtype, args.device)
     n = size.grid * size.grid
     fractions = [float(f) for f in args.fractions.split(",")]
-    print(f"FLUX-architecture transformer: {n} image + {size.text} text tokens, "
-          f"{size.layers}+{size.single_layers} blocks, {size.heads}x{size.head_dim} heads, "
-          f"batch {args.batch}, {args.dtype}, {args.device}, {torch.get_num_threads()} CPU threads, "
+    print(f"{describe(size)}, batch {args.batch}, {args.dtype}, {args.device}, {torch.get_num_threads()} CPU threads, "
           f"torch {torch.__version__}")
 
     with torch.no_grad():

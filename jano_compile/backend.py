@@ -32,13 +32,13 @@ def jano_backend(gm: fx.GraphModule, example_inputs, mode=None, options=None):
             warnings.warn(f"jano: graph not rewritten, running plain "
                           f"{opts.lowering}: {report.reason}", stacklevel=2)
         log.info("jano: %s not rewritten: %s", report.graph, report.reason)
-        return FallbackGraph(report, Lowered(gm, opts, symbolic_index=False), params, named, schedule)
+        return FallbackGraph(report, Lowered(gm, opts, num_image_tokens=None), params, named, schedule)
     log.info("jano: %s", report)
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
     results = out_node.args[0]
     num_outputs = len(results) if isinstance(results, (tuple, list)) else 1
     device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
-    return RewrittenGraph(report, Lowered(rewritten, opts, symbolic_index=True), params, named,
+    return RewrittenGraph(report, Lowered(rewritten, opts, report.num_image_tokens), params, named,
                           schedule, num_outputs, device)
 
 

@@ -24,14 +24,17 @@ log = logging.getLogger(__name__)
 class Lowered:
     """Callable running `gm`; `compiles` counts the lowerings it made (at most one)."""
 
-    def __init__(self, gm: fx.GraphModule, options: Options, symbolic_index: bool):
+    def __init__(self, gm: fx.GraphModule, options: Options, num_image_tokens: int | None):
+        """`num_image_tokens`: N of a rewritten graph (its `active_index` has 0..N entries);
+        None for a graph left as it is."""
         self.gm = gm
         self.options = options
-        self.symbolic_index = symbolic_index
+        self.num_image_tokens = num_image_tokens
+        self.symbolic_index = num_image_tokens is not None
         self.compiles = 0
         self._fn: Callable | None = None
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-        self._index_position = (len(placeholders) - len(extra_inputs(gm))) if symbolic_index else None
+        self._index_position = (len(placeholders) - len(extra_inputs(gm))) if self.symbolic_index else None
 
     def _lower(self, args) -> Callable:
         if self.options.lowering == "eager":
@@ -39,7 +42,7 @@ class Lowered:
             return self.gm
         from torch._inductor.compile_fx import compile_fx
         if self.symbolic_index:
-            _, example = fake_inputs(self.gm, args[:self._index_position], None)
+            _, example = fake_inputs(self.gm, args[:self._index_position], None, self.num_image_tokens)
         else:
             example = list(args)
         log.info("jano: compiling %s with Inductor", "rewritten graph" if self.symbolic_index else "graph")

@@ -78,7 +78,7 @@ def _validate(gm: fx.GraphModule, original: fx.GraphModule, example_inputs, plan
         got = [tuple(o.shape) for o in outs if isinstance(o, torch.Tensor)]
         if got[:len(expected)] != expected:
             raise Unrewritable(f"outputs change shape with {probe} active tokens: {got} vs {expected}")
-    mode, fakes = fake_inputs(gm, example_inputs, num_active=None)
+    mode, fakes = fake_inputs(gm, example_inputs, num_image_tokens=n)
     with mode:
         FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
     if mode.shape_env.replacements:

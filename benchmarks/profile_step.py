@@ -1,0 +1,64 @@
+"""Where a step's time goes: plain torch.compile against jano at given active fractions,
+under torch.profiler. Prints wall time, the time kernels kept the device busy, and the ops
+that took the most device (or, on a CPU, host) time.
+
+    python benchmarks/profile_step.py --flux-dev --layers 2 --single-layers 4 --dtype bfloat16 --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import random
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+import jano_compile
+from common import add_size_args, build_flux, describe, median, size_from_args, time_call
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_size_args(p)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--fractions", default="1.0,0.3")
+    p.add_argument("--calls", type=int, default=3, help="profiled calls per setting")
+    p.add_argument("--rows", type=int, default=12, help="ops listed per setting")
+    args = p.parse_args(argv)
+    size = size_from_args(args)
+    cuda = args.device.startswith("cuda")
+    model, kwargs = build_flux(size, 1, getattr(torch, args.dtype), args.device)
+    n = size.grid ** 2
+    print(f"{describe(size)}, {args.dtype}, {args.device}, torch {torch.__version__}")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sort_key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    with torch.no_grad():
+        plain = torch.compile(model, dynamic=False)
+        jano = torch.compile(model, backend="jano", dynamic=False)
+        ctl = jano_compile.controller(jano)
+        settings = {"plain torch.compile": lambda: plain(**kwargs)}
+        for f in (float(x) for x in args.fractions.split(",")):
+            index = torch.tensor(sorted(random.Random(0).sample(range(n), round(f * n))))
+            settings[f"jano {f:.0%} active"] = (
+                lambda index=index: (ctl.set_active(index) if index.numel() < n else ctl.refresh(), jano(**kwargs)))
+        for call in settings.values():   # compile and warm
+            call(), call()
+        for name, call in settings.items():
+            wall = median(time_call(call, 5, args.device))
+            with profile(activities=activities) as prof:
+                for _ in range(args.calls):
+                    call()
+                if cuda:
+                    torch.cuda.synchronize()
+            events = prof.key_averages()
+            # kernels only: a Triton launch is listed both as an op and as its kernel
+            leaves = [e for e in events if e.device_type == DeviceType.CUDA] if cuda else events
+            busy = sum(getattr(e, sort_key) for e in leaves) / args.calls / 1e3
+            print(f"\n== {name}: wall {wall * 1e3:.2f} ms per call; "
+                  f"{'device busy' if cuda else 'host self time'} {busy:.2f} ms per call")
+            print(events.table(sort_by=sort_key, row_limit=args.rows, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
