@@ -15,6 +15,8 @@ its value: a head dim or a text length may equal the token count.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.fx as fx
 
@@ -69,9 +71,20 @@ def _rewrite_literal(graph: fx.Graph, edit) -> None:
         items[edit.position] = slice(start, stop)
         node.args = (node.args[0], tuple(items) if isinstance(index, tuple) else items[0],
                      *node.args[2:])          # setitem keeps its value
+        if node.target is operator.getitem and edit.position > 0:
+            _make_contiguous(graph, node)
     elif isinstance(edit, SqueezeDims):
         node.args = (node.args[0], edit.dims)
         node.kwargs = {k: v for k, v in node.kwargs.items() if k != "dim"}
+
+
+def _make_contiguous(graph: fx.Graph, node: fx.Node) -> None:
+    """Follow a token slice with .contiguous(). Behind a batch axis the slice is strided
+    with a stride that depends on n, and torch 2.11's CPU bf16 matmul reads such sizes as
+    plain ints, which fixes n to one value. A later matmul copies the slice anyway."""
+    with graph.inserting_after(node):
+        dense = graph.call_method("contiguous", (node,))
+    node.replace_all_uses_with(dense, delete_user_cb=lambda user: user is not dense)
 
 
 def token_shapes(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:
