@@ -271,6 +271,12 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def short_label(setting: str) -> str:
+    """'threshold 0.1, calibrated (about half)' -> 'threshold 0.1'; 'default (quantile: ...)' -> 'default'."""
+    label = setting.replace(", calibrated", "")
+    return re.sub(r" \((default|documented|about half|quantile[^)]*)\)$", "", label)
+
+
 def plot(rows: list[dict], path: Path, title: str) -> None:
     """PSNR against speedup (left) and against work done (right), one point per method and
     setting; the bar under a point reaches the worst seed."""
@@ -288,7 +294,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
             c = colours[r["method"]]
             ax.errorbar(r[key], r["psnr_mean"], yerr=[[r["psnr_mean"] - r["psnr_worst"]], [0]], fmt="o",
                         color=c, capsize=3, label=r["method"])
-            ax.annotate(re.split(r" \(|, calibrated", r["setting"])[0], (r[key], r["psnr_mean"]), fontsize=7,
+            ax.annotate(short_label(r["setting"]), (r[key], r["psnr_mean"]), fontsize=7,
                         xytext=(4, 3), textcoords="offset points")
         ax.axhline(TARGET_DB, color="grey", lw=0.8, ls="--")
         ax.set_xlabel(label)
@@ -312,7 +318,12 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--plot", default="docs/quality_speed.png")
     p.add_argument("--json", default=None, help="also write the rows as JSON here")
+    p.add_argument("--replot", default=None, metavar="JSON", help="only redraw the plot from a --json file")
     args = p.parse_args(argv)
+    if args.replot:
+        saved = json.loads(Path(args.replot).read_text())
+        plot(saved["rows"], Path(args.plot), saved["title"])
+        return
     if args.seeds < 1 or args.steps < 2:
         p.error("--seeds must be at least 1 and --steps at least 2")
     if args.threads:
