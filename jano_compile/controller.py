@@ -107,6 +107,12 @@ class Controller:
         self._active_on = {}
         self.manual = True
 
+    @property
+    def schedule(self) -> Optional[AdaptiveSchedule]:
+        """The automatic schedule (config, step clock, last analysis); None before the
+        first call under it."""
+        return self._adaptive
+
     def region_map(self) -> torch.Tensor:
         """The last analysis as a LongTensor [frames, h, w]: 0 static, 1 medium, 2 active."""
         from .analyzer import region_map

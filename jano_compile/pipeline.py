@@ -121,7 +121,7 @@ def _save_overlay(ctl: Controller, decoded) -> None:
     from PIL import Image
 
     from .analyzer import render_region_map
-    adaptive = ctl._adaptive
+    adaptive = ctl.schedule
     if adaptive is None or adaptive.analysis is None or not adaptive.config.save_dir:
         return
     sample = decoded[0] if isinstance(decoded, (tuple, list)) else getattr(decoded, "sample", decoded)

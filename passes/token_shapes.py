@@ -8,7 +8,7 @@ its value: a head dim or a text length may equal the token count.
     reshape(q, 1, 71, 2, -1, 2)                  reshape(q, 1, n + 7, 2, -1, 2)
     split_with_sizes(h, [7, 64], dim=1)          split_with_sizes(h, [7, n], dim=1)
     h[:, 7:]                                     h[:, 7:]            (open end: unchanged)
-    h[:, :64]  on [image 64 | text 5]            h[:, :n]
+    h[:, :64]  on [image 64 | text 5]            h[:, :n].contiguous()
     q[:, :, 6:] = rope(q[:, :, 6:])              q[:, :, 6:] = ...   (CogVideoX, in place)
     expand(f, 3, 8, 8, -1) on the token axis     expand(f, -1, ...)
     q * cos      cos: [1, 71, 1, D] table        q * index_select(cos, 1, rows)   [1, n + 7, 1, D]
