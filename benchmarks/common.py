@@ -1,6 +1,7 @@
 """Shared pieces of the benchmarks: the FLUX-architecture transformer and a timer."""
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from dataclasses import dataclass, replace
@@ -70,6 +71,20 @@ def build_flux(size: FluxSize, batch: int, dtype, device, seed: int = 0):
         timestep=torch.full((batch,), 0.5, device=device, dtype=dtype),
         img_ids=img_ids, txt_ids=torch.zeros(size.text, 3, device=device), return_dict=False)
     return model, kwargs
+
+
+def sampled_index(n: int, fraction: float) -> torch.Tensor:
+    """A fixed random set of round(fraction * n) of the n image-token positions, sorted."""
+    return torch.tensor(sorted(random.Random(0).sample(range(n), round(fraction * n))))
+
+
+def jano_step(ctl, compiled, kwargs, index: torch.Tensor, n: int):
+    """One jano call with `index` active: a refresh when it holds all n tokens."""
+    if index.numel() >= n:
+        ctl.refresh()
+    else:
+        ctl.set_active(index)
+    return compiled(**kwargs)
 
 
 def sync(device) -> None:

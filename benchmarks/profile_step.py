@@ -7,14 +7,14 @@ that took the most device (or, on a CPU, host) time.
 from __future__ import annotations
 
 import argparse
-import random
 
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 import jano_compile
-from common import add_size_args, build_flux, describe, median, size_from_args, time_call
+from common import (add_size_args, build_flux, describe, jano_step, median, sampled_index,
+                    size_from_args, time_call)
 
 
 def main(argv=None):
@@ -39,9 +39,8 @@ def main(argv=None):
         ctl = jano_compile.controller(jano)
         settings = {"plain torch.compile": lambda: plain(**kwargs)}
         for f in (float(x) for x in args.fractions.split(",")):
-            index = torch.tensor(sorted(random.Random(0).sample(range(n), round(f * n))))
-            settings[f"jano {f:.0%} active"] = (
-                lambda index=index: (ctl.set_active(index) if index.numel() < n else ctl.refresh(), jano(**kwargs)))
+            index = sampled_index(n, f)
+            settings[f"jano {f:.0%} active"] = lambda index=index: jano_step(ctl, jano, kwargs, index, n)
         for call in settings.values():   # compile and warm
             call(), call()
         for name, call in settings.items():

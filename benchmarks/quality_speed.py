@@ -38,7 +38,6 @@ from typing import Callable, Optional
 import torch
 from tqdm import tqdm
 
-import jano_compile
 from jano_compile.metrics import psnr, ssim
 from jano_compile.models import bundled
 from work_counter import WorkCounter

@@ -9,13 +9,13 @@ Rounds alternate plain and jano steps so that machine noise hits both alike.
 from __future__ import annotations
 
 import argparse
-import random
 
 import torch
 from tqdm import tqdm
 
 import jano_compile
-from common import add_size_args, build_flux, describe, median, size_from_args, time_call
+from common import (add_size_args, build_flux, describe, jano_step, median, sampled_index,
+                    size_from_args, time_call)
 
 
 def main(argv=None):
@@ -48,22 +48,14 @@ def main(argv=None):
             print(f"compiling {name} ...", flush=True)
             fn(**kwargs)
             fn(**kwargs)
-        indices = {f: torch.tensor(sorted(random.Random(0).sample(range(n), round(f * n))))
-                   for f in fractions}
-
-        def jano_step(f):
-            if f >= 1.0:
-                ctl.refresh()
-            else:
-                ctl.set_active(indices[f])
-            jano(**kwargs)
-
-        jano_step(min(fractions))  # warm the partial path once
+        indices = {f: sampled_index(n, f) for f in fractions}
+        step = {f: (lambda f=f: jano_step(ctl, jano, kwargs, indices[f], n)) for f in fractions}
+        step[min(fractions)]()  # warm the partial path once
         times = {"plain": []} | {f: [] for f in fractions}
         for _ in tqdm(range(args.rounds), desc="rounds"):
             times["plain"] += time_call(lambda: plain(**kwargs), args.steps, args.device)
             for f in fractions:
-                times[f] += time_call(lambda: jano_step(f), args.steps, args.device)
+                times[f] += time_call(step[f], args.steps, args.device)
     stats = ctl.stats()
     assert stats["rewritten"], stats["fallback_reason"]
     base = median(times["plain"])

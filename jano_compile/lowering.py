@@ -30,11 +30,15 @@ class Lowered:
         self.gm = gm
         self.options = options
         self.num_image_tokens = num_image_tokens
-        self.symbolic_index = num_image_tokens is not None
         self.compiles = 0
         self._fn: Callable | None = None
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         self._index_position = (len(placeholders) - len(extra_inputs(gm))) if self.symbolic_index else None
+
+    @property
+    def symbolic_index(self) -> bool:
+        """A rewritten graph: its active_index gets a symbolic length under Inductor."""
+        return self.num_image_tokens is not None
 
     def _lower(self, args) -> Callable:
         if self.options.lowering == "eager":
