@@ -1,19 +1,14 @@
-"""The automatic Jano schedule: from calls to (generation, step, branch), warm-up latents to
-region levels, and each step's level to the index of tokens the next call recomputes.
+"""The automatic Jano schedule: from ticks of a step clock (clock.py) to warm-up latents,
+region levels, and each step's index of tokens the next call recomputes.
 
-Clock heuristic (document for users, see README):
-  * a call with a smaller timestep than the last starts the next step;
-  * a call with a larger timestep starts a new generation (analysis, masks, caches reset);
-  * calls with an equal timestep are branches of one step (split CFG: cond, uncond), each
-    with its own caches; a name from `transformer.cache_context(name)` (set by
-    `jano_compile.enable`) wins over call order.
-  Limits: schedulers whose timesteps rise within a run, or solvers that call the model
-  twice per step at different timesteps (Heun, DPM-2), break this counting; drive the
-  controller with `ctl.set_active` / `ctl.refresh` instead, or set `num_inference_steps`
-  to the number of model calls.
+A new generation (a tick with another generation number) drops the analysis and the
+recorded latents. Branches of one step (split CFG: cond, uncond) are named by
+`transformer.cache_context(name)` where `jano_compile.enable` set it, else by call order
+("default", "call1", ...); each keeps its own caches.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -22,33 +17,11 @@ from typing import Optional
 import torch
 
 from .analyzer import RegionAnalysis, analyze, region_map, render_region_map
+from .clock import Tick
 from .config import JanoConfig
 from .schedule import Level, Phase, step_phase
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StepClock:
-    """Counts steps and branches from the timesteps of successive calls."""
-    last_timestep: Optional[float] = None
-    step: int = -1
-    call_in_step: int = 0
-    generation: int = 0
-
-    def tick(self, timestep: float) -> bool:
-        """Advance on one call; True when the call starts a new generation."""
-        new_generation = self.last_timestep is None or timestep > self.last_timestep
-        if new_generation:
-            self.generation += 1
-            self.step, self.call_in_step = 0, 0
-        elif timestep < self.last_timestep:
-            self.step += 1
-            self.call_in_step = 0
-        else:
-            self.call_in_step += 1
-        self.last_timestep = timestep
-        return new_generation
 
 
 @dataclass
@@ -63,10 +36,10 @@ class Decision:
 
 @dataclass
 class AdaptiveSchedule:
-    """Per-model automatic schedule (lives in the controller)."""
+    """Per-model automatic schedule (owned by the automatic index policy)."""
     config: JanoConfig
-    options: dict = field(default_factory=dict)                # the options it was built from
-    clock: StepClock = field(default_factory=StepClock)
+    generation: Optional[int] = None        # of the last tick
+    call_in_step: int = 0                   # of the last tick
     warmup_latents: list = field(default_factory=list)      # [B, N, C] per warm-up step
     grid: Optional[tuple] = None
     analysis: Optional[RegionAnalysis] = None
@@ -74,13 +47,24 @@ class AdaptiveSchedule:
     warned_no_length: bool = False
     all_full: bool = False      # the run is shorter than warm-up + cool-down
 
-    def decide(self, timestep: float, branch_name: Optional[str]) -> Decision:
-        new_generation = self.clock.tick(timestep)
+    def set_num_inference_steps(self, num_steps: Optional[int]) -> None:
+        """The length of the coming generation (places the cool-down); a run shorter than
+        warm-up + cool-down computes every step."""
+        try:
+            self.config = dataclasses.replace(self.config, num_inference_steps=num_steps)
+            self.all_full = False
+        except ValueError as e:
+            log.info("jano: %s; every step computes all tokens", e)
+            self.all_full = True
+
+    def decide(self, tick: Tick, branch_name: Optional[str]) -> Decision:
+        new_generation = tick.generation != self.generation
         if new_generation:
             self.warmup_latents, self.analysis, self.grid, self.analysed = [], None, None, False
-        step = self.clock.step
-        branch = branch_name or ("default" if self.clock.call_in_step == 0
-                                 else f"call{self.clock.call_in_step}")
+            self.generation = tick.generation
+        self.call_in_step = tick.call_in_step
+        step = tick.step
+        branch = branch_name or ("default" if tick.call_in_step == 0 else f"call{tick.call_in_step}")
         if self.config.num_inference_steps is None and not self.warned_no_length:
             log.warning("jano: num_inference_steps is unknown, so no cool-down steps can be "
                         "placed; pass options={'num_inference_steps': N} or use "
@@ -98,7 +82,7 @@ class AdaptiveSchedule:
         return Decision(step, branch, phase, index, new_generation)
 
     def wants_latents(self, decision: Decision) -> bool:
-        return (decision.phase == Phase.WARMUP and self.clock.call_in_step == 0
+        return (decision.phase == Phase.WARMUP and self.call_in_step == 0
                 and len(self.warmup_latents) == decision.step)
 
     def record_latents(self, tokens: torch.Tensor, grid: tuple) -> None:
@@ -119,6 +103,6 @@ class AdaptiveSchedule:
         self.warmup_latents = []
         if self.config.save_dir:
             os.makedirs(self.config.save_dir, exist_ok=True)
-            path = os.path.join(self.config.save_dir, f"region_map_{self.clock.generation:03d}.png")
+            path = os.path.join(self.config.save_dir, f"region_map_{self.generation:03d}.png")
             render_region_map(region_map(self.analysis, self.grid)).save(path)
             log.info("jano: wrote %s", path)

@@ -4,14 +4,16 @@ from __future__ import annotations
 import logging
 import warnings
 
-import torch
 import torch.fx as fx
 
+from jano_compile.passes.input_roles import input_roles
+
 from .dump import write_dump
-from .lowering import Lowered
+from .lowering import LoweredRewrite, LoweredUnrewritten
 from .options import parse_options
 from .rewrite import rewrite_graph
-from .runtime import FallbackGraph, RewrittenGraph, input_positions, param_positions
+from .runner import GraphRunner
+from .runtime import CompiledGraph, param_positions
 
 log = logging.getLogger(__name__)
 BACKEND_NAME = "jano"
@@ -24,22 +26,17 @@ def jano_backend(gm: fx.GraphModule, example_inputs, mode=None, options=None):
     rewritten, report = rewrite_graph(gm, example_inputs)
     if opts.dump_dir:
         write_dump(opts.dump_dir, report, gm, rewritten)
-    params = param_positions(example_inputs)
-    named = input_positions(gm)
-    schedule = dict(opts.schedule)
+    common = dict(param_positions=param_positions(example_inputs), roles=input_roles(gm),
+                  schedule_options=opts.schedule)
     if rewritten is None:
         if report.holds_image_tokens:
             warnings.warn(f"jano: graph not rewritten, running plain "
                           f"{opts.lowering}: {report.reason}", stacklevel=2)
         log.info("jano: %s not rewritten: %s", report.graph, report.reason)
-        return FallbackGraph(report, Lowered(gm, opts, num_image_tokens=None), params, named, schedule)
+        return CompiledGraph(report, None, LoweredUnrewritten(gm, opts, example_inputs), **common)
     log.info("jano: %s", report)
-    out_node = next(n for n in gm.graph.nodes if n.op == "output")
-    results = out_node.args[0]
-    num_outputs = len(results) if isinstance(results, (tuple, list)) else 1
-    device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
-    return RewrittenGraph(report, Lowered(rewritten, opts, report.num_image_tokens), params, named,
-                          schedule, num_outputs, device)
+    runner = GraphRunner(report.signature, LoweredRewrite(rewritten, opts, report.signature))
+    return CompiledGraph(report, runner, None, **common)
 
 
 def register() -> None:

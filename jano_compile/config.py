@@ -13,6 +13,7 @@ has ``frames == 1``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from types import MappingProxyType
@@ -150,6 +151,42 @@ class JanoConfig:
 
 
 CONFIG_FIELDS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(JanoConfig))
+
+
+def _record_given_fields(cls):
+    """Wrap the dataclass `__init__` so that each config remembers which fields its caller
+    passed: those count as explicit, the rest may come from a family preset."""
+    generated_init = cls.__init__
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+
+    @functools.wraps(generated_init)
+    def __init__(self, *args, **kwargs):
+        generated_init(self, *args, **kwargs)
+        object.__setattr__(self, "_given", frozenset(names[:len(args)]) | frozenset(kwargs))
+
+    cls.__init__ = __init__
+    return cls
+
+
+_record_given_fields(JanoConfig)
+
+
+def explicit_options(config: "JanoConfig | Mapping[str, Any] | None") -> dict:
+    """The settings a user gave, as options: for a ``JanoConfig`` only the fields passed to
+    its constructor (the others stay open to a family preset); a mapping as it is.
+
+    >>> explicit_options(JanoConfig(warmup_steps=8))
+    {'warmup_steps': 8}
+
+    A config made by ``dataclasses.replace`` counts every field as given.
+    """
+    if config is None:
+        return {}
+    if isinstance(config, JanoConfig):
+        return {name: getattr(config, name) for name in sorted(config._given)}
+    if isinstance(config, Mapping):
+        return dict(config)
+    raise TypeError(f"a Jano config is a JanoConfig or a dict of its fields, got {type(config).__name__}")
 
 #: What the reference tuned per model family (keys: lower-case family names). Families
 #: without an entry use the ``JanoConfig`` defaults.

@@ -32,18 +32,31 @@ def readable(gm: fx.GraphModule) -> str:
     return "\n".join(lines) + "\n\n# generated code\n" + gm.code
 
 
+class DumpDirError(OSError):
+    """The graph dump could not be written under `dump_dir`; the message names the option."""
+
+
 def write_dump(dump_dir: str, report: GraphReport, before: fx.GraphModule,
                after: Optional[fx.GraphModule]) -> str:
+    """Write `before.txt`, `after.txt` (when rewritten) and the report under
+    `dump_dir/<graph>`; creates the directories. An OS failure raises `DumpDirError`
+    naming the option (`parse_options` checked the path, but it can change since)."""
     path = os.path.join(dump_dir, report.graph)
-    os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, "before.txt"), "w") as f:
-        f.write(readable(before))
-    if after is not None:
-        with open(os.path.join(path, "after.txt"), "w") as f:
-            f.write(readable(after))
-    with open(os.path.join(path, "report.json"), "w") as f:
-        f.write(report.to_json())
-    with open(os.path.join(path, "report.txt"), "w") as f:
-        f.write(str(report) + "\n")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "before.txt"), "w") as f:
+            f.write(readable(before))
+        if after is not None:
+            with open(os.path.join(path, "after.txt"), "w") as f:
+                f.write(readable(after))
+        with open(os.path.join(path, "report.json"), "w") as f:
+            f.write(report.to_json())
+        with open(os.path.join(path, "report.txt"), "w") as f:
+            f.write(str(report) + "\n")
+    except OSError as err:
+        raise DumpDirError(
+            f"jano option 'dump_dir' (or env var JANO_DUMP_DIR) = {dump_dir!r}: could not write "
+            f"the graph dump to {path!r}: {err.strerror or err}; give a writable directory (it is "
+            f"created if missing), or leave dump_dir out and unset JANO_DUMP_DIR.") from err
     log.info("jano: wrote graph dump to %s", path)
     return path

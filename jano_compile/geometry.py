@@ -37,9 +37,11 @@ GEOMETRY = {
 
 
 def geometry_for(module: Optional[torch.nn.Module]) -> Optional[TokenGeometry]:
+    """The geometry of `module`'s class or of the nearest base class listed in `GEOMETRY`
+    (a subclass of a known transformer lays its tokens out the same way)."""
     if module is None:
         return None
-    return GEOMETRY.get(type(module).__name__)
+    return next((GEOMETRY[c.__name__] for c in type(module).__mro__ if c.__name__ in GEOMETRY), None)
 
 
 def _patch(module) -> tuple[int, int, int]:

@@ -1,61 +1,69 @@
-"""Lowering of a (rewritten) graph: Inductor, or eager FX for tests and debugging.
+"""Lowering of a graph: Inductor, or eager FX for tests and debugging.
 
-A rewritten graph is compiled lazily at its first call, with `active_index` a fake tensor
-of symbolic length, so one compiled graph serves every active-token count (1 .. N). Not
-inside the backend call: there dynamo's tracing context would fix the length.
+A graph left as it is (`lower_unrewritten`) is lowered inside the backend call, the way
+plain Inductor does: with dynamo's own example inputs, so symbolic sizes (dynamic=True, or
+a second shape under dynamic=None) stay symbolic.
 
-An empty `active_index` runs the rewritten graph eagerly instead: Inductor's CPU flash
-attention kernel divides by the query length (SIGFPE at 0 queries), while eager
-F.scaled_dot_product_attention handles it. Only text tokens (if any) are computed then.
+A rewritten graph (`LoweredRewrite`) is compiled lazily at its first call, with
+`active_index` a fake tensor of symbolic length, so one compiled graph serves every
+active-token count (1 .. N). Not inside the backend call: there dynamo's tracing context
+would fix the length. An empty `active_index` runs the rewritten graph eagerly instead:
+Inductor's CPU flash-attention kernel divides by the query length (SIGFPE at 0 queries),
+while eager F.scaled_dot_product_attention handles it. Only text tokens (if any) are
+computed then.
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, Optional
 
 import torch.fx as fx
 
-from .fake_inputs import extra_inputs, fake_inputs
+from jano_compile.passes.signature import GraphSignature
+
+from .fake_inputs import fake_inputs
 from .options import Options
 
 log = logging.getLogger(__name__)
 
 
-class Lowered:
-    """Callable running `gm`; `compiles` counts the lowerings it made (at most one)."""
+class LoweredUnrewritten:
+    """A graph the passes left as it is, lowered at once with dynamo's example inputs."""
 
-    def __init__(self, gm: fx.GraphModule, options: Options, num_image_tokens: int | None):
-        """`num_image_tokens`: N of a rewritten graph (its `active_index` has 0..N entries);
-        None for a graph left as it is."""
-        self.gm = gm
-        self.options = options
-        self.num_image_tokens = num_image_tokens
-        self.compiles = 0
-        self._fn: Callable | None = None
-        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-        self._index_position = (len(placeholders) - len(extra_inputs(gm))) if self.symbolic_index else None
-
-    @property
-    def symbolic_index(self) -> bool:
-        """A rewritten graph: its active_index gets a symbolic length under Inductor."""
-        return self.num_image_tokens is not None
-
-    def _lower(self, args) -> Callable:
-        if self.options.lowering == "eager":
-            self.compiles += 1
-            return self.gm
-        from torch._inductor.compile_fx import compile_fx
-        if self.symbolic_index:
-            _, example = fake_inputs(self.gm, args[:self._index_position], None, self.num_image_tokens)
+    def __init__(self, gm: fx.GraphModule, options: Options, example_inputs):
+        if options.lowering == "eager":
+            self._fn: Callable = gm.forward
         else:
-            example = list(args)
-        log.info("jano: compiling %s with Inductor", "rewritten graph" if self.symbolic_index else "graph")
-        fn = compile_fx(self.gm, example, config_patches=self.options.inductor_patches())
-        self.compiles += 1
-        return fn
+            from torch._inductor.compile_fx import compile_fx
+            log.info("jano: compiling an unrewritten graph with Inductor")
+            self._fn = compile_fx(gm, list(example_inputs), config_patches=options.inductor_patches())
+        self.compiles = 1
 
     def __call__(self, *args):
-        if self._index_position is not None and args[self._index_position].numel() == 0:
+        return self._fn(*args)
+
+
+class LoweredRewrite:
+    """Callable running a rewritten graph; `compiles` counts its lowerings (at most one)."""
+
+    def __init__(self, gm: fx.GraphModule, options: Options, signature: GraphSignature):
+        self.gm = gm
+        self.options = options
+        self.signature = signature
+        self.compiles = 0
+        self._fn: Optional[Callable] = None
+
+    def _lower(self, args) -> Callable:
+        self.compiles += 1
+        if self.options.lowering == "eager":
+            return self.gm
+        from torch._inductor.compile_fx import compile_fx
+        _, example = fake_inputs(self.signature, args[:self.signature.index_position])
+        log.info("jano: compiling the rewritten graph with Inductor")
+        return compile_fx(self.gm, example, config_patches=self.options.inductor_patches())
+
+    def __call__(self, *args):
+        if args[self.signature.index_position].numel() == 0:
             return self.gm(*args)
         if self._fn is None:
             self._fn = self._lower(args)

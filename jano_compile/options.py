@@ -4,16 +4,27 @@ Keys: `lowering` ("inductor", the default, or "eager": run the rewritten FX grap
 Python, for tests and debugging), `dump_dir` (also the env var JANO_DUMP_DIR), the Jano
 schedule settings (the fields of `JanoConfig`), and any `torch._inductor.config` setting,
 which is passed to Inductor together with what `mode=` selects.
+
+`torch.compile` itself refuses `mode` together with `options` ("Either mode or options can
+be specified"), so through it the backend gets one or the other. Called directly,
+`parse_options` takes both and merges them like torch's own Inductor wrapper: what the mode
+selects first, then the explicit settings, which win.
+
+Every error names the option (or the env var) and what to change; `parse_options` runs at
+the first call of the compiled model, so dynamo shows these messages wrapped in its own.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 LOWERINGS = ("inductor", "eager")
 BACKEND_KEYS = ("lowering", "dump_dir")
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+DUMP_DIR_ENV = "JANO_DUMP_DIR"
 
 
 def _inductor_keys() -> set[str]:
@@ -46,26 +57,105 @@ class Options:
 
 
 def parse_options(mode: Optional[str] = None, options: Optional[Mapping[str, Any]] = None) -> Options:
-    """Validate `options`; an unknown key raises ValueError naming it and the valid ones."""
+    """Validate `mode` and `options`. A wrong key, value or type raises ValueError or
+    TypeError naming the option and what it must be; nothing is created on disk."""
+    if options is not None and not isinstance(options, Mapping):
+        raise TypeError(
+            f"jano backend: `options` must be a dict of option name -> value, got "
+            f"{type(options).__name__} {options!r:.80}; e.g. options={{'lowering': 'eager'}}.")
+    if mode not in (None, *MODES):
+        raise ValueError(
+            f"unknown torch.compile mode {mode!r} for the jano backend; use one of "
+            f"{', '.join(MODES)}, or leave mode out.")
     options = dict(options or {})
     schedule_keys = _schedule_keys()
     inductor_keys = _inductor_keys()
-    for key in options:
-        if key not in BACKEND_KEYS and key not in schedule_keys and key not in inductor_keys:
+    inductor = {}
+    for key, value in options.items():
+        if key in BACKEND_KEYS or key in schedule_keys:
+            continue
+        setting = key.replace("-", "_") if isinstance(key, str) else key   # as torch.compile
+        if setting not in inductor_keys:
             raise ValueError(
                 f"unknown jano option {key!r}. Valid: {', '.join(BACKEND_KEYS)}; the schedule "
                 f"settings {', '.join(sorted(schedule_keys))}; or any torch._inductor.config "
                 "setting (e.g. 'max_autotune').")
+        _check_inductor_type(key, setting, value)
+        inductor[setting] = value
     lowering = options.get("lowering", "inductor")
     if lowering not in LOWERINGS:
         raise ValueError(f"jano option 'lowering' must be one of {LOWERINGS}, got {lowering!r}")
-    if mode not in (None, "default", "reduce-overhead", "max-autotune",
-                    "max-autotune-no-cudagraphs"):
-        raise ValueError(f"unknown torch.compile mode {mode!r} for the jano backend")
-    return Options(
-        lowering=lowering,
-        dump_dir=options.get("dump_dir") or os.environ.get("JANO_DUMP_DIR") or None,
-        mode=mode,
-        inductor={k: v for k, v in options.items() if k in inductor_keys and k not in BACKEND_KEYS},
-        schedule={k: v for k, v in options.items() if k in schedule_keys},
-    )
+    if options.get("dump_dir"):
+        dump_dir = _check_dump_dir(options["dump_dir"], "jano option 'dump_dir'")
+    elif os.environ.get(DUMP_DIR_ENV):
+        dump_dir = _check_dump_dir(os.environ[DUMP_DIR_ENV], f"environment variable {DUMP_DIR_ENV}")
+    else:
+        dump_dir = None
+    schedule = {k: v for k, v in options.items() if k in schedule_keys}
+    _check_schedule(schedule)
+    return Options(lowering=lowering, dump_dir=dump_dir, mode=mode, inductor=inductor,
+                   schedule=schedule)
+
+
+def _check_schedule(schedule: Mapping[str, Any]) -> None:
+    """Raise the JanoConfig error (it names the field) when the schedule settings are
+    invalid on top of the defaults and of every family preset alike; which preset applies
+    is known only at the first call, when the model's family is."""
+    from .config import PRESETS, JanoConfig
+    errors = []
+    for preset in ({}, *PRESETS.values()):
+        try:
+            JanoConfig(**{**preset, **schedule})
+            return
+        except ValueError as e:
+            errors.append(e)
+    raise errors[0]
+
+
+def _check_inductor_type(key: str, setting: str, value: Any) -> None:
+    """The type check `torch.compile(options=...)` makes (`_TorchCompileInductorWrapper.
+    apply_options`): a plain class must match by isinstance. Unlike torch, unions of plain
+    classes (`int | None`) and `Literal[...]` are checked too; other generics are not."""
+    from torch._inductor import config as inductor_config
+    expected = inductor_config.get_type(setting)
+    if typing.get_origin(expected) is typing.Literal:
+        allowed = typing.get_args(expected)
+        if value not in allowed:
+            raise TypeError(f"jano option {key!r} (a torch._inductor.config setting) must be one "
+                            f"of {allowed!r}, got {value!r}.")
+        return
+    try:
+        matches = isinstance(value, expected)
+    except TypeError:       # list[str], Callable[...] and the like: not checkable here
+        return
+    if not matches:
+        name = expected.__name__ if isinstance(expected, type) else str(expected)
+        raise TypeError(f"jano option {key!r} (a torch._inductor.config setting) must be of type "
+                        f"{name}, got {value!r} of type {type(value).__name__}.")
+
+
+def _check_dump_dir(value: Any, source: str) -> str:
+    """`value` as a str path to a directory that exists or can be created; else raise,
+    naming `source` ("jano option 'dump_dir'" or the env var). Creates nothing."""
+    path = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(path, str):
+        raise TypeError(f"{source} must be a directory path (str or os.PathLike), got "
+                        f"{value!r} of type {type(value).__name__}.")
+    fix = ("give a writable directory path (it is created if missing)"
+           + (" or leave dump_dir out" if "option" in source else f" or unset {DUMP_DIR_ENV}"))
+    if os.path.lexists(path):
+        if not os.path.isdir(path):
+            raise ValueError(f"{source}={path!r} is not a directory (a file is there); {fix}.")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"{source}={path!r}: the directory is not writable; {fix}.")
+        return path
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ValueError(f"{source}={path!r}: the directory cannot be created, {ancestor!r} is "
+                         f"a file, not a directory; {fix}.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{source}={path!r}: the directory cannot be created, no write "
+                         f"permission in {ancestor!r}; {fix}.")
+    return path

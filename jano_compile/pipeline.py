@@ -4,8 +4,9 @@
     image = pipe(prompt_embeds=..., num_inference_steps=50).images[0]
     print(ctl.stats()); jano_compile.disable(pipe)
 
-It compiles `pipe.transformer` with the jano backend (dynamic=False), learns
-`num_inference_steps` whenever the scheduler's `set_timesteps` runs, takes branch names
+It compiles `pipe.transformer` with the jano backend (dynamic=False), drives the step clock
+from the scheduler (a generation starts at `set_timesteps`, which also gives its length;
+a step ends at `scheduler.step`: no timestep is read from the device), takes branch names
 from `transformer.cache_context("cond"/"uncond")`, and shows each step's level and active
 fraction on the pipeline's progress bar. Only instance attributes are set (Python looks
 `__call__` up on the type, so the pipeline call itself is left alone); `disable` removes them.
@@ -13,14 +14,14 @@ fraction on the pipeline's progress bar. Only instance attributes are set (Pytho
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from .config import JanoConfig
+from .clock import SchedulerClock
+from .config import JanoConfig, explicit_options
 from .controller import Controller, controller
 
 _HANDLE = "_jano_handle"
@@ -33,24 +34,17 @@ class _Handle:
     patched: list          # (object, attribute name) set on instances
 
 
-def _options(config: Union[JanoConfig, Mapping[str, Any], None]) -> dict:
-    if config is None:
-        return {}
-    if isinstance(config, JanoConfig):
-        return dataclasses.asdict(config)
-    return dict(config)
-
-
 def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
            lowering: str = "inductor", **compile_kwargs) -> Controller:
-    """Compile `pipe.transformer` with Jano; returns its controller. `config` fields win over
-    the family preset, which wins over the JanoConfig defaults."""
+    """Compile `pipe.transformer` with Jano; returns its controller. The fields `config` sets
+    (for a JanoConfig: those passed to its constructor) win over the family preset, which
+    wins over the JanoConfig defaults. The step count comes from the scheduler."""
     if getattr(pipe, _HANDLE, None) is not None:
         raise RuntimeError("jano is already enabled on this pipeline; call jano_compile.disable(pipe) first")
     transformer = getattr(pipe, "transformer", None)
     if not isinstance(transformer, torch.nn.Module):
         raise TypeError(f"{type(pipe).__name__} has no `transformer` module to compile")
-    options = {"lowering": lowering, **_options(config)}
+    options = {"lowering": lowering, **explicit_options(config)}
     compiled = torch.compile(transformer, backend="jano", dynamic=False, options=options,
                              **compile_kwargs)
     ctl = controller(transformer)
@@ -73,14 +67,25 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
         set_on(transformer, "cache_context", cache_context)
 
     scheduler = pipe.scheduler
+    clock = SchedulerClock()
+    ctl.auto_policy.scheduler_clock = clock
     original_set_timesteps = scheduler.set_timesteps
+    original_step = scheduler.step
 
     @functools.wraps(original_set_timesteps)   # pipelines inspect its signature
     def set_timesteps(*args, **kwargs):
         result = original_set_timesteps(*args, **kwargs)
+        clock.start_generation()
         ctl.set_num_inference_steps(len(scheduler.timesteps))
         return result
     set_on(scheduler, "set_timesteps", set_timesteps)
+
+    @functools.wraps(original_step)
+    def step(*args, **kwargs):
+        result = original_step(*args, **kwargs)
+        clock.end_step()
+        return result
+    set_on(scheduler, "step", step)
 
     original_progress_bar = pipe.progress_bar
 
@@ -129,7 +134,7 @@ def _save_overlay(ctl: Controller, decoded) -> None:
     if image.dim() == 4:                       # [C, F, H, W] video: first frame
         image = image[:, 0]
     array = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    path = os.path.join(adaptive.config.save_dir, f"region_overlay_{adaptive.clock.generation:03d}.png")
+    path = os.path.join(adaptive.config.save_dir, f"region_overlay_{adaptive.generation:03d}.png")
     render_region_map(ctl.region_map(), image=Image.fromarray(array)).save(path)
 
 
@@ -140,5 +145,6 @@ def disable(pipe) -> None:
         raise RuntimeError("jano is not enabled on this pipeline")
     for obj, name in handle.patched:
         obj.__dict__.pop(name, None)
+    handle.controller.auto_policy.scheduler_clock = None
     pipe.transformer = handle.transformer
     delattr(pipe, _HANDLE)

@@ -2,26 +2,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
-import torch
-
-
-@dataclass
-class CacheSpec:
-    """One cache tensor a rewritten graph reads and returns (full, ungathered shape)."""
-    name: str
-    role: str            # "out_cache", "k_cache" or "v_cache"
-    shape: tuple
-    dtype: str
-
-    @property
-    def nbytes(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n * torch.empty((), dtype=getattr(torch, self.dtype)).element_size()
+from jano_compile.passes.signature import GraphSignature
 
 
 @dataclass
@@ -37,7 +21,12 @@ class GraphReport:
     attention: list = field(default_factory=list)   # {"node", "kind", "layout", "how"}
     literals: list = field(default_factory=list)    # {"node", "what"}
     tables: list = field(default_factory=list)      # {"node", "table", "dim", "layout"}
-    caches: list = field(default_factory=list)      # CacheSpec
+    signature: Optional[GraphSignature] = None      # calling convention of the rewritten graph
+
+    @property
+    def caches(self) -> list[dict]:
+        """The states the rewritten graph reads and renews (StateSpec.describe() each)."""
+        return [s.describe() for s in self.signature.states] if self.signature else []
 
     @property
     def self_attention_count(self) -> int:
@@ -49,10 +38,11 @@ class GraphReport:
 
     @property
     def cache_bytes(self) -> int:
-        return sum(c.nbytes for c in self.caches)
+        return self.signature.state_bytes if self.signature else 0
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "signature"}
+        d["caches"] = self.caches
         d["cache_bytes"] = self.cache_bytes
         return d
 
@@ -97,10 +87,12 @@ class Report:
 
     @property
     def fallback_reason(self) -> Optional[str]:
+        """Why the model is not (wholly) rewritten, each distinct reason once; None when it
+        is. Where no graph holds image tokens, the reasons of every graph."""
         reasons = self.reasons
         if not reasons and not any(g.rewritten for g in self.graphs):
-            reasons = [g.reason for g in self.graphs if g.reason]
-        return "; ".join(reasons) if reasons else None
+            reasons = [g.reason or "no reason recorded" for g in self.graphs]
+        return "; ".join(dict.fromkeys(reasons)) if reasons else None
 
     def to_json(self) -> str:
         return json.dumps([g.to_dict() for g in self.graphs], indent=2, default=str)

@@ -1,8 +1,8 @@
 """Run the passes on one dynamo graph and check the result; never a wrong graph.
 
 `rewrite_graph(gm, example_inputs)` returns (rewritten GraphModule or None, GraphReport).
-The rewritten graph takes the original inputs plus [active_index, out_cache, k_cache_0,
-v_cache_0, ...] and returns the original outputs plus the refilled caches in that order.
+The report of a rewritten graph holds its `GraphSignature` (passes/signature.py): the
+extra inputs and outputs the passes declared, in order.
 """
 from __future__ import annotations
 
@@ -15,16 +15,22 @@ import torch
 import torch.fx as fx
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-from jano_compile.passes import REWRITE_PASSES, Unrewritable, token_layout
+from jano_compile.passes import REWRITE_PASSES, NoImageTokens, Unrewritable, token_layout
 from jano_compile.passes.plan import (SegmentSlice, ShapeLiteral, SplitSizes, SqueezeDims,
                                       TokenPlan)
-from jano_compile.passes.token_inputs import ROLE
+from jano_compile.passes.signature import GraphSignature, graph_signature
 from jano_compile.passes.token_layout import value
 
-from .fake_inputs import extra_inputs, fake_inputs
-from .report import CacheSpec, GraphReport
+from .fake_inputs import fake_inputs
+from .report import GraphReport
 
 log = logging.getLogger(__name__)
+
+
+def _describe_error(e: Exception, limit: int = 300) -> str:
+    """`TypeName: first line of the message` (the message may be empty)."""
+    lines = str(e).splitlines()
+    return f"{type(e).__name__}: {lines[0][:limit] if lines else ''}".rstrip(": ")
 
 
 def graph_name(gm: fx.GraphModule) -> str:
@@ -45,10 +51,7 @@ def _describe_literal(edit) -> str:
     return repr(edit)
 
 
-def _report(name: str, plan: TokenPlan, gm: fx.GraphModule) -> GraphReport:
-    caches = [CacheSpec(n.name, n.meta[ROLE], tuple(n.meta["example_value"].shape),
-                        str(n.meta["example_value"].dtype).replace("torch.", ""))
-              for n in extra_inputs(gm) if n.meta[ROLE] != "active_index"]
+def _report(name: str, plan: TokenPlan, signature: GraphSignature) -> GraphReport:
     attention = [{"node": s.node.name, "kind": s.kind, "layout": str(s.query.layout),
                   "how": ("Q gathered, K/V completed from cache" if s.kind == "self"
                           else "Q gathered, K/V from text untouched")} for s in plan.attention]
@@ -58,27 +61,27 @@ def _report(name: str, plan: TokenPlan, gm: fx.GraphModule) -> GraphReport:
         literals=[{"node": e.node.name, "what": _describe_literal(e)} for e in plan.literals],
         tables=[{"node": t.node.name, "table": t.arg.name, "dim": t.dim, "layout": str(t.layout)}
                 for t in plan.tables],
-        caches=caches)
+        signature=signature)
 
 
-def _validate(gm: fx.GraphModule, original: fx.GraphModule, example_inputs, plan: TokenPlan):
+def _validate(gm: fx.GraphModule, original: fx.GraphModule, example_inputs, signature: GraphSignature):
     """Shape-check the rewritten graph at a length that differs from N (a literal or table we
     missed fails here), then annotate it with symbolic shapes for dumps and Inductor."""
-    n = plan.num_image_tokens
+    n = signature.num_image_tokens
     out_node = next(x for x in original.graph.nodes if x.op == "output")
     expected = [tuple(value(a).shape) for a in out_node.args[0] if isinstance(value(a), torch.Tensor)]
     for probe in sorted({max(n - 1, 0), n // 2 + 1}):
-        mode, fakes = fake_inputs(gm, example_inputs, num_active=probe)
+        mode, fakes = fake_inputs(signature, example_inputs, num_active=probe)
         try:
             with mode:
                 outs = FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
         except Exception as e:  # noqa: BLE001 - any failure means: do not rewrite
             raise Unrewritable(f"shape check with {probe} active tokens failed: "
-                               f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+                               f"{_describe_error(e, 200)}") from e
         got = [tuple(o.shape) for o in outs if isinstance(o, torch.Tensor)]
         if got[:len(expected)] != expected:
             raise Unrewritable(f"outputs change shape with {probe} active tokens: {got} vs {expected}")
-    mode, fakes = fake_inputs(gm, example_inputs, num_image_tokens=n)
+    mode, fakes = fake_inputs(signature, example_inputs)
     with mode:
         FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
     if mode.shape_env.replacements:
@@ -95,19 +98,23 @@ def rewrite_graph(gm: fx.GraphModule, example_inputs) -> tuple[Optional[fx.Graph
     try:
         plan = token_layout(work)
     except Unrewritable as e:
-        holds = "no image-token region" not in str(e) and "no `hidden_states`" not in str(e)
-        return None, GraphReport(name, False, str(e), holds_image_tokens=holds)
+        return None, GraphReport(name, False, e.reason,
+                                 holds_image_tokens=not isinstance(e, NoImageTokens))
+    except Exception as e:  # noqa: BLE001 - an analysis bug must not break the user's model
+        log.warning("jano: analysis of %s failed", name, exc_info=True)
+        return None, GraphReport(name, False, f"internal error in the token analysis: "
+                                 f"{_describe_error(e)}")
     try:
         for p in REWRITE_PASSES:
             work = p(work, plan)
             log.debug("after %s:\n%s", p.__name__, work.graph)
         work.graph.lint()
         work.recompile()
-        _validate(work, gm, example_inputs, plan)
+        signature = graph_signature(work)
+        _validate(work, gm, example_inputs, signature)
     except Unrewritable as e:
-        return None, GraphReport(name, False, str(e))
-    except Exception as e:  # noqa: BLE001 - a pass bug must not break the user's model
+        return None, GraphReport(name, False, e.reason)
+    except Exception as e:  # noqa: BLE001 - a pass bug (SignatureError too) must not break the model
         log.warning("jano: rewrite of %s failed", name, exc_info=True)
-        return None, GraphReport(name, False, f"internal error in the rewrite: {type(e).__name__}: "
-                                 f"{str(e).splitlines()[0][:300]}")
-    return work, _report(name, plan, work)
+        return None, GraphReport(name, False, f"internal error in the rewrite: {_describe_error(e)}")
+    return work, _report(name, plan, signature)

@@ -2,35 +2,26 @@
 through the parameters they receive (see registry.py) and let it run the graph."""
 from __future__ import annotations
 
-import re
+import logging
 import sys
+from typing import Callable, Mapping, Optional
 
 import torch
-import torch.fx as fx
+
+from jano_compile.passes.input_roles import InputRoles
 
 from .controller import Controller
-from .lowering import Lowered
 from .registry import REGISTRY
 from .report import GraphReport
+from .runner import GraphRunner
 
-
-NAMED_INPUTS = ("hidden_states", "timestep", "img_ids")
-
-
-def input_positions(gm: fx.GraphModule) -> dict[str, int]:
-    """Positions of the model inputs the runtime reads (`l_kwargs_timestep_` -> "timestep")."""
-    out = {}
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    for i, node in enumerate(placeholders):
-        name = re.sub(r"^l_(kwargs_)?|_$", "", node.name)
-        if name in NAMED_INPUTS and name not in out:
-            out[name] = i
-    return out
+log = logging.getLogger(__name__)
 
 
 def _calling_module(param: torch.Tensor):
-    """The nn.Module whose forward dynamo is running (found once, when a model's first call
-    creates its controller): the `self` of a caller frame that owns `param`."""
+    """The nn.Module whose forward dynamo is running: the `self` of a caller frame that owns
+    `param`. Only a fallback, for a model compiled without `jano_compile.controller()` or
+    `enable()` attaching it."""
     frame = sys._getframe(2)
     while frame is not None:
         candidate = frame.f_locals.get("self")
@@ -40,19 +31,27 @@ def _calling_module(param: torch.Tensor):
     return None
 
 
-class _Graph:
-    def __init__(self, report: GraphReport, lowered: Lowered, param_positions: list[int],
-                 positions: dict, schedule_options: dict):
+class CompiledGraph:
+    """One dynamo graph as jano serves it: rewritten (`runner` set) or left as it is."""
+
+    def __init__(self, report: GraphReport, runner: Optional[GraphRunner],
+                 unrewritten: Optional[Callable], param_positions: list[int], roles: InputRoles,
+                 schedule_options: Mapping):
         self.report = report
-        self.lowered = lowered
+        self.runner = runner
+        self.unrewritten = unrewritten
         self.param_positions = param_positions
-        self.input_positions = positions
-        self.schedule_options = schedule_options
-        self._orphan: Controller | None = None   # for graphs that receive no parameter
+        self.roles = roles
+        self.schedule_options = dict(schedule_options)
+        self._orphan: Optional[Controller] = None   # for graphs that receive no parameter
+
+    @property
+    def signature(self):
+        return self.runner.signature if self.runner else None
 
     @property
     def compiles(self) -> int:
-        return self.lowered.compiles
+        return self.runner.compiles if self.runner else self.unrewritten.compiles
 
     def controller_for(self, args) -> Controller:
         if not self.param_positions:
@@ -64,30 +63,16 @@ class _Graph:
             ctl = Controller()
             module = _calling_module(params[0])
             if module is not None:
+                log.info("jano: found the model %s by walking the call stack; call "
+                         "jano_compile.controller(compiled) before the first call to attach it "
+                         "directly", type(module).__name__)
                 ctl.attach(module)
                 REGISTRY.register(module.parameters(), ctl)
             REGISTRY.register(params, ctl)
         return ctl
 
-
-class RewrittenGraph(_Graph):
-    """A token-gathered graph: extra inputs [active_index, caches...], extra outputs caches."""
-
-    def __init__(self, report, lowered, param_positions, positions, schedule_options,
-                 num_outputs: int, index_device):
-        super().__init__(report, lowered, param_positions, positions, schedule_options)
-        self.num_outputs = num_outputs
-        self.index_device = index_device
-
     def __call__(self, *args):
-        return self.controller_for(args).run_rewritten(self, args)
-
-
-class FallbackGraph(_Graph):
-    """A graph left as it is (the reason is in its report)."""
-
-    def __call__(self, *args):
-        return self.controller_for(args).run_fallback(self, args)
+        return self.controller_for(args).run(self, args)
 
 
 def param_positions(example_inputs) -> list[int]:

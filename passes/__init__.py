@@ -5,13 +5,14 @@
 GraphModule that applies one part of the plan.
 """
 from .gather_scatter import gather_scatter
+from .input_roles import InputRoles, input_roles
 from .kv_cache import kv_cache
-from .plan import TokenPlan, Unrewritable
+from .plan import NoImageTokens, TokenPlan, Unrewritable
 from .token_layout import token_layout
 from .token_shapes import token_shapes
 
 # Order matters: gather_scatter creates the `active_index` input the others read.
 REWRITE_PASSES = (gather_scatter, kv_cache, token_shapes)
 
-__all__ = ["REWRITE_PASSES", "TokenPlan", "Unrewritable", "gather_scatter", "kv_cache",
-           "token_layout", "token_shapes"]
+__all__ = ["REWRITE_PASSES", "InputRoles", "NoImageTokens", "TokenPlan", "Unrewritable",
+           "gather_scatter", "input_roles", "kv_cache", "token_layout", "token_shapes"]

@@ -16,17 +16,16 @@ import torch
 import torch.fx as fx
 
 from .plan import TokenPlan
-from .token_inputs import active_index, add_input, add_outputs
+from .signature import Role, declare_state, declare_state_outputs
+from .token_inputs import active_index
 from .token_layout import value
-
-OUT_CACHE = "out_cache"
 
 
 def gather_scatter(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:
     graph = gm.graph
     entry_val, exit_val = value(plan.entry), value(plan.exit)
     idx = active_index(graph, entry_val.device)
-    cache = add_input(graph, OUT_CACHE, "out_cache", exit_val)
+    cache = declare_state(graph, Role.OUT_CACHE.value, Role.OUT_CACHE, exit_val, token_dim=1)
 
     anchor = plan.entry if plan.entry.op != "placeholder" else idx
     with graph.inserting_after(anchor):
@@ -38,5 +37,5 @@ def gather_scatter(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:
         full = graph.call_function(torch.index_copy, (cache, 1, idx, plan.exit))
     full.name = "scattered_" + plan.exit.name
     plan.exit.replace_all_uses_with(full, delete_user_cb=lambda u: u is not full)
-    add_outputs(graph, [full], "out_cache")
+    declare_state_outputs(graph, [(full, cache)])
     return gm

@@ -15,30 +15,32 @@ import torch
 import torch.fx as fx
 
 from .plan import TokenPlan
-from .token_inputs import add_input, add_outputs, layout_rows
+from .signature import Role, declare_state, declare_state_outputs
+from .token_inputs import layout_rows
 from .token_layout import value
 
 
 def kv_cache(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:
     graph = gm.graph
-    new_outputs = []
+    renewed = []
     layer = 0
     for site in plan.attention:
         if site.kind != "self":
             continue
         rows = layout_rows(graph, site.key.layout)
         filled = {}
-        for role, src in (("k_cache", site.key_node), ("v_cache", site.value_node)):
+        for role, src in ((Role.K_CACHE, site.key_node), (Role.V_CACHE, site.value_node)):
             if src in filled:
                 continue
-            cache = add_input(graph, f"{role}_{layer}", role, value(src))
+            cache = declare_state(graph, f"{role.value}_{layer}", role, value(src),
+                                  token_dim=site.key.dim, layer=layer)
             with graph.inserting_before(site.node):
                 full = graph.call_function(torch.index_copy, (cache, site.key.dim, rows, src))
-            full.name = f"{role}_{layer}_filled"
+            full.name = f"{role.value}_{layer}_filled"
             filled[src] = full
-            new_outputs.append(full)
+            renewed.append((full, cache))
         site.node.args = tuple(filled.get(a, a) for a in site.node.args)
         site.node.kwargs = {k: filled.get(a, a) for k, a in site.node.kwargs.items()}
         layer += 1
-    add_outputs(graph, new_outputs, "kv_cache")
+    declare_state_outputs(graph, renewed)
     return gm

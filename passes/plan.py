@@ -132,4 +132,18 @@ class TokenPlan:
 
 
 class Unrewritable(Exception):
-    """The graph cannot be rewritten safely; the message says why (shown in the report)."""
+    """The graph cannot be rewritten safely.
+
+    `reason` says why (shown in the report); `progress` is how many nodes the token analysis
+    labelled before it stopped, so that of several entry candidates the one that got
+    furthest gives the reason."""
+
+    def __init__(self, reason: str, progress: int = 0):
+        super().__init__(reason)
+        self.reason = reason
+        self.progress = progress
+
+
+class NoImageTokens(Unrewritable):
+    """The graph holds no image-token region at all (a plain MLP, the tail of a graph break):
+    nothing to rewrite, and nothing a user of a DiT needs to be warned about for this graph."""

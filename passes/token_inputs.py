@@ -14,9 +14,7 @@ import torch
 import torch.fx as fx
 
 from .plan import IMAGE, Layout
-
-ACTIVE_INDEX = "active_index"
-ROLE = "jano_role"          # node.meta key naming the inputs and outputs the passes add
+from .signature import ROLE, Role, declare_index
 
 
 def _placeholders(graph: fx.Graph) -> list[fx.Node]:
@@ -27,23 +25,8 @@ def _find(graph: fx.Graph, name: str):
     return next((n for n in graph.nodes if n.name == name), None)
 
 
-def add_input(graph: fx.Graph, name: str, role: str, example=None) -> fx.Node:
-    """Append a placeholder after the existing ones."""
-    with graph.inserting_after(_placeholders(graph)[-1]):
-        node = graph.placeholder(name)
-    node.meta[ROLE] = role
-    if example is not None:
-        node.meta["example_value"] = example
-    return node
-
-
-def add_outputs(graph: fx.Graph, nodes: list[fx.Node], role: str) -> None:
-    """Append `nodes` to the graph's output tuple."""
-    out = next(n for n in graph.nodes if n.op == "output")
-    results = out.args[0]
-    results = tuple(results) if isinstance(results, (tuple, list)) else (results,)
-    out.args = (results + tuple(nodes),)
-    out.meta.setdefault("jano_extra_outputs", []).extend((n.name, role) for n in nodes)
+def _index_node(graph: fx.Graph):
+    return next((n for n in _placeholders(graph) if n.meta.get(ROLE) is Role.ACTIVE_INDEX), None)
 
 
 def _after(graph: fx.Graph, *inputs):
@@ -57,18 +40,14 @@ def _after(graph: fx.Graph, *inputs):
 
 
 def active_index(graph: fx.Graph, device: torch.device) -> fx.Node:
-    node = _find(graph, ACTIVE_INDEX)
-    if node is None:
-        node = add_input(graph, ACTIVE_INDEX, "active_index",
-                         torch.empty(0, dtype=torch.long, device=device))
-        node.meta["device"] = device
-    return node
+    """The `active_index` input, declared on first use."""
+    return _index_node(graph) or declare_index(graph, device)
 
 
 def num_active(graph: fx.Graph) -> fx.Node:
     node = _find(graph, "num_active")
     if node is None:
-        idx = _find(graph, ACTIVE_INDEX)
+        idx = _index_node(graph)
         with _after(graph, idx):
             node = graph.call_method("size", (idx, 0))
         node.name = "num_active"
@@ -111,14 +90,14 @@ def segment_bounds(graph: fx.Graph, layout: Layout, k: int):
 
 def layout_rows(graph: fx.Graph, layout: Layout) -> fx.Node:
     """[T + n] int64 rows of the full sequence that the gathered sequence holds."""
-    idx = _find(graph, ACTIVE_INDEX)
+    idx = _index_node(graph)
     if layout.is_image_only:
         return idx
     name = "rows_" + "_".join(f"{s.kind}{s.size}" for s in layout.segments)
     node = _find(graph, name)
     if node is not None:
         return node
-    device = idx.meta["device"]
+    device = idx.meta["example_value"].device
     pieces = []
     for off, seg in zip(layout.offsets(), layout.segments):
         with _after(graph, idx, *pieces):

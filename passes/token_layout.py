@@ -1,7 +1,10 @@
 """token_layout: find the image-token region of a dynamo graph and label every token axis.
 
 Analysis only: the graph is not changed; the returned `TokenPlan` tells the rewriting passes
-what to do. Raises `Unrewritable` with a reason when anything is not provably safe.
+what to do. Raises `Unrewritable` with a reason when anything is not provably safe (an op it
+does not know, an operand dynamo recorded no shape for, tokens laid out otherwise than
+[batch, tokens, channels]), and its subclass `NoImageTokens` when the graph holds no
+image-token region at all (no tensor output, no `hidden_states` input). Nothing else escapes.
 
     exit   : walk back from the graph output through layout-only ops (unpatchify) to the
              last computed tensor  [B, N, C]; N = number of image tokens
@@ -30,8 +33,10 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from .plan import (IMAGE, TEXT, AttentionSite, Layout, Segment, SegmentSlice, ShapeLiteral,
-                   SplitSizes, SqueezeDims, TableGather, TokenAxis, TokenPlan, Unrewritable)
+from .input_roles import input_roles
+from .plan import (IMAGE, TEXT, AttentionSite, Layout, NoImageTokens, Segment, SegmentSlice,
+                   ShapeLiteral, SplitSizes, SqueezeDims, TableGather, TokenAxis, TokenPlan,
+                   Unrewritable)
 
 MAX_ENTRY_CANDIDATES = 6
 
@@ -96,8 +101,12 @@ def _shape_args(node: fx.Node) -> list:
 # --------------------------------------------------------------------------- exit / entry
 def _find_exit(gm: fx.GraphModule) -> fx.Node:
     out = next(n for n in gm.graph.nodes if n.op == "output")
-    results = out.args[0]
-    first = results[0] if isinstance(results, (tuple, list)) else results
+    results = out.args[0] if out.args else None
+    results = list(results) if isinstance(results, (tuple, list)) else [results]
+    if not any(_is_tensor_node(r) for r in results):
+        # e.g. the piece of a graph break that only mutates state, `return ()`
+        raise NoImageTokens("the graph returns no tensor")
+    first = results[0]
     if not _is_tensor_node(first):
         raise Unrewritable("the graph's first output is not a tensor")
     node = first
@@ -113,25 +122,35 @@ def _find_exit(gm: fx.GraphModule) -> fx.Node:
 
 def _hidden_states_input(gm: fx.GraphModule) -> fx.Node:
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    for n in placeholders:
-        name = n.name.lower()
-        if "hidden_states" in name and "encoder" not in name and _is_tensor_node(n):
-            return n
-    raise Unrewritable("no `hidden_states` input found in the graph (is the whole "
-                       "transformer forward captured in this graph?)")
+    position = input_roles(gm).hidden_states
+    if position is not None and _is_tensor_node(placeholders[position]):
+        return placeholders[position]
+    raise NoImageTokens("no `hidden_states` input found in the graph (is the whole "
+                        "transformer forward captured in this graph?)")
 
 
-def _entry_candidates(gm: fx.GraphModule, source: fx.Node, exit_node: fx.Node) -> list[fx.Node]:
-    batch = value(source).shape[0]
-    tokens = value(exit_node).shape[1]
+def _derived(gm: fx.GraphModule, source: fx.Node, until: fx.Node) -> list[fx.Node]:
+    """The nodes computed from `source`, in graph order, up to and including `until`."""
     derived = {source}
     out = []
     for n in gm.graph.nodes:
+        if n is source or any(a in derived for a in n.all_input_nodes):
+            derived.add(n)
+            out.append(n)
+        if n is until:
+            break
+    return out
+
+
+def _entry_candidates(gm: fx.GraphModule, source: fx.Node, exit_node: fx.Node) -> list[fx.Node]:
+    if value(source).dim() == 0:
+        return []
+    batch = value(source).shape[0]
+    tokens = value(exit_node).shape[1]
+    out = []
+    for n in _derived(gm, source, exit_node):
         if n is exit_node:
             break
-        if n is not source and not any(a in derived for a in n.all_input_nodes):
-            continue
-        derived.add(n)
         v = value(n)
         if isinstance(v, torch.Tensor) and v.dim() == 3 and v.shape[0] == batch and v.shape[1] == tokens:
             out.append(n)
@@ -154,9 +173,35 @@ class _Propagation:
         return self.axes.get(a) if isinstance(a, fx.Node) else None
 
     def fail(self, node: fx.Node, why: str):
-        error = Unrewritable(f"{node.name} ({op_name(node)}): {why}")
-        error.progress = self.visited   # how far this entry candidate got
-        raise error
+        # progress: how far this entry candidate got
+        raise Unrewritable(f"{node.name} ({op_name(node)}): {why}", progress=self.visited)
+
+    def tensor(self, node: fx.Node, a) -> torch.Tensor:
+        """The example tensor dynamo recorded for `a` (an operand of `node`, or `node` itself);
+        fails when there is none: every shape rule below reads it."""
+        v = value(a)
+        if isinstance(v, torch.Tensor):
+            return v
+        what = "its result" if a is node else f"operand {getattr(a, 'name', repr(a))}"
+        found = "no recorded shape" if v is None else f"a recorded {type(v).__name__}, not a tensor"
+        self.fail(node, f"{what} has {found}")
+
+    def ndim(self, node: fx.Node, a) -> int:
+        return self.tensor(node, a).dim()
+
+    def token_axis(self, node: fx.Node, a) -> TokenAxis:
+        """The token axis of `a`, the tensor operand `node` reads; fails when image tokens
+        reach `node` otherwise (through another argument, or as a tuple of tensors)."""
+        t = self.ax(a)
+        if isinstance(t, TokenAxis):
+            return t
+        if t is None:
+            self.stray_tokens(node, "the tensor it works on")
+        self.fail(node, f"{a.name}, a tuple of token-carrying tensors, is used as one tensor")
+
+    def stray_tokens(self, node: fx.Node, expected: str):
+        carriers = ", ".join(x.name for x in node.all_input_nodes if self.ax(x) is not None)
+        self.fail(node, f"image tokens reach this op through {carriers}, not through {expected}")
 
     def run(self) -> TokenPlan:
         plan = self.plan
@@ -190,10 +235,9 @@ class _Propagation:
             if not started:
                 raise Unrewritable("the entry was not reached")
         if not any(site.kind == "self" for site in plan.attention):
-            error = Unrewritable(f"no self-attention over image tokens between the entry "
-                                 f"{plan.entry.name} and the exit {plan.exit.name}")
-            error.progress = 0       # a later candidate that skips the blocks is no entry
-            raise error
+            # progress 0: a later candidate that skips the blocks is no entry
+            raise Unrewritable(f"no self-attention over image tokens between the entry "
+                               f"{plan.entry.name} and the exit {plan.exit.name}", progress=0)
         plan.axes = {k: v for k, v in self.axes.items() if v is not None}
         plan.axes[plan.exit] = TokenAxis(1, Layout.image(plan.num_image_tokens))
         return plan
@@ -207,6 +251,9 @@ class _Propagation:
             return self.setitem(node)
         if node.target is F.scaled_dot_product_attention:
             return self.attention(node)
+        if not node.args and name not in ("cat", "concat", "concatenate", "stack"):
+            self.fail(node, "called with keyword arguments only (the tensor it works on is "
+                      "expected as the first positional argument)")
         if name in ("linear",):
             return self.linear(node)
         if name in ("layer_norm", "rms_norm"):
@@ -247,26 +294,33 @@ class _Propagation:
 
     # -- pointwise with broadcasting; non-token operands over the full axis are tables
     def pointwise(self, node: fx.Node, name: str):
-        out_ndim = value(node).dim()
+        out_ndim = self.ndim(node, node)
         operands = [node.args[0]] if name in _DATA_FIRST_ONLY else list(node.args) + list(node.kwargs.values())
-        operands = [a for a in operands if _is_tensor_node(a)]
+        operands = [a for a in operands if isinstance(a, fx.Node)]
         aligned = None
         for a in operands:
             t = self.ax(a)
             if isinstance(t, TokenAxis):
-                cand = TokenAxis(out_ndim - value(a).dim() + t.dim, t.layout)
+                cand = TokenAxis(out_ndim - self.ndim(node, a) + t.dim, t.layout)
                 if aligned is not None and aligned != cand:
                     self.fail(node, f"operands disagree on the token axis ({aligned} vs {cand})")
                 aligned = cand
             elif t is not None:
                 self.fail(node, "a tuple of tensors used as a pointwise operand")
+        if aligned is None:
+            if name in _DATA_FIRST_ONLY:
+                # `emb.type_as(hidden_states)`: the token-carrying argument only gives the
+                # dtype (or device); the result holds no image tokens
+                return None
+            self.stray_tokens(node, "an element-wise operand")
         for a in operands:
-            if self.ax(a) is None:
+            # a recorded scalar broadcasts; a node with nothing recorded cannot be checked
+            if self.ax(a) is None and (value(a) is None or isinstance(value(a), torch.Tensor)):
                 self.table_or_broadcast(node, a, aligned, out_ndim)
         return aligned
 
     def table_or_broadcast(self, node: fx.Node, a: fx.Node, axis: TokenAxis, out_ndim: int):
-        v = value(a)
+        v = self.tensor(node, a)
         local = axis.dim - (out_ndim - v.dim())
         if local < 0:
             return
@@ -282,39 +336,45 @@ class _Propagation:
     # -- channel-wise ops
     def linear(self, node: fx.Node):
         x = node.args[0]
-        t = self.ax(x)
-        if any(self.ax(a) is not None for a in node.args[1:]):
+        if any(self.ax(a) is not None for a in list(node.args[1:]) + list(node.kwargs.values())):
             self.fail(node, "weights depend on image tokens")
-        if not isinstance(t, TokenAxis) or t.dim == value(x).dim() - 1:
+        t = self.token_axis(node, x)
+        if t.dim == self.ndim(node, x) - 1:
             self.fail(node, "linear over the token axis")
         return t
 
     def norm(self, node: fx.Node):
         x = node.args[0]
-        t = self.ax(x)
         shape = _arg(node, 1, "normalized_shape")
         k = len(shape) if isinstance(shape, (tuple, list)) else 1
-        if any(self.ax(a) is not None for a in node.args[2:] if isinstance(a, fx.Node)):
+        if any(self.ax(a) is not None for a in list(node.args[2:]) + list(node.kwargs.values())
+               if isinstance(a, fx.Node)):
             self.fail(node, "norm weights depend on image tokens")
-        if t.dim >= value(x).dim() - k:
+        t = self.token_axis(node, x)
+        if t.dim >= self.ndim(node, x) - k:
             self.fail(node, "normalisation over the token axis")
         return t
 
     def softmax(self, node: fx.Node):
-        t = self.ax(node.args[0])
-        d = _normal_dim(_arg(node, 1, "dim"), value(node.args[0]).dim())
+        t = self.token_axis(node, node.args[0])
+        d = _arg(node, 1, "dim")
+        if not isinstance(d, int):
+            self.fail(node, f"softmax with dim={d!r} (an explicit int is needed)")
+        d = _normal_dim(d, self.ndim(node, node.args[0]))
         if d == t.dim:
             self.fail(node, "softmax over the token axis")
         return t
 
     def reduction(self, node: fx.Node):
         x = node.args[0]
-        t = self.ax(x)
-        ndim = value(x).dim()
+        t = self.token_axis(node, x)
+        ndim = self.ndim(node, x)
         dims = _arg(node, 1, "dim")
         if dims is None or isinstance(dims, fx.Node):
             self.fail(node, "reduction over image tokens (all dimensions)")
         dims = [dims] if isinstance(dims, int) else list(dims)
+        if not all(isinstance(d, int) for d in dims):
+            self.fail(node, f"reduction over dims {dims!r} (ints are needed)")
         dims = [_normal_dim(d, ndim) for d in dims]
         if t.dim in dims:
             self.fail(node, "reduction over image tokens")
@@ -326,9 +386,12 @@ class _Propagation:
     # -- views
     def reshape(self, node: fx.Node):
         x = node.args[0]
-        t = self.ax(x)
-        dim = self.map_reshape(node, tuple(value(x).shape), tuple(value(node).shape), t)
+        t = self.token_axis(node, x)
+        dim = self.map_reshape(node, tuple(self.tensor(node, x).shape),
+                               tuple(self.tensor(node, node).shape), t)
         shape = _shape_args(node)
+        if len(shape) != self.ndim(node, node):
+            self.fail(node, f"target shape {shape!r} is not a list of sizes")
         if shape[dim] != -1:
             self.plan.literals.append(ShapeLiteral(node, dim, t.layout))
         return TokenAxis(dim, t.layout)
@@ -343,18 +406,20 @@ class _Propagation:
         self.fail(node, f"reshape {in_shape} -> {out_shape} splits or merges the token axis")
 
     def expand(self, node: fx.Node):
-        t = self.ax(node.args[0])
-        out_ndim = value(node).dim()
-        dim = out_ndim - value(node.args[0]).dim() + t.dim
+        t = self.token_axis(node, node.args[0])
+        out_ndim = self.ndim(node, node)
+        dim = out_ndim - self.ndim(node, node.args[0]) + t.dim
         shape = _shape_args(node)
+        if len(shape) != out_ndim:
+            self.fail(node, f"target shape {shape!r} is not a list of sizes")
         if shape[dim] != -1:
             self.plan.literals.append(ShapeLiteral(node, dim, t.layout, use_minus_one=True))
         return TokenAxis(dim, t.layout)
 
     def flatten(self, node: fx.Node):
         x = node.args[0]
-        t = self.ax(x)
-        shape = value(x).shape
+        t = self.token_axis(node, x)
+        shape = self.tensor(node, x).shape
         ndim = len(shape)
         start = _normal_dim(_arg(node, 1, "start_dim", 0), ndim)
         end = _normal_dim(_arg(node, 2, "end_dim", -1), ndim)
@@ -367,40 +432,48 @@ class _Propagation:
         self.fail(node, "flatten over the token axis")  # size-1 merges: rare, keep it simple
 
     def unflatten(self, node: fx.Node):
-        t = self.ax(node.args[0])
-        d = _normal_dim(_arg(node, 1, "dim"), value(node.args[0]).dim())
+        t = self.token_axis(node, node.args[0])
+        d = _normal_dim(_arg(node, 1, "dim"), self.ndim(node, node.args[0]))
         sizes = _arg(node, 2, "sizes")
         if d == t.dim:
             self.fail(node, "unflatten splits the token axis")
         return TokenAxis(t.dim + (len(sizes) - 1 if d < t.dim else 0), t.layout)
 
     def permute(self, node: fx.Node, name: str):
-        t = self.ax(node.args[0])
-        ndim = value(node.args[0]).dim()
+        t = self.token_axis(node, node.args[0])
+        ndim = self.ndim(node, node.args[0])
         if name in ("transpose", "swapaxes"):
-            a, b = (_normal_dim(d, ndim) for d in node.args[1:3])
-            order = list(range(ndim))
-            order[a], order[b] = order[b], order[a]
+            dims = [_arg(node, 1, "dim0"), _arg(node, 2, "dim1")]
         elif name == "permute":
-            dims = node.args[1:] if not isinstance(node.args[1], (tuple, list)) else node.args[1]
-            if "dims" in node.kwargs:
-                dims = node.kwargs["dims"]
-            order = [_normal_dim(d, ndim) for d in dims]
-        else:  # movedim(src, dst) with ints
-            src, dst = (_normal_dim(d, ndim) for d in node.args[1:3])
-            order = [d for d in range(ndim) if d != src]
-            order.insert(dst, src)
+            dims = node.kwargs.get("dims", node.args[1:])
+            if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+                dims = dims[0]
+        else:  # movedim(source, destination)
+            dims = [_arg(node, 1, "source"), _arg(node, 2, "destination")]
+        if not all(isinstance(d, int) for d in dims):
+            self.fail(node, f"{name} with dims {list(dims)!r} (ints are needed)")
+        dims = [_normal_dim(d, ndim) for d in dims]
+        if name in ("transpose", "swapaxes"):
+            order = list(range(ndim))
+            order[dims[0]], order[dims[1]] = order[dims[1]], order[dims[0]]
+        elif name == "permute":
+            order = dims
+        else:
+            order = [d for d in range(ndim) if d != dims[0]]
+            order.insert(dims[1], dims[0])
+        if sorted(order) != list(range(ndim)):
+            self.fail(node, f"{name} with dims {order} is not a permutation of {ndim} dims")
         return TokenAxis(order.index(t.dim), t.layout)
 
     def unsqueeze(self, node: fx.Node):
-        t = self.ax(node.args[0])
-        d = _normal_dim(_arg(node, 1, "dim"), value(node).dim())
+        t = self.token_axis(node, node.args[0])
+        d = _normal_dim(_arg(node, 1, "dim"), self.ndim(node, node))
         return TokenAxis(t.dim + (1 if d <= t.dim else 0), t.layout)
 
     def squeeze(self, node: fx.Node):
         x = node.args[0]
-        t = self.ax(x)
-        shape = value(x).shape
+        t = self.token_axis(node, x)
+        shape = self.tensor(node, x).shape
         dims = _arg(node, 1, "dim")
         if dims is None:
             dims = tuple(d for d, s in enumerate(shape) if s == 1 and d != t.dim)
@@ -415,7 +488,10 @@ class _Propagation:
         src, index = node.args
         t = self.ax(src)
         if isinstance(t, tuple):
+            if not isinstance(index, int) or not -len(t) <= index < len(t):
+                self.fail(node, f"index {index!r} into a tuple of {len(t)} token-carrying outputs")
             return t[index]
+        t = self.token_axis(node, src)
         return self.index_axis(node, src, index, t, record=True)
 
     def index_axis(self, node: fx.Node, src: fx.Node, index, t: TokenAxis, record: bool):
@@ -424,7 +500,7 @@ class _Propagation:
                                           and any(isinstance(i, fx.Node) for i in index)):
             self.fail(node, "tensor indexing of a token-carrying tensor")
         items = list(index) if isinstance(index, tuple) else [index]
-        ndim = value(src).dim()
+        ndim = self.ndim(node, src)
         consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
         in_dim, out_dim, result = 0, 0, None
         for pos, it in enumerate(items):
@@ -454,6 +530,9 @@ class _Propagation:
     def token_slice(self, node, pos, sl: slice, t: TokenAxis, out_dim: int, record: bool):
         if sl.step not in (None, 1):
             self.fail(node, "strided slice of the token axis")
+        if not all(b is None or isinstance(b, int) for b in (sl.start, sl.stop)):
+            self.fail(node, f"slice {sl.start!r}:{sl.stop!r} of the token axis has a computed "
+                      "bound")
         full = t.layout.full_length
         start, stop, _ = sl.indices(full)
         if (start, stop) == (0, full):
@@ -480,10 +559,14 @@ class _Propagation:
     def cat(self, node: fx.Node):
         tensors = list(_arg(node, 0, "tensors"))
         dim = _arg(node, 1, "dim", 0)
-        ndim = value(node).dim()
+        if not isinstance(dim, int):
+            self.fail(node, f"cat along dim={dim!r} (an int is needed)")
+        ndim = self.ndim(node, node)
         dim = _normal_dim(dim, ndim)
         axes = [self.ax(a) for a in tensors]
         tok = [a for a in axes if a is not None]
+        if not tok:
+            self.stray_tokens(node, "the tensors it concatenates")
         if any(not isinstance(a, TokenAxis) for a in tok):
             self.fail(node, "cat of tuples")
         if all(a.dim != dim for a in tok):
@@ -492,7 +575,7 @@ class _Propagation:
                 self.fail(node, "cat of tensors with different token axes")
             for a, x in zip(axes, tensors):
                 if a is None:
-                    if value(x).shape[first.dim] != first.layout.full_length:
+                    if self.tensor(node, x).shape[first.dim] != first.layout.full_length:
                         self.fail(node, f"{x.name} has no token axis to match")
                     self.plan.tables.append(TableGather(node, x, first.dim, first.layout))
             return first
@@ -501,27 +584,36 @@ class _Propagation:
         segments: list[Segment] = []
         for a, x in zip(axes, tensors):
             if a is None:
-                segments.append(Segment(TEXT, value(x).shape[dim]))
+                segments.append(Segment(TEXT, self.tensor(node, x).shape[dim]))
             else:
                 segments.extend(a.layout.segments)
         return TokenAxis(dim, Layout(tuple(segments)))
 
     def stack(self, node: fx.Node):
         tensors = list(_arg(node, 0, "tensors"))
-        dim = _normal_dim(_arg(node, 1, "dim", 0), value(node).dim())
+        dim = _normal_dim(_arg(node, 1, "dim", 0), self.ndim(node, node))
         axes = [self.ax(a) for a in tensors]
-        first = next(a for a in axes if a is not None)
+        first = next((a for a in axes if a is not None), None)
+        if first is None:
+            self.stray_tokens(node, "the tensors it stacks")
+        if not isinstance(first, TokenAxis):
+            self.fail(node, "stack of tuples")
         if any(a != first for a in axes):
             self.fail(node, "stack of tensors with different token axes")
         return TokenAxis(first.dim + (1 if dim <= first.dim else 0), first.layout)
 
     def split(self, node: fx.Node, name: str):
         x = node.args[0]
-        t = self.ax(x)
-        ndim = value(x).dim()
+        t = self.token_axis(node, x)
+        ndim = self.ndim(node, x)
         dim_pos = 1 if name == "unbind" else 2
-        d = _normal_dim(_arg(node, dim_pos, "dim", 0), ndim)
+        d = _arg(node, dim_pos, "dim", 0)
+        if not isinstance(d, int):
+            self.fail(node, f"{name} along dim={d!r} (an int is needed)")
+        d = _normal_dim(d, ndim)
         outs = value(node)
+        if not isinstance(outs, (tuple, list)):
+            self.fail(node, "its result has no recorded tuple of tensors")
         if d != t.dim:
             if name == "unbind":
                 return tuple(TokenAxis(t.dim - (1 if d < t.dim else 0), t.layout) for _ in outs)
@@ -536,13 +628,15 @@ class _Propagation:
 
     def einsum(self, node: fx.Node):
         eq = node.args[0]
+        if not isinstance(eq, str):
+            self.fail(node, "einsum in the sublist form (an equation string is needed)")
         operands = [a for a in node.args[1:]]
         if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
             operands = list(operands[0])
         lhs, _, rhs = eq.replace(" ", "").partition("->")
         if len(operands) != 1 or "," in lhs or sorted(lhs) != sorted(rhs) or "." in lhs:
             self.fail(node, "einsum over image tokens that is not a permutation")
-        t = self.ax(operands[0])
+        t = self.token_axis(node, operands[0])
         return TokenAxis(rhs.index(lhs[t.dim]), t.layout)
 
     def matmul(self, node: fx.Node):
@@ -551,9 +645,10 @@ class _Propagation:
         if tb is not None:
             self.fail(node, "matmul contracts over image tokens (attention written by hand is "
                       "not recognised; use F.scaled_dot_product_attention)")
-        if ta.dim == value(a).dim() - 1:
+        ta = self.token_axis(node, a)
+        if ta.dim == self.ndim(node, a) - 1:
             self.fail(node, "matmul contracts over the token axis")
-        return TokenAxis(value(node).dim() - value(a).dim() + ta.dim, ta.layout)
+        return TokenAxis(self.ndim(node, node) - self.ndim(node, a) + ta.dim, ta.layout)
 
     def attention(self, node: fx.Node):
         names = ["query", "key", "value", "attn_mask", "dropout_p", "is_causal"]
@@ -565,23 +660,45 @@ class _Propagation:
             self.fail(node, "causal attention over image tokens")
         if tq is None:
             self.fail(node, "attention whose keys hold image tokens but whose queries do not")
-        nd = value(q).dim()
+        tq = self.token_axis(node, q)
+        nd = self.ndim(node, q)
         if tq.dim != nd - 2:
             self.fail(node, "query token axis is not the sequence axis of attention")
         mask = args.get("attn_mask")
-        if _is_tensor_node(mask):
+        if isinstance(mask, fx.Node):
             if self.ax(mask) is not None:
                 self.fail(node, "attention mask computed from image tokens")
-            mv = value(mask)
+            mv = self.tensor(node, mask)
             if mv.dim() >= 2 and mv.shape[-2] == tq.layout.full_length and tq.layout.full_length != 1:
                 self.plan.tables.append(TableGather(node, mask, mv.dim() - 2, tq.layout))
         if tk is None and tv is None:
             self.plan.attention.append(AttentionSite(node, "cross", tq))
             return tq
-        if tk is None or tv is None or tk != tv or tk.dim != value(k).dim() - 2:
+        if not isinstance(tk, TokenAxis) or tk != tv or tk.dim != self.ndim(node, k) - 2:
             self.fail(node, "keys and values do not share one token axis")
         self.plan.attention.append(AttentionSite(node, "self", tq, tk, k, v))
         return tq
+
+
+def _no_entry(gm: fx.GraphModule, source: fx.Node, exit_node: fx.Node):
+    """Raise why no entry candidate exists. The exit [d0, d1, C] was read as
+    [batch, tokens, channels]; when it is computed from `source` but d0 is not its batch, the
+    graph holds image tokens in a layout the analysis does not follow."""
+    batch = value(source).shape[0] if value(source).dim() else None
+    if exit_node not in _derived(gm, source, exit_node):
+        batch = None
+    shape = tuple(value(exit_node).shape)
+    found = f"the last computed tensor before the output ({exit_node.name}, shape {shape})"
+    if batch is not None and shape[0] != batch and shape[1] == batch:
+        raise Unrewritable(f"{found} is sequence-first [tokens, batch, channels] (batch {batch} "
+                           f"of {source.name}); the token analysis follows [batch, tokens, "
+                           "channels] only")
+    if batch is not None and shape[0] != batch and shape[0] % batch == 0:
+        raise Unrewritable(f"{found} has {shape[0]} rows on its batch axis for batch {batch} of "
+                           f"{source.name}: {shape[0] // batch} groups of tokens (e.g. frames) are "
+                           "folded into the batch axis, which the token analysis does not follow")
+    raise NoImageTokens(f"no [batch, {shape[1]}, channels] tensor derived from {source.name} "
+                        "before the output: no image-token region")
 
 
 def token_layout(gm: fx.GraphModule) -> TokenPlan:
@@ -595,8 +712,7 @@ def token_layout(gm: fx.GraphModule) -> TokenPlan:
     source = _hidden_states_input(gm)
     candidates = _entry_candidates(gm, source, exit_node)
     if not candidates:
-        raise Unrewritable(f"no [batch, {value(exit_node).shape[1]}, channels] tensor derived from "
-                           f"{source.name} before the output: no image-token region")
+        _no_entry(gm, source, exit_node)
     errors = []
     for entry in candidates:
         try:
@@ -604,4 +720,4 @@ def token_layout(gm: fx.GraphModule) -> TokenPlan:
         except Unrewritable as e:
             errors.append(e)
     # the candidate that got furthest is the real entry; its error is the reason
-    raise max(errors, key=lambda e: getattr(e, "progress", 0))
+    raise max(errors, key=lambda e: e.progress)

@@ -1,0 +1,87 @@
+"""Automatic index policy: Jano's schedule run by itself, call by call.
+
+Per call it ticks a step clock (the pipeline's scheduler under `enable()`, else the
+timestep the model receives: see clock.py), records the latents of warm-up steps as image
+tokens (geometry.py), and asks the `AdaptiveSchedule` which tokens this step recomputes.
+It turns itself off, once and with a logged reason, where it cannot run: no timestep or
+hidden-states input, an unknown model family, latents that do not match the graph.
+
+The config is resolved once per set of compile options (explicit option > family preset
+> default, config.py); the generation length learned from the scheduler overrides the
+`num_inference_steps` option, since it is the length of the run under way.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Mapping, Optional
+
+import torch
+
+from .adaptive import AdaptiveSchedule
+from .clock import SchedulerClock, TimestepClock
+from .config import resolve_config
+from .geometry import geometry_for, image_tokens
+from .policy import DEFAULT_BRANCH, CallPlan
+
+log = logging.getLogger(__name__)
+
+
+class AutoPolicy:
+    """The automatic schedule's state for one model."""
+
+    def __init__(self):
+        self.schedule: Optional[AdaptiveSchedule] = None
+        self.off_reason: Optional[str] = None
+        self.num_inference_steps: Optional[int] = None   # learned from the scheduler
+        self.scheduler_clock: Optional[SchedulerClock] = None   # set by enable()
+        self._timestep_clock = TimestepClock()
+        self._built_from: Optional[dict] = None
+
+    def set_num_inference_steps(self, num_steps: Optional[int]) -> None:
+        self.num_inference_steps = num_steps
+        if self.schedule is not None:
+            self.schedule.set_num_inference_steps(num_steps)
+
+    def _turn_off(self, why: str) -> None:
+        self.off_reason = why
+        log.warning("jano: automatic schedule off, every step computes all tokens: %s", why)
+
+    def _schedule_for(self, family: str, options: Mapping) -> AdaptiveSchedule:
+        """The schedule for these compile options (rebuilt when they change)."""
+        if self.schedule is None or self._built_from != dict(options):
+            self.schedule = AdaptiveSchedule(resolve_config(family, options))
+            self._built_from = dict(options)
+            if self.num_inference_steps is not None:
+                self.schedule.set_num_inference_steps(self.num_inference_steps)
+        return self.schedule
+
+    def plan(self, graph, args, module: Optional[torch.nn.Module],
+             branch_name: Optional[str]) -> Optional[CallPlan]:
+        """This call's plan, or None when the automatic schedule cannot run."""
+        if self.off_reason is not None:
+            return None
+        roles = graph.roles
+        geometry = geometry_for(module)
+        if roles.hidden_states is None or (roles.timestep is None and self.scheduler_clock is None):
+            self._turn_off("the graph has no `timestep` or `hidden_states` input")
+            return None
+        if geometry is None:
+            self._turn_off(f"unknown model family {type(module).__name__ if module else '(model not found)'}: "
+                           "add it to jano_compile.geometry.GEOMETRY, or drive ctl.set_active() yourself")
+            return None
+        schedule = self._schedule_for(geometry.family, graph.schedule_options)
+        if self.scheduler_clock is not None:
+            tick = self.scheduler_clock.tick()
+        else:   # a bare loop: one device-to-host copy of the timestep per call
+            tick = self._timestep_clock.tick(float(args[roles.timestep].reshape(-1)[0]))
+        decision = schedule.decide(tick, branch_name)
+        if schedule.wants_latents(decision):
+            ids = args[roles.position_ids] if roles.position_ids is not None else None
+            tokens, grid = image_tokens(geometry, module, args[roles.hidden_states], ids)
+            n = graph.signature.num_image_tokens
+            if tokens.shape[1] != n:
+                self._turn_off(f"the latent holds {tokens.shape[1]} tokens but the graph {n}")
+                return None
+            schedule.record_latents(tokens, grid)
+        return CallPlan(decision.index, decision.branch or DEFAULT_BRANCH, decision.step,
+                        decision.phase.value, decision.new_generation)

@@ -1,0 +1,71 @@
+"""Step clocks: from successive model calls to (generation, step, call within the step).
+
+Two sources, one `Tick`:
+
+* `SchedulerClock` (what `jano_compile.enable(pipe)` uses): the pipeline's scheduler says
+  when a generation starts (`set_timesteps`) and when a step ends (`step`). Nothing is read
+  from the model's inputs, so a call costs no device-to-host synchronisation, and timesteps
+  that a bf16 pipeline rounds to equal values are still distinct steps.
+* `TimestepClock` (a bare sampling loop): reads the timestep the model receives, one
+  device-to-host copy per call on a GPU. A smaller timestep than the last starts the next
+  step, a larger one a new generation, an equal one is another branch of the same step
+  (split CFG). Schedulers whose timesteps rise within a run, solvers that call the model
+  twice per step at different timesteps (Heun, DPM-2), and timesteps rounded to equal
+  values between steps (bf16 at 100 steps) break this count.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Where one model call falls: generation (counts from 1), step (from 0), and how many
+    calls of this step came before it (0: the first branch)."""
+    generation: int
+    step: int
+    call_in_step: int
+
+
+@dataclass
+class TimestepClock:
+    """Counts steps and branches from the timesteps of successive calls."""
+    last_timestep: Optional[float] = None
+    generation: int = 0
+    step: int = -1
+    call_in_step: int = 0
+
+    def tick(self, timestep: float) -> Tick:
+        if self.last_timestep is None or timestep > self.last_timestep:
+            self.generation += 1
+            self.step, self.call_in_step = 0, 0
+        elif timestep < self.last_timestep:
+            self.step += 1
+            self.call_in_step = 0
+        else:
+            self.call_in_step += 1
+        self.last_timestep = timestep
+        return Tick(self.generation, self.step, self.call_in_step)
+
+
+@dataclass
+class SchedulerClock:
+    """Driven by the pipeline's scheduler: `start_generation` at `set_timesteps`,
+    `end_step` after each `scheduler.step`; `tick` at each model call."""
+    generation: int = 0
+    step: int = 0
+    calls_in_step: int = 0
+
+    def start_generation(self) -> None:
+        self.generation += 1
+        self.step, self.calls_in_step = 0, 0
+
+    def end_step(self) -> None:
+        self.step += 1
+        self.calls_in_step = 0
+
+    def tick(self) -> Tick:
+        tick = Tick(max(self.generation, 1), self.step, self.calls_in_step)
+        self.calls_in_step += 1
+        return tick

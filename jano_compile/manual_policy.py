@@ -1,0 +1,62 @@
+"""Manual index policy: the user picks the active tokens (`set_active`) and asks for full
+steps (`refresh`); every call before the first `set_active` is a full step."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .policy import CallPlan
+
+
+def checked_index(index, num_image_tokens: int) -> torch.Tensor:
+    """`index` as a sorted int64 CPU tensor [n] of distinct positions in [0, N), or an
+    error that says what to pass instead."""
+    if not isinstance(index, torch.Tensor):
+        raise TypeError(f"set_active() takes a LongTensor of image-token positions, got "
+                        f"{type(index).__name__}")
+    if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+        raise TypeError(f"set_active() takes integer token positions, got a {index.dtype} "
+                        "tensor (for a mask use mask.nonzero().flatten())")
+    if index.dim() != 1:
+        raise ValueError(f"set_active() takes a 1-D index, got shape {tuple(index.shape)}")
+    if index.device.type == "meta":
+        raise ValueError("set_active() got an index on the meta device, which holds no values; "
+                         "pass positions on the CPU or the model's device")
+    n = num_image_tokens
+    index = index.detach().to("cpu", torch.long)
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
+        raise IndexError(f"set_active(): positions must lie in [0, {n}) (the model has {n} "
+                         f"image tokens); got min {int(index.min())}, max {int(index.max())}")
+    index = torch.sort(index).values
+    if index.numel() > 1 and bool((index[1:] == index[:-1]).any()):
+        raise ValueError("set_active(): the index holds duplicate positions")
+    return index
+
+
+class ManualPolicy:
+    """Which tokens the next call recomputes, as the user set it."""
+
+    def __init__(self):
+        self.engaged = False            # set_active() or refresh() was called
+        self.active: Optional[torch.Tensor] = None
+        self.refresh_next = False
+
+    def refresh(self) -> None:
+        self.engaged = True
+        self.refresh_next = True
+
+    def set_active(self, index, num_image_tokens: int) -> None:
+        self.active = checked_index(index, num_image_tokens)
+        self.engaged = True
+
+    def plan(self, num_image_tokens: int, branch: str) -> CallPlan:
+        if self.refresh_next or self.active is None:
+            return CallPlan(None, branch)
+        if self.active.numel() and int(self.active[-1]) >= num_image_tokens:
+            raise IndexError(f"the active index reaches past the {num_image_tokens} image tokens of "
+                             "this graph (did the resolution change?); call set_active() again")
+        return CallPlan(self.active, branch)
+
+    def ran_full(self) -> None:
+        self.refresh_next = False

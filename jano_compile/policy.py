@@ -1,0 +1,20 @@
+"""What an index policy hands the controller for one call of a rewritten graph."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+DEFAULT_BRANCH = "default"
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    """One call: recompute the image tokens at `index` (sorted int64 [n] on the CPU), or
+    every token when `index` is None; the caches of `branch` are read and renewed."""
+    index: Optional[torch.Tensor]
+    branch: str = DEFAULT_BRANCH
+    step: Optional[int] = None        # automatic schedule only
+    phase: Optional[str] = None       # automatic schedule only: warmup, refresh, medium, ...
+    new_generation: bool = False      # automatic schedule only: the first call of a generation

@@ -1,0 +1,54 @@
+"""`Controller.stats()`: a typed record that reads like the dict it used to be."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class Stats(Mapping):
+    """What one model's controller did. `stats["calls"]` and `stats.calls` both work.
+
+    graphs / compiles       graphs dynamo handed over / lowerings made for them
+    calls / full_calls      model calls / those that computed every token
+    active_fraction         image tokens the last call recomputed, as a fraction
+    num_image_tokens        N of the last full step of a rewritten graph
+    cache_bytes             every branch's state tensors
+    rewritten               every graph holding image tokens was rewritten
+    fallback_reason         why not (never empty when `rewritten` is False)
+    mode                    "auto" (the schedule) or "manual" (set_active / refresh)
+    auto_disabled           why the automatic schedule is off, if it is
+    levels ... branches     this generation under the automatic schedule (None before it)
+    """
+    graphs: int
+    compiles: int
+    calls: int
+    full_calls: int
+    active_fraction: float
+    num_image_tokens: Optional[int]
+    cache_bytes: int
+    rewritten: bool
+    fallback_reason: Optional[str]
+    mode: str
+    auto_disabled: Optional[str]
+    levels: Optional[list] = None
+    analysis_seconds: Optional[float] = None
+    active_fraction_map: Optional[float] = None
+    medium_fraction_map: Optional[float] = None
+    compute_saved: Optional[float] = None
+    branches: Optional[list] = None
+
+    def __getitem__(self, key: str):
+        if key not in self._keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+    def _keys(self) -> tuple:
+        return tuple(f.name for f in fields(self))

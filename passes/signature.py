@@ -1,0 +1,177 @@
+"""signature: the calling convention of a rewritten graph, declared by the passes that add
+inputs and outputs, read by lowering and runtime (and by nothing else).
+
+A rewritten graph takes the user's inputs, then the index, then every state tensor, and
+returns the user's outputs, then each state's new value in the same order:
+
+    inputs : x_0 .. x_{u-1}  active_index [n] int64   state_0 .. state_{s-1}
+    outputs: y_0 .. y_{v-1}  state_0' .. state_{s-1}'
+             (FLUX, 2 blocks: state = out_cache [B, N, C], k_cache_0 [B, H, T+N, D], v_cache_0, ...)
+
+A pass declares what it adds (`declare_index`, `declare_state`, `declare_state_outputs`);
+`graph_signature(gm)` reads the declarations back, checks their order, and describes each
+state once (role, layer, token axis, shape, real dtype, device, update rule). New per-token
+state (a forecast history, an in-place cache) is one more `declare_state` call.
+"""
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.fx as fx
+
+ROLE = "jano_role"              # node.meta key: the Role of a placeholder a pass added
+STATE = "jano_state"            # node.meta key: (layer, token_dim) of a state placeholder
+STATE_OUTPUTS = "jano_state_outputs"   # output node meta: the state each added output renews
+
+
+class Role(str, enum.Enum):
+    """What an added graph input is."""
+    ACTIVE_INDEX = "active_index"   #: [n] int64 positions among the N image tokens
+    OUT_CACHE = "out_cache"         #: the exit tensor of every image token [B, N, C]
+    K_CACHE = "k_cache"             #: keys of one self-attention layer, full sequence
+    V_CACHE = "v_cache"             #: values of one self-attention layer, full sequence
+
+
+class Update(str, enum.Enum):
+    """How the runtime renews a state from the graph's outputs."""
+    REPLACE = "replace"     #: the graph returns the whole new tensor; it replaces the old one
+
+
+class SignatureError(Exception):
+    """The declarations in a rewritten graph do not form a valid signature (a pass bug)."""
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One state tensor of a rewritten graph: read as an input, returned renewed."""
+    name: str
+    role: Role
+    layer: Optional[int]            # self-attention layer of a K/V cache; None otherwise
+    token_dim: int                  # the axis that runs over the (full) token sequence
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+    update: Update = Update.REPLACE
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
+
+    def allocate(self) -> torch.Tensor:
+        """A zero tensor of this state (its contents are never read before a full step)."""
+        return torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+
+    def describe(self) -> dict:
+        """JSON-friendly description, for reports."""
+        return {"name": self.name, "role": self.role.value, "layer": self.layer,
+                "token_dim": self.token_dim, "shape": list(self.shape),
+                "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
+                "update": self.update.value, "bytes": self.nbytes}
+
+
+@dataclass(frozen=True)
+class GraphSignature:
+    """The extra inputs and outputs of a rewritten graph (see the module docstring)."""
+    num_user_inputs: int
+    num_user_outputs: int
+    num_image_tokens: int           # N: active_index holds 0 .. N positions
+    index_device: torch.device
+    states: tuple[StateSpec, ...]
+
+    @property
+    def index_position(self) -> int:
+        """Position of `active_index` among the graph's inputs."""
+        return self.num_user_inputs
+
+    @property
+    def state_bytes(self) -> int:
+        return sum(s.nbytes for s in self.states)
+
+    def call_args(self, user_args: Sequence, index: torch.Tensor, states: Sequence) -> list:
+        """The argument list of one call: user inputs, index, states."""
+        if len(user_args) != self.num_user_inputs or len(states) != len(self.states):
+            raise ValueError(f"a rewritten graph takes {self.num_user_inputs} inputs and "
+                             f"{len(self.states)} states, got {len(user_args)} and {len(states)}")
+        return [*user_args, index, *states]
+
+    def split_outputs(self, outputs: Sequence) -> tuple[tuple, list]:
+        """(user outputs, renewed states) of one call's outputs."""
+        k = self.num_user_outputs
+        return tuple(outputs[:k]), list(outputs[k:])
+
+
+# ----------------------------------------------------------------------------- declaring
+def _placeholders(graph: fx.Graph) -> list[fx.Node]:
+    return [n for n in graph.nodes if n.op == "placeholder"]
+
+
+def _add_placeholder(graph: fx.Graph, name: str, role: Role, example: torch.Tensor) -> fx.Node:
+    with graph.inserting_after(_placeholders(graph)[-1]):
+        node = graph.placeholder(name)
+    node.meta[ROLE] = role
+    node.meta["example_value"] = example
+    return node
+
+
+def declare_index(graph: fx.Graph, device: torch.device) -> fx.Node:
+    """Add the `active_index` input ([n] int64 on `device`); it must precede every state."""
+    if any(ROLE in n.meta for n in _placeholders(graph)):
+        raise SignatureError("active_index must be declared before any state")
+    return _add_placeholder(graph, Role.ACTIVE_INDEX.value, Role.ACTIVE_INDEX,
+                            torch.empty(0, dtype=torch.long, device=device))
+
+
+def declare_state(graph: fx.Graph, name: str, role: Role, example: torch.Tensor,
+                  token_dim: int, layer: Optional[int] = None) -> fx.Node:
+    """Add a state input shaped like `example` (a fake tensor of the full sequence)."""
+    node = _add_placeholder(graph, name, role, example)
+    node.meta[STATE] = (layer, token_dim)
+    return node
+
+
+def declare_state_outputs(graph: fx.Graph, renewed: Sequence[tuple[fx.Node, fx.Node]]) -> None:
+    """Append each `(new_value, state_input)` pair's new value to the graph's outputs."""
+    out = next(n for n in graph.nodes if n.op == "output")
+    results = out.args[0]
+    results = tuple(results) if isinstance(results, (tuple, list)) else (results,)
+    out.args = (results + tuple(new for new, _ in renewed),)
+    out.meta.setdefault(STATE_OUTPUTS, []).extend(state.name for _, state in renewed)
+
+
+# ----------------------------------------------------------------------------- reading
+def graph_signature(gm: fx.GraphModule) -> GraphSignature:
+    """Read the declarations of a rewritten graph; raise SignatureError where they disagree
+    (added inputs not at the end, index not first, outputs not renewing the states in order)."""
+    placeholders = _placeholders(gm.graph)
+    added = [n for n in placeholders if ROLE in n.meta]
+    num_user_inputs = len(placeholders) - len(added)
+    if placeholders[num_user_inputs:] != added:
+        raise SignatureError("the added inputs are not after every user input")
+    if not added or added[0].meta[ROLE] is not Role.ACTIVE_INDEX:
+        raise SignatureError("the first added input is not active_index")
+    index, state_nodes = added[0], added[1:]
+    if any(n.meta[ROLE] is Role.ACTIVE_INDEX for n in state_nodes):
+        raise SignatureError("more than one active_index")
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    renewed = out.meta.get(STATE_OUTPUTS, [])
+    if renewed != [n.name for n in state_nodes]:
+        raise SignatureError(f"the outputs renew {renewed}, the inputs hold {[n.name for n in state_nodes]}")
+    results = out.args[0]
+    num_outputs = len(results) if isinstance(results, (tuple, list)) else 1
+    num_image_tokens = None
+    states = []
+    for node in state_nodes:
+        ex = node.meta["example_value"]
+        layer, token_dim = node.meta[STATE]
+        states.append(StateSpec(node.name, node.meta[ROLE], layer, token_dim, tuple(int(s) for s in ex.shape),
+                                ex.dtype, ex.device))
+        if node.meta[ROLE] is Role.OUT_CACHE:
+            num_image_tokens = int(ex.shape[token_dim])
+    if num_image_tokens is None:
+        raise SignatureError("no out_cache state: the number of image tokens is unknown")
+    return GraphSignature(num_user_inputs, num_outputs - len(states), num_image_tokens,
+                          index.meta["example_value"].device, tuple(states))

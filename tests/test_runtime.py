@@ -1,0 +1,157 @@
+"""The runtime boundary: configuration precedence, the step clocks, and what users meet on
+models or shapes jano does not rewrite (never a crash, always a reason)."""
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import jano_compile
+from jano_compile.clock import SchedulerClock, TimestepClock, Tick
+from jano_compile.config import PRESETS, JanoConfig, explicit_options
+from jano_compile.schedule import step_phase
+
+from .models import flux
+from .pipelines import flux_pipeline
+from .toy import ToyDiT
+
+STEPS = 12
+
+
+# ----------------------------------------------------------------------------- configuration
+def test_explicit_options_of_a_config_are_the_fields_passed():
+    assert explicit_options(JanoConfig(cooldown_steps=3)) == {"cooldown_steps": 3}
+    assert explicit_options(JanoConfig(6, 3)) == {"warmup_steps": 6, "cooldown_steps": 3}
+    assert explicit_options({"warmup_steps": 9}) == {"warmup_steps": 9}
+    assert explicit_options(None) == {}
+    with pytest.raises(TypeError, match="JanoConfig or a dict"):
+        explicit_options(["warmup_steps"])
+
+
+@pytest.mark.parametrize("config", [JanoConfig(cooldown_steps=3), {"cooldown_steps": 3}])
+def test_enable_applies_the_family_preset_where_the_config_is_silent(config):
+    pipe, inputs = flux_pipeline()
+    with torch.no_grad():
+        ctl = jano_compile.enable(pipe, config, lowering="eager")
+        pipe(**inputs, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
+    resolved = ctl.schedule.config
+    flux_preset = PRESETS["flux"]
+    assert resolved.cooldown_steps == 3                                   # explicit
+    assert resolved.warmup_steps == flux_preset["warmup_steps"] != JanoConfig().warmup_steps   # preset
+    assert resolved.d_strength == JanoConfig().d_strength                 # default
+    assert resolved.num_inference_steps == STEPS                          # learned from the scheduler
+
+
+def test_two_identical_generations_give_identical_images():
+    pipe, inputs = flux_pipeline()
+    config = JanoConfig(warmup_steps=3, cooldown_steps=2, static_interval=4, medium_interval=2)
+    images, levels = [], []
+    with torch.no_grad():
+        ctl = jano_compile.enable(pipe, config, lowering="eager")
+        for _ in range(2):
+            out = pipe(**inputs, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
+            images.append(out.images)
+            levels.append(ctl.stats()["levels"])
+    expected = [step_phase(s, STEPS, JanoConfig(**explicit_options(config), num_inference_steps=STEPS)).value
+                for s in range(STEPS)]
+    assert levels[0] == levels[1] == expected          # the first generation has its cool-down too
+    torch.testing.assert_close(images[0], images[1], rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- clocks
+def test_timestep_clock_counts_steps_branches_and_generations():
+    clock = TimestepClock()
+    ticks = [clock.tick(t) for t in (1.0, 1.0, 0.5, 0.5, 0.2, 1.0)]
+    assert ticks == [Tick(1, 0, 0), Tick(1, 0, 1), Tick(1, 1, 0), Tick(1, 1, 1), Tick(1, 2, 0), Tick(2, 0, 0)]
+
+
+def test_scheduler_clock_counts_what_the_scheduler_says():
+    clock = SchedulerClock()
+    clock.start_generation()
+    first = [clock.tick(), clock.tick()]
+    clock.end_step()
+    second = clock.tick()
+    clock.start_generation()
+    assert first == [Tick(1, 0, 0), Tick(1, 0, 1)] and second == Tick(1, 1, 0)
+    assert clock.tick() == Tick(2, 0, 0)
+
+
+def test_scheduler_clock_keeps_steps_apart_whose_timesteps_are_equal():
+    """A bf16 pipeline can hand the model equal timesteps on consecutive steps; driven by the
+    scheduler, the controller still counts them as steps, not as CFG branches."""
+    model, kwargs, n = flux(b=1, h=4, w=4)
+    model.eval()
+    options = dict(warmup_steps=3, cooldown_steps=2, static_interval=4, medium_interval=2,
+                   num_inference_steps=STEPS, lowering="eager")
+    f = torch.compile(model, backend="jano", dynamic=False, options=options)
+    ctl = jano_compile.controller(f)
+    clock = SchedulerClock()
+    ctl.auto_policy.scheduler_clock = clock
+    clock.start_generation()
+    with torch.no_grad():
+        for _ in range(STEPS):
+            f(**kwargs)                 # the same timestep every step
+            clock.end_step()
+    stats = ctl.stats()
+    config = JanoConfig(**{k: v for k, v in options.items() if k != "lowering"})
+    assert stats["levels"] == [step_phase(s, STEPS, config).value for s in range(STEPS)]
+    assert stats["branches"] == ["default"] and stats["compute_saved"] > 0
+
+
+# ----------------------------------------------------------------------------- not rewritten
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_a_module_that_is_no_dit_warns_runs_and_says_why():
+    model = MLP().eval()
+    f = torch.compile(model, backend="jano", options={"lowering": "eager"})
+    ctl = jano_compile.controller(f)
+    x = torch.randn(2, 8)
+    with torch.no_grad(), pytest.warns(UserWarning, match="jano"):
+        out = f(x)
+    torch.testing.assert_close(out, model(x))
+    stats = ctl.stats()
+    assert not stats["rewritten"] and stats["fallback_reason"]
+
+
+def test_set_active_on_a_model_that_was_not_rewritten_warns_once_and_runs_full():
+    model = ToyDiT(token_mean=True).eval()          # a mean over tokens: not rewritable
+    f = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager"})
+    ctl = jano_compile.controller(f)
+    x = torch.randn(1, 4, 8, 8)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        f(x)
+    with pytest.warns(UserWarning, match="not rewritten.*mean"):
+        ctl.set_active(torch.tensor([1, 2]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                  # the second time: no warning
+        ctl.refresh()
+        ctl.set_active(torch.tensor([1, 2]))
+        with torch.no_grad():
+            out = f(x)[0]
+    torch.testing.assert_close(out, model(x)[0])
+    stats = ctl.stats()
+    assert stats["full_calls"] == stats["calls"] == 2 and "mean" in stats["fallback_reason"]
+
+
+@pytest.mark.parametrize("dynamic", [None, True])
+def test_changing_shapes_with_symbolic_dynamo_graphs_run_on_inductor(dynamic):
+    """dynamic=None: the third shape gets a symbolic graph (it crashed when the fallback was
+    lowered with the first call's real tensors); dynamic=True: symbolic from the start."""
+    model = ToyDiT().eval()
+    f = torch.compile(model, backend="jano", dynamic=dynamic)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for b in (1, 2, 3):
+            x = torch.randn(b, 4, 8, 8)
+            torch.testing.assert_close(f(x)[0], model(x)[0], atol=1e-4, rtol=1e-4)
+    stats = jano_compile.controller(f).stats()
+    assert not stats["rewritten"] and "dynamic=False" in stats["fallback_reason"]
+    assert stats["fallback_reason"].count("symbolic shapes") == 1
