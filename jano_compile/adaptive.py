@@ -22,6 +22,7 @@ from .config import JanoConfig
 from .schedule import Level, Phase, step_phase
 
 log = logging.getLogger(__name__)
+NO_TOKENS = torch.empty(0, dtype=torch.long)
 
 
 @dataclass
@@ -75,6 +76,8 @@ class AdaptiveSchedule:
             self._analyze()
         if phase.level == Level.FULL or self.analysis is None or self.all_full:
             index = None
+        elif phase.level == Level.NONE:
+            index = NO_TOKENS
         elif phase.level == Level.MEDIUM:
             index = self.analysis.medium_index
         else:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jano_compile.passes.signature import GraphSignature
+from jano_compile.passes.signature import GraphSignature, StateSpec
 
 
 @dataclass
 class BranchState:
     """The states of one graph for one branch, in signature order."""
+    specs: tuple[StateSpec, ...]
     tensors: list
     filled: bool = False        # a full step has written every token since allocation
+    calls: int = 0              # calls run on these states (the step time of manual control)
 
     @property
     def nbytes(self) -> int:
@@ -21,6 +23,13 @@ class BranchState:
         """After a call: the graph's renewed states replace the old ones."""
         self.tensors = tensors
         self.filled = self.filled or full
+        self.calls += 1
+
+    def reset(self) -> None:
+        """States with a reset value (history times) take it: nothing before is reused."""
+        for tensor, spec in zip(self.tensors, self.specs):
+            if spec.reset_value is not None:
+                tensor.fill_(spec.reset_value)
 
 
 class CacheStore:
@@ -32,12 +41,14 @@ class CacheStore:
     def state(self, graph_key, branch: str, signature: GraphSignature) -> BranchState:
         key = (graph_key, branch)
         if key not in self._states:
-            self._states[key] = BranchState([s.allocate() for s in signature.states])
+            self._states[key] = BranchState(signature.states, [s.allocate() for s in signature.states])
         return self._states[key]
 
     @property
     def nbytes(self) -> int:
         return sum(s.nbytes for s in self._states.values())
 
-    def branches(self) -> list[str]:
-        return sorted({branch for _, branch in self._states})
+    def new_generation(self) -> None:
+        """A new generation starts: no branch forecasts across it."""
+        for state in self._states.values():
+            state.reset()

@@ -22,6 +22,8 @@ from typing import Any, Mapping
 logger = logging.getLogger(__name__)
 
 THRESHOLD_MODES = ("fixed", "quantile")
+REUSE_MODES = ("hold", "forecast")
+MAX_FORECAST_ORDER = 2
 
 #: Blocks the default block size aims for along the longer side of a frame (the
 #: reference: 4x4 tokens on FLUX's 64x64 token grid at 1024x1024).
@@ -44,7 +46,11 @@ class JanoConfig:
         static_interval: after warm-up, a full refresh every this many steps, the first
             one on the first step after warm-up.
         medium_interval: medium and active tokens are recomputed every this many steps,
-            counted from the same start; active tokens on every other step.
+            counted from the same start.
+        active_interval: active tokens are recomputed every this many steps, counted from
+            the same start (1, the paper: every step). A step where no level is due
+            computes no image token: its output is the held or forecast one (``reuse``),
+            from a small tail graph, without calling the transformer blocks.
         static_thresh: ``"fixed"`` mode: blocks whose normalised score is below this are
             static (level 0).
         medium_thresh: ``"fixed"`` mode: blocks scoring at least ``static_thresh`` and below
@@ -69,6 +75,12 @@ class JanoConfig:
             rest is active.
         num_inference_steps: steps of the whole generation when known, to place the
             cool-down; ``None`` when unknown.
+        reuse: what a token that a step does not compute outputs: ``"hold"`` (its last
+            computed output, the paper) or ``"forecast"`` (extrapolated from its own last
+            ``forecast_order + 1`` computed outputs over the step index, Newton divided
+            differences). Read when the graph is rewritten: set it as an option, presets
+            do not change it.
+        forecast_order: 1 (linear) or 2 (quadratic), for ``reuse="forecast"``.
         save_dir: directory for the region-map PNG of each generation; ``None`` writes none.
     """
 
@@ -76,6 +88,7 @@ class JanoConfig:
     cooldown_steps: int = 4
     static_interval: int = 10
     medium_interval: int = 5
+    active_interval: int = 1
     static_thresh: float = 0.2
     medium_thresh: float = 0.3
     t_weight: float = 0.7
@@ -87,6 +100,8 @@ class JanoConfig:
     medium_fraction: float = 0.3
     num_inference_steps: int | None = None
     save_dir: str | None = None
+    reuse: str = "hold"
+    forecast_order: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.block_size, (list, tuple)):
@@ -106,6 +121,12 @@ class JanoConfig:
         _check_int(self, "cooldown_steps", 0)
         _check_int(self, "static_interval", 1)
         _check_int(self, "medium_interval", 1)
+        _check_int(self, "active_interval", 1)
+        if self.reuse not in REUSE_MODES:
+            _fail("reuse", self.reuse, f"must be one of {REUSE_MODES}")
+        _check_int(self, "forecast_order", 1)
+        if self.forecast_order > MAX_FORECAST_ORDER:
+            _fail("forecast_order", self.forecast_order, f"must be <= {MAX_FORECAST_ORDER}")
         _check_int(self, "d_distance", 0)
         for name in ("static_thresh", "medium_thresh", "t_weight", "d_strength",
                      "static_fraction", "medium_fraction"):

@@ -175,16 +175,24 @@ class Controller:
             self._record(CallRecord(graph.report.graph, True, 0, 0))
             return graph.unrewritten(*args)
         plan = self._plan(graph, args)
+        if plan.new_generation:
+            self.store.new_generation()
         state = self.store.state(id(graph), plan.branch, graph.signature)
-        full = plan.index is None or not state.filled
         runner = graph.runner
-        index = runner.device_index(None if full else plan.index)
-        outputs = runner(args, index, state, full)
+        step_time = float(plan.step if plan.step is not None else state.calls)
+        n = graph.signature.num_image_tokens
+        if plan.skip and state.filled and runner.tail is not None:
+            outputs = runner.skip(args, state, step_time)
+            full, computed = False, 0
+        else:
+            full = plan.index is None or not state.filled
+            index = runner.device_index(None if full else plan.index)
+            outputs = runner(args, index, state, full, step_time)
+            computed = index.numel()
         if full:
             self.manual_policy.ran_full()
-            self._num_image_tokens = graph.signature.num_image_tokens
-        record = CallRecord(graph.report.graph, full, index.numel(), graph.signature.num_image_tokens,
-                            plan.step, plan.branch, plan.phase)
+            self._num_image_tokens = n
+        record = CallRecord(graph.report.graph, full, computed, n, plan.step, plan.branch, plan.phase)
         if plan.step is not None:
             if plan.new_generation:
                 self.step_records = []

@@ -14,7 +14,7 @@ def explain(model: torch.nn.Module, *args, **kwargs) -> Report:
     reports = []
 
     def capture(gm, example_inputs):
-        reports.append(rewrite_graph(gm, example_inputs)[1])
+        reports.append(rewrite_graph(gm, example_inputs).report)
         return gm.forward
 
     with torch.no_grad():

@@ -20,7 +20,7 @@ def symbolic_hint(num_image_tokens: int, taken: set[int]) -> int:
 
 
 def fake_inputs(signature: GraphSignature, user_inputs, num_active=None):
-    """(mode, inputs): fakes of `user_inputs`, the index and the states. `num_active` None
+    """(mode, inputs): fakes of `user_inputs`, the index, the step time and the states. `num_active` None
     makes the index length symbolic, in [2, N] (one Inductor compile serves every length;
     the upper bound lets Inductor index with 32-bit integers)."""
     n = signature.num_image_tokens
@@ -38,5 +38,7 @@ def fake_inputs(signature: GraphSignature, user_inputs, num_active=None):
                                               compiler_max=max(n, 2))
         fakes.append(fake)
     with mode:
+        if signature.takes_time:
+            fakes.append(torch.empty((), dtype=torch.float32, device=device))
         fakes += [torch.empty(s.shape, dtype=s.dtype, device=s.device) for s in signature.states]
     return mode, fakes

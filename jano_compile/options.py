@@ -46,6 +46,16 @@ class Options:
     inductor: Mapping[str, Any] = field(default_factory=dict)   # torch._inductor.config patches
     schedule: Mapping[str, Any] = field(default_factory=dict)   # JanoConfig fields given
 
+    def pass_config(self):
+        """What the rewrite needs of the schedule settings: `reuse` and `forecast_order` as
+        given, else the JanoConfig defaults (family presets do not set them)."""
+        from jano_compile.passes import PassConfig
+
+        from .config import JanoConfig
+        defaults = JanoConfig()
+        return PassConfig(reuse=self.schedule.get("reuse", defaults.reuse),
+                          forecast_order=self.schedule.get("forecast_order", defaults.forecast_order))
+
     def inductor_patches(self) -> dict:
         """Inductor config patches: what `mode` selects, then the explicit settings."""
         patches = {}

@@ -12,9 +12,14 @@ DEFAULT_BRANCH = "default"
 @dataclass(frozen=True)
 class CallPlan:
     """One call: recompute the image tokens at `index` (sorted int64 [n] on the CPU), or
-    every token when `index` is None; the caches of `branch` are read and renewed."""
+    every token when `index` is None; the caches of `branch` are read and renewed. `skip`:
+    no image token is due, so the skip tail may run instead of the model."""
     index: Optional[torch.Tensor]
     branch: str = DEFAULT_BRANCH
     step: Optional[int] = None        # automatic schedule only
     phase: Optional[str] = None       # automatic schedule only: warmup, refresh, medium, ...
     new_generation: bool = False      # automatic schedule only: the first call of a generation
+
+    @property
+    def skip(self) -> bool:
+        return self.index is not None and self.index.numel() == 0 and self.step is not None

@@ -22,6 +22,7 @@ class GraphReport:
     literals: list = field(default_factory=list)    # {"node", "what"}
     tables: list = field(default_factory=list)      # {"node", "table", "dim", "layout"}
     signature: Optional[GraphSignature] = None      # calling convention of the rewritten graph
+    skip_steps: Optional[str] = None      # how a step that computes no image token runs, or why not
 
     @property
     def caches(self) -> list[dict]:
@@ -66,6 +67,7 @@ class GraphReport:
         lines += [f"  {k:10s} {n:{width}s} {d}" for k, n, d in rows]
         mib = self.cache_bytes / 2**20
         lines.append(f"  caches: {len(self.caches)} tensors, {mib:.2f} MiB per branch")
+        lines.append(f"  skip steps: {self.skip_steps}")
         return "\n".join(lines)
 
 

@@ -1,21 +1,24 @@
 """Run the passes on one dynamo graph and check the result; never a wrong graph.
 
-`rewrite_graph(gm, example_inputs)` returns (rewritten GraphModule or None, GraphReport).
-The report of a rewritten graph holds its `GraphSignature` (passes/signature.py): the
-extra inputs and outputs the passes declared, in order.
+`rewrite_graph(gm, example_inputs, config)` returns a `RewriteResult`: the rewritten
+GraphModule (or None), the GraphReport, and the skip tail (the graph a step that computes
+no image token runs; None where the model cannot skip a step). The report of a rewritten
+graph holds its `GraphSignature` (passes/signature.py): the extra inputs and outputs the
+passes declared, in order; the tail takes the same inputs and returns the user outputs.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
 import logging
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.fx as fx
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-from jano_compile.passes import REWRITE_PASSES, NoImageTokens, Unrewritable, token_layout
+from jano_compile.passes import (NoImageTokens, PassConfig, Unrewritable, rewrite_passes, skip_tail,
+                                 token_layout)
 from jano_compile.passes.plan import (SegmentSlice, ShapeLiteral, SplitSizes, SqueezeDims,
                                       TokenPlan)
 from jano_compile.passes.signature import GraphSignature, graph_signature
@@ -88,33 +91,56 @@ def _validate(gm: fx.GraphModule, original: fx.GraphModule, example_inputs, sign
         raise Unrewritable(f"the active-token count got specialised: {mode.shape_env.replacements}")
 
 
-def rewrite_graph(gm: fx.GraphModule, example_inputs) -> tuple[Optional[fx.GraphModule], GraphReport]:
+class RewriteResult(NamedTuple):
+    graph: Optional[fx.GraphModule]     # the rewritten graph; None when left as it is
+    report: GraphReport
+    skip_tail: Optional[fx.GraphModule] = None
+
+
+def _tail(work: fx.GraphModule, report: GraphReport) -> Optional[fx.GraphModule]:
+    """The skip tail of a rewritten graph, or None with the reason in the report."""
+    try:
+        tail = skip_tail(work)
+    except Unrewritable as e:
+        report.skip_steps = e.reason
+        return None
+    except Exception as e:  # noqa: BLE001 - the model still runs, it only never skips a step
+        log.warning("jano: no skip tail for %s", report.graph, exc_info=True)
+        report.skip_steps = f"internal error building the skip tail: {_describe_error(e)}"
+        return None
+    calls = sum(n.op.startswith("call") for n in tail.graph.nodes)
+    report.skip_steps = f"a tail of {calls} ops runs instead of the model"
+    return tail
+
+
+def rewrite_graph(gm: fx.GraphModule, example_inputs, config: PassConfig = PassConfig()) -> RewriteResult:
     name = graph_name(gm)
     if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
                                        for t in example_inputs):
-        return None, GraphReport(name, False, "autograd is recording (jano is for inference: "
-                                 "call under torch.no_grad() or torch.inference_mode())")
+        return RewriteResult(None, GraphReport(name, False, "autograd is recording (jano is for "
+                             "inference: call under torch.no_grad() or torch.inference_mode())"))
     work = copy.deepcopy(gm)
     try:
         plan = token_layout(work)
     except Unrewritable as e:
-        return None, GraphReport(name, False, e.reason,
-                                 holds_image_tokens=not isinstance(e, NoImageTokens))
+        return RewriteResult(None, GraphReport(name, False, e.reason,
+                                               holds_image_tokens=not isinstance(e, NoImageTokens)))
     except Exception as e:  # noqa: BLE001 - an analysis bug must not break the user's model
         log.warning("jano: analysis of %s failed", name, exc_info=True)
-        return None, GraphReport(name, False, f"internal error in the token analysis: "
-                                 f"{_describe_error(e)}")
+        return RewriteResult(None, GraphReport(name, False, f"internal error in the token analysis: "
+                                               f"{_describe_error(e)}"))
     try:
-        for p in REWRITE_PASSES:
+        for p in rewrite_passes(config):
             work = p(work, plan)
-            log.debug("after %s:\n%s", p.__name__, work.graph)
+            log.debug("after %s:\n%s", getattr(p, "func", p).__name__, work.graph)
         work.graph.lint()
         work.recompile()
         signature = graph_signature(work)
         _validate(work, gm, example_inputs, signature)
     except Unrewritable as e:
-        return None, GraphReport(name, False, e.reason)
+        return RewriteResult(None, GraphReport(name, False, e.reason))
     except Exception as e:  # noqa: BLE001 - a pass bug (SignatureError too) must not break the model
         log.warning("jano: rewrite of %s failed", name, exc_info=True)
-        return None, GraphReport(name, False, f"internal error in the rewrite: {_describe_error(e)}")
-    return work, _report(name, plan, signature)
+        return RewriteResult(None, GraphReport(name, False, f"internal error in the rewrite: {_describe_error(e)}"))
+    report = _report(name, plan, signature)
+    return RewriteResult(work, report, _tail(work, report))

@@ -1,5 +1,7 @@
-"""One rewritten graph, ready to run: user inputs + an index + a branch's states in, user
-outputs out, the states renewed. The calling convention comes from the graph's signature."""
+"""One rewritten graph, ready to run: user inputs + an index (+ the step time) + a branch's
+states in, user outputs out, the states renewed. The calling convention comes from the
+graph's signature; the skip tail (when the model has one) takes the same inputs and runs
+for a step that computes no image token."""
 from __future__ import annotations
 
 from typing import Optional
@@ -15,17 +17,20 @@ MAX_DEVICE_INDICES = 8     # device copies of CPU index tensors kept (medium, ac
 
 
 class GraphRunner:
-    """Runs a lowered rewritten graph; keeps the index on the graph's device."""
+    """Runs a lowered rewritten graph; keeps the index and the step time on its device."""
 
-    def __init__(self, signature: GraphSignature, lowered: LoweredRewrite):
+    def __init__(self, signature: GraphSignature, lowered: LoweredRewrite,
+                 tail: Optional[LoweredRewrite] = None):
         self.signature = signature
         self.lowered = lowered
+        self.tail = tail
         self._full_index: Optional[torch.Tensor] = None
         self._on_device: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # id -> (cpu, device)
+        self._step_time: Optional[torch.Tensor] = None
 
     @property
     def compiles(self) -> int:
-        return self.lowered.compiles
+        return self.lowered.compiles + (self.tail.compiles if self.tail else 0)
 
     def device_index(self, index: Optional[torch.Tensor]) -> torch.Tensor:
         """[n] int64 on the graph's device: `index` copied once, or every token for None."""
@@ -44,10 +49,25 @@ class GraphRunner:
             self._on_device[id(index)] = cached
         return cached[1]
 
-    def __call__(self, args, index: torch.Tensor, state: BranchState, full: bool) -> tuple:
+    def _time(self, step_time: float) -> Optional[torch.Tensor]:
+        """The step time as a [] fp32 tensor on the device (filled in place: no new buffer)."""
+        if not self.signature.takes_time:
+            return None
+        if self._step_time is None:
+            self._step_time = torch.zeros((), dtype=torch.float32, device=self.signature.index_device)
+        return self._step_time.fill_(step_time)
+
+    def __call__(self, args, index: torch.Tensor, state: BranchState, full: bool,
+                 step_time: float) -> tuple:
         """One call; `index` already on the device (see `device_index`)."""
         sig = self.signature
-        outputs = self.lowered(*sig.call_args(args, index, state.tensors))
+        outputs = self.lowered(*sig.call_args(args, index, state.tensors, self._time(step_time)))
         user, renewed = sig.split_outputs(outputs)
         state.renew(renewed, full)
         return user
+
+    def skip(self, args, state: BranchState, step_time: float) -> tuple:
+        """A step that computes no image token: the tail's outputs; the states stay."""
+        call_args = self.signature.call_args(args, self.device_index(None), state.tensors,
+                                             self._time(step_time))
+        return tuple(self.tail(*call_args))

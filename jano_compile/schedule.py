@@ -8,13 +8,15 @@ With ``W = warmup_steps``, ``C = cooldown_steps`` and ``n`` steps, step ``s`` (0
   cool-down can be placed and every step after warm-up follows the pattern below; pass
   ``num_inference_steps`` to get one;
 * otherwise, with ``k = s - W``: ``REFRESH`` (full) when ``k % static_interval == 0``, else
-  ``MEDIUM`` when ``k % medium_interval == 0``, else ``ACTIVE``.
+  ``MEDIUM`` when ``k % medium_interval == 0``, else ``ACTIVE`` when
+  ``k % active_interval == 0``, else ``SKIP`` (no image token computed).
 
 The defaults over 50 steps give 6 + 4 warm-up/cool-down steps, refreshes at 6, 16, 26, 36,
 medium steps at 11, 21, 31, 41 and 32 active steps.
 
 A step's ``Level`` is the lowest region level it recomputes: tokens whose region level
-(0 static, 1 medium, 2 active; see ``analyzer.RegionLevel``) is ``>= level`` are computed.
+(0 static, 1 medium, 2 active; see ``analyzer.RegionLevel``) is ``>= level`` are computed;
+``Level.NONE`` computes none.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Level(enum.IntEnum):
     FULL = 0  #: every token (warm-up, refresh, cool-down)
     MEDIUM = 1  #: medium and active tokens
     ACTIVE = 2  #: active tokens only
+    NONE = 3  #: no image token (a skipped step)
 
 
 class Phase(str, enum.Enum):
@@ -39,11 +42,13 @@ class Phase(str, enum.Enum):
     REFRESH = "refresh"
     MEDIUM = "medium"
     ACTIVE = "active"
+    SKIP = "skip"
     COOLDOWN = "cooldown"
 
     @property
     def level(self) -> Level:
-        return {Phase.MEDIUM: Level.MEDIUM, Phase.ACTIVE: Level.ACTIVE}.get(self, Level.FULL)
+        return {Phase.MEDIUM: Level.MEDIUM, Phase.ACTIVE: Level.ACTIVE,
+                Phase.SKIP: Level.NONE}.get(self, Level.FULL)
 
 
 def step_phase(step: int, num_steps: int | None, config: JanoConfig) -> Phase:
@@ -65,7 +70,9 @@ def step_phase(step: int, num_steps: int | None, config: JanoConfig) -> Phase:
         return Phase.REFRESH
     if since_warmup % config.medium_interval == 0:
         return Phase.MEDIUM
-    return Phase.ACTIVE
+    if since_warmup % config.active_interval == 0:
+        return Phase.ACTIVE
+    return Phase.SKIP
 
 
 def step_level(step: int, num_steps: int | None, config: JanoConfig) -> Level:

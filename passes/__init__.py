@@ -4,15 +4,29 @@
 `Unrewritable`); every rewriting pass is then a function (GraphModule, TokenPlan) ->
 GraphModule that applies one part of the plan.
 """
+import functools
+
+from .forecast import forecast
 from .gather_scatter import gather_scatter
 from .input_roles import InputRoles, input_roles
 from .kv_cache import kv_cache
-from .plan import NoImageTokens, TokenPlan, Unrewritable
+from .plan import NoImageTokens, PassConfig, TokenPlan, Unrewritable
+from .skip_tail import skip_tail
 from .token_layout import token_layout
 from .token_shapes import token_shapes
 
-# Order matters: gather_scatter creates the `active_index` input the others read.
+# Order matters: gather_scatter creates the `active_index` input and the exit scatter that
+# the others read; forecast replaces the scatter's held cache.
 REWRITE_PASSES = (gather_scatter, kv_cache, token_shapes)
 
-__all__ = ["REWRITE_PASSES", "InputRoles", "NoImageTokens", "TokenPlan", "Unrewritable",
-           "gather_scatter", "input_roles", "kv_cache", "token_layout", "token_shapes"]
+
+def rewrite_passes(config: PassConfig = PassConfig()) -> tuple:
+    """The passes for `config`, in order; each is (GraphModule, TokenPlan) -> GraphModule."""
+    if config.reuse == "forecast":
+        return REWRITE_PASSES + (functools.partial(forecast, order=config.forecast_order),)
+    return REWRITE_PASSES
+
+
+__all__ = ["REWRITE_PASSES", "InputRoles", "NoImageTokens", "PassConfig", "TokenPlan", "Unrewritable",
+           "forecast", "gather_scatter", "input_roles", "kv_cache", "rewrite_passes", "skip_tail",
+           "token_layout", "token_shapes"]

@@ -16,7 +16,7 @@ import torch
 import torch.fx as fx
 
 from .plan import TokenPlan
-from .signature import Role, declare_state, declare_state_outputs
+from .signature import EXIT_SCATTER, Role, declare_state, declare_state_outputs
 from .token_inputs import active_index
 from .token_layout import value
 
@@ -36,6 +36,7 @@ def gather_scatter(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:
     with graph.inserting_after(plan.exit):
         full = graph.call_function(torch.index_copy, (cache, 1, idx, plan.exit))
     full.name = "scattered_" + plan.exit.name
+    full.meta[EXIT_SCATTER] = True
     plan.exit.replace_all_uses_with(full, delete_user_cb=lambda u: u is not full)
     declare_state_outputs(graph, [(full, cache)])
     return gm

@@ -119,6 +119,22 @@ class AttentionSite:
     value_node: Optional[fx.Node] = None
 
 
+REUSE_MODES = ("hold", "forecast")
+
+
+@dataclass(frozen=True)
+class PassConfig:
+    """How the rewrite treats the tokens a step does not compute: `reuse="hold"` keeps
+    their last output (the paper), `"forecast"` extrapolates it with Newton divided
+    differences of `forecast_order` (1 or 2) over each token's own computation times."""
+    reuse: str = "hold"
+    forecast_order: int = 1
+
+    def __post_init__(self):
+        if self.reuse not in REUSE_MODES:
+            raise ValueError(f"reuse must be one of {REUSE_MODES}, got {self.reuse!r}")
+
+
 @dataclass
 class TokenPlan:
     """What `token_layout` found; the rewriting passes apply it."""

@@ -1,10 +1,11 @@
 """signature: the calling convention of a rewritten graph, declared by the passes that add
 inputs and outputs, read by lowering and runtime (and by nothing else).
 
-A rewritten graph takes the user's inputs, then the index, then every state tensor, and
-returns the user's outputs, then each state's new value in the same order:
+A rewritten graph takes the user's inputs, then the index (and the step time, where a
+pass forecasts), then every state tensor, and returns the user's outputs, then each
+state's new value in the same order:
 
-    inputs : x_0 .. x_{u-1}  active_index [n] int64   state_0 .. state_{s-1}
+    inputs : x_0 .. x_{u-1}  active_index [n] int64  [step_time [] fp32]  state_0 .. state_{s-1}
     outputs: y_0 .. y_{v-1}  state_0' .. state_{s-1}'
              (FLUX, 2 blocks: state = out_cache [B, N, C], k_cache_0 [B, H, T+N, D], v_cache_0, ...)
 
@@ -26,14 +27,19 @@ import torch.fx as fx
 ROLE = "jano_role"              # node.meta key: the Role of a placeholder a pass added
 STATE = "jano_state"            # node.meta key: (layer, token_dim) of a state placeholder
 STATE_OUTPUTS = "jano_state_outputs"   # output node meta: the state each added output renews
+EXIT_SCATTER = "jano_exit_scatter"     # node meta: the index_copy that writes computed tokens
+                                       # into the full exit tensor
 
 
 class Role(str, enum.Enum):
     """What an added graph input is."""
     ACTIVE_INDEX = "active_index"   #: [n] int64 positions among the N image tokens
+    STEP_TIME = "step_time"         #: [] fp32 time of this step (forecasts read it)
     OUT_CACHE = "out_cache"         #: the exit tensor of every image token [B, N, C]
     K_CACHE = "k_cache"             #: keys of one self-attention layer, full sequence
     V_CACHE = "v_cache"             #: values of one self-attention layer, full sequence
+    HISTORY = "history"             #: fp32 exit tensor [B, N, C] as computed j calls back
+    HISTORY_TIME = "history_time"   #: fp32 [N] the step time of each token's history slot j
 
 
 class Update(str, enum.Enum):
@@ -56,21 +62,25 @@ class StateSpec:
     dtype: torch.dtype
     device: torch.device
     update: Update = Update.REPLACE
+    reset_value: Optional[float] = None   # filled with this when allocated and when a new
+                                          # generation starts (NaN: "never computed")
 
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
 
     def allocate(self) -> torch.Tensor:
-        """A zero tensor of this state (its contents are never read before a full step)."""
-        return torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+        """A new tensor of this state: `reset_value` where set, else zeros (a cache is never
+        read before a full step has written it)."""
+        fill = 0.0 if self.reset_value is None else self.reset_value
+        return torch.full(self.shape, fill, dtype=self.dtype, device=self.device)
 
     def describe(self) -> dict:
         """JSON-friendly description, for reports."""
         return {"name": self.name, "role": self.role.value, "layer": self.layer,
                 "token_dim": self.token_dim, "shape": list(self.shape),
                 "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
-                "update": self.update.value, "bytes": self.nbytes}
+                "update": self.update.value, "reset_value": self.reset_value, "bytes": self.nbytes}
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,7 @@ class GraphSignature:
     num_image_tokens: int           # N: active_index holds 0 .. N positions
     index_device: torch.device
     states: tuple[StateSpec, ...]
+    takes_time: bool = False        # a step_time input follows the index
 
     @property
     def index_position(self) -> int:
@@ -91,12 +102,17 @@ class GraphSignature:
     def state_bytes(self) -> int:
         return sum(s.nbytes for s in self.states)
 
-    def call_args(self, user_args: Sequence, index: torch.Tensor, states: Sequence) -> list:
-        """The argument list of one call: user inputs, index, states."""
+    def call_args(self, user_args: Sequence, index: torch.Tensor, states: Sequence,
+                  step_time: Optional[torch.Tensor] = None) -> list:
+        """The argument list of one call: user inputs, index, [step time], states."""
         if len(user_args) != self.num_user_inputs or len(states) != len(self.states):
             raise ValueError(f"a rewritten graph takes {self.num_user_inputs} inputs and "
                              f"{len(self.states)} states, got {len(user_args)} and {len(states)}")
-        return [*user_args, index, *states]
+        if (step_time is not None) != self.takes_time:
+            raise ValueError("step_time is given exactly when the graph takes it "
+                             f"(takes_time={self.takes_time})")
+        time = (step_time,) if self.takes_time else ()
+        return [*user_args, index, *time, *states]
 
     def split_outputs(self, outputs: Sequence) -> tuple[tuple, list]:
         """(user outputs, renewed states) of one call's outputs."""
@@ -125,12 +141,39 @@ def declare_index(graph: fx.Graph, device: torch.device) -> fx.Node:
                             torch.empty(0, dtype=torch.long, device=device))
 
 
+def declare_step_time(graph: fx.Graph, device: torch.device) -> fx.Node:
+    """Add the `step_time` input ([] fp32), right after `active_index`."""
+    index = next(n for n in _placeholders(graph) if n.meta.get(ROLE) is Role.ACTIVE_INDEX)
+    with graph.inserting_after(index):
+        node = graph.placeholder(Role.STEP_TIME.value)
+    node.meta[ROLE] = Role.STEP_TIME
+    node.meta["example_value"] = torch.empty((), dtype=torch.float32, device=device)
+    return node
+
+
 def declare_state(graph: fx.Graph, name: str, role: Role, example: torch.Tensor,
-                  token_dim: int, layer: Optional[int] = None) -> fx.Node:
+                  token_dim: int, layer: Optional[int] = None,
+                  reset_value: Optional[float] = None) -> fx.Node:
     """Add a state input shaped like `example` (a fake tensor of the full sequence)."""
     node = _add_placeholder(graph, name, role, example)
-    node.meta[STATE] = (layer, token_dim)
+    node.meta[STATE] = (layer, token_dim, reset_value)
     return node
+
+
+def retire_state(graph: fx.Graph, state: fx.Node) -> None:
+    """Remove a state a later pass made redundant: its input (which must be unused by then)
+    and its renewed value from the outputs (the node itself stays where else it is used)."""
+    if state.users:
+        raise SignatureError(f"state {state.name} is still read by {list(state.users)}")
+    out = next(n for n in graph.nodes if n.op == "output")
+    names = out.meta[STATE_OUTPUTS]
+    position = names.index(state.name)
+    results = list(out.args[0])
+    first_state_output = len(results) - len(names)
+    del results[first_state_output + position]
+    out.args = (tuple(results),)
+    del names[position]
+    graph.erase_node(state)
 
 
 def declare_state_outputs(graph: fx.Graph, renewed: Sequence[tuple[fx.Node, fx.Node]]) -> None:
@@ -153,9 +196,10 @@ def graph_signature(gm: fx.GraphModule) -> GraphSignature:
         raise SignatureError("the added inputs are not after every user input")
     if not added or added[0].meta[ROLE] is not Role.ACTIVE_INDEX:
         raise SignatureError("the first added input is not active_index")
-    index, state_nodes = added[0], added[1:]
-    if any(n.meta[ROLE] is Role.ACTIVE_INDEX for n in state_nodes):
-        raise SignatureError("more than one active_index")
+    takes_time = len(added) > 1 and added[1].meta[ROLE] is Role.STEP_TIME
+    index, state_nodes = added[0], added[1 + takes_time:]
+    if any(n.meta[ROLE] in (Role.ACTIVE_INDEX, Role.STEP_TIME) for n in state_nodes):
+        raise SignatureError("an index or step time among the states")
     out = next(n for n in gm.graph.nodes if n.op == "output")
     renewed = out.meta.get(STATE_OUTPUTS, [])
     if renewed != [n.name for n in state_nodes]:
@@ -166,12 +210,12 @@ def graph_signature(gm: fx.GraphModule) -> GraphSignature:
     states = []
     for node in state_nodes:
         ex = node.meta["example_value"]
-        layer, token_dim = node.meta[STATE]
+        layer, token_dim, reset_value = node.meta[STATE]
         states.append(StateSpec(node.name, node.meta[ROLE], layer, token_dim, tuple(int(s) for s in ex.shape),
-                                ex.dtype, ex.device))
-        if node.meta[ROLE] is Role.OUT_CACHE:
+                                ex.dtype, ex.device, reset_value=reset_value))
+        if node.meta[ROLE] in (Role.OUT_CACHE, Role.HISTORY):
             num_image_tokens = int(ex.shape[token_dim])
     if num_image_tokens is None:
-        raise SignatureError("no out_cache state: the number of image tokens is unknown")
+        raise SignatureError("no out_cache or history state: the number of image tokens is unknown")
     return GraphSignature(num_user_inputs, num_outputs - len(states), num_image_tokens,
-                          index.meta["example_value"].device, tuple(states))
+                          index.meta["example_value"].device, tuple(states), takes_time)

@@ -13,7 +13,7 @@ class Snapshot:
     reports: list = field(default_factory=list)
 
     def backend(self, gm, example_inputs):
-        rewritten, report = rewrite_graph(gm, example_inputs)
+        rewritten, report, _ = rewrite_graph(gm, example_inputs)
         self.before.append(gm)
         self.after.append(rewritten)
         self.reports.append(report)

@@ -185,7 +185,7 @@ def test_find_exit_of_a_graph_returning_no_tensor(returns):
         _find_exit(gm)
     with pytest.raises(NoImageTokens, match="the graph returns no tensor"):
         token_layout(gm)
-    rewritten, report = rewrite_graph(gm, [x])
+    rewritten, report, _ = rewrite_graph(gm, [x])
     assert rewritten is None
     assert report.reason == "the graph returns no tensor" and not report.holds_image_tokens
 
@@ -203,7 +203,7 @@ def test_operand_without_recorded_shape_is_a_reason():
     gm = _graph({"hidden_states": x, "table": None}, body)
     with pytest.raises(Unrewritable, match="operand table has no recorded shape"):
         token_layout(gm)
-    rewritten, report = rewrite_graph(gm, [x, torch.randn(1, 4, 8)])
+    rewritten, report, _ = rewrite_graph(gm, [x, torch.randn(1, 4, 8)])
     assert rewritten is None
     assert "operand table has no recorded shape" in report.reason and report.holds_image_tokens
 

@@ -26,7 +26,7 @@ def test_default_schedule_of_50_steps():
     counts = [plan.count(level) for level in (Level.FULL, Level.MEDIUM, Level.ACTIVE)]
     assert counts == [14, 4, 32]
     assert phase_counts(50, config) == {Phase.WARMUP: 6, Phase.COOLDOWN: 4, Phase.REFRESH: 4,
-                                        Phase.MEDIUM: 4, Phase.ACTIVE: 32}
+                                        Phase.MEDIUM: 4, Phase.ACTIVE: 32, Phase.SKIP: 0}
 
 
 def test_flux_schedule_of_50_steps():
@@ -53,9 +53,9 @@ def test_negative_step_is_rejected():
 
 
 def test_levels_order_by_what_they_recompute():
-    assert Level.FULL < Level.MEDIUM < Level.ACTIVE
+    assert Level.FULL < Level.MEDIUM < Level.ACTIVE < Level.NONE
     assert [phase.level for phase in Phase] == [Level.FULL, Level.FULL, Level.MEDIUM,
-                                                Level.ACTIVE, Level.FULL]
+                                                Level.ACTIVE, Level.NONE, Level.FULL]
 
 
 configs = st.builds(

@@ -1,0 +1,201 @@
+"""Forecast instead of hold: the extrapolation itself (against an independent Lagrange
+reference), the history it keeps, and the compiled path: skipped steps run the tail, not
+the model, and return the forecast in the model's own output layout."""
+import copy
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import jano_compile
+from jano_compile.passes.forecast import forecast_output, shift_history
+
+from .models import flux, sd3
+from .test_adaptive import euler_loop
+
+STEPS = 12
+
+
+def lagrange(times: list[float], values: list[torch.Tensor], t: float) -> torch.Tensor:
+    """The polynomial through (times[j], values[j]) evaluated at t (independent reference)."""
+    out = torch.zeros_like(values[0], dtype=torch.float64)
+    for j, (tj, vj) in enumerate(zip(times, values)):
+        weight = math.prod((t - tm) / (tj - tm) for m, tm in enumerate(times) if m != j)
+        out += weight * vj.double()
+    return out
+
+
+@given(order=st.integers(1, 2), gaps=st.lists(st.integers(1, 12), min_size=2, max_size=2),
+       ahead=st.integers(0, 12), seed=st.integers(0, 2**16))
+def test_forecast_equals_the_interpolating_polynomial(order, gaps, ahead, seed):
+    """Per token, the forecast is the polynomial through that token's own slots, whatever
+    the (mixed) gaps between its computations."""
+    g = torch.Generator().manual_seed(seed)
+    n = 5
+    history = [torch.randn(2, n, 3, generator=g) for _ in range(order + 1)]
+    last = torch.randint(0, 30, (n,), generator=g).float()
+    times = [last]
+    for j in range(order):
+        times.append(times[-1] - gaps[j % len(gaps)] - torch.randint(0, 3, (n,), generator=g).float())
+    t = float(last.max()) + ahead
+    got = forecast_output(torch.tensor(t), history, times)
+    for i in range(n):
+        expected = lagrange([float(tj[i]) for tj in times], [h[:, i] for h in history], t)
+        torch.testing.assert_close(got[:, i].double(), expected, atol=1e-3, rtol=1e-4)
+
+
+def test_equal_or_missing_times_hold_the_last_output():
+    h0, h1, h2 = torch.randn(1, 4, 2), torch.randn(1, 4, 2), torch.randn(1, 4, 2)
+    nan = float("nan")
+    t0 = torch.tensor([3.0, 3.0, 3.0, nan])
+    t1 = torch.tensor([3.0, nan, 1.0, nan])       # equal, never computed, fine, never
+    t2 = torch.tensor([1.0, nan, 1.0, nan])       # token 2: slots 1 and 2 share a time
+    got = forecast_output(torch.tensor(5.0), [h0, h1, h2], [t0, t1, t2])
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got[:, :2], h0[:, :2])                     # held
+    torch.testing.assert_close(got[:, 3], h0[:, 3])
+    linear = h0[:, 2] + (h0[:, 2] - h1[:, 2]) * (5.0 - 3.0) / (3.0 - 1.0)  # order 2 term dropped
+    torch.testing.assert_close(got[:, 2], linear)
+    one_slot = forecast_output(torch.tensor(5.0), [h0], [t0])             # order 0: hold
+    torch.testing.assert_close(one_slot, h0)
+
+
+def test_shift_history_moves_only_the_computed_tokens():
+    h = [torch.zeros(1, 4, 2), torch.ones(1, 4, 2)]
+    times = [torch.tensor([1.0, 1.0, 1.0, 1.0]), torch.tensor([0.0, 0.0, 0.0, 0.0])]
+    fresh = torch.full((1, 2, 2), 7.0, dtype=torch.bfloat16)
+    h0, h1, t0, t1 = shift_history(torch.tensor([1, 3]), torch.tensor(2.0), fresh, h, times)
+    assert h0.dtype == torch.float32
+    assert h0[0, :, 0].tolist() == [0, 7, 0, 7] and h1[0, :, 0].tolist() == [1, 0, 1, 0]
+    assert t0.tolist() == [1, 2, 1, 2] and t1.tolist() == [0, 1, 0, 1]
+
+
+SCHEDULE = dict(warmup_steps=3, cooldown_steps=2, static_interval=2, medium_interval=2,
+                active_interval=2, num_inference_steps=STEPS, reuse="forecast")
+
+
+def _compiled(model, lowering="eager", **options):
+    return torch.compile(model, backend="jano", dynamic=False,
+                         options={"lowering": lowering, **SCHEDULE, **options})
+
+
+class CallCounter:
+    """Stands in for a lowered callable, counting its calls."""
+
+    def __init__(self, inner):
+        self.inner, self.n = inner, 0
+
+    def __call__(self, *args):
+        self.n += 1
+        return self.inner(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def _count_calls(ctl, graph_attr) -> CallCounter:
+    """Count the calls of the (one) rewritten graph's `lowered` or `tail`."""
+    (graph,) = ctl._graphs.values()
+    counter = CallCounter(getattr(graph.runner, graph_attr))
+    setattr(graph.runner, graph_attr, counter)
+    return counter
+
+
+@pytest.mark.parametrize("family", [flux, sd3])
+def test_skipped_steps_run_the_tail_and_return_the_forecast(family):
+    """Uniform period 2: steps 3, 5, 7, 9 (after warm-up 0..2) are computed, 4, 6, 8 are not.
+    A skipped step returns the linear extrapolation of the last two computed outputs over
+    their steps, in the model's layout (SD3: after its unpatchify), and never calls the
+    rewritten graph."""
+    model, kwargs, n = family(b=1, h=4, w=4)
+    model.eval()
+    f = _compiled(model)
+    ctl = jano_compile.controller(f)
+    outputs = []
+    with torch.no_grad():
+        for step in range(STEPS):
+            if step == 1:
+                main, tail = _count_calls(ctl, "lowered"), _count_calls(ctl, "tail")
+            kw = {**kwargs, "timestep": torch.full((1,), 900.0 - 50 * step)}
+            outputs.append(f(**kw, return_dict=False)[0])
+    levels = ctl.stats()["levels"]
+    skipped = [s for s, level in enumerate(levels) if level == "skip"]
+    assert skipped == [4, 6, 8]
+    assert main.n == STEPS - 1 - len(skipped) and tail.n == len(skipped)
+    for s in skipped:
+        a, b = [c for c in range(s) if c not in skipped][-2:][::-1]    # the last two computed
+        expected = outputs[a] + (outputs[a] - outputs[b]) * (s - a) / (a - b)
+        torch.testing.assert_close(outputs[s], expected, atol=1e-5, rtol=1e-5)
+    assert ctl.reports[0].skip_steps.startswith("a tail of")
+
+
+def test_every_token_computed_equals_the_plain_model_in_forecast_mode():
+    model, kwargs, n = flux(b=1, h=4, w=4)
+    model.eval()
+    with torch.no_grad():
+        plain = euler_loop(model, kwargs, steps=STEPS)
+        f = _compiled(model, active_interval=1, static_interval=1, medium_interval=1)
+        out = euler_loop(f, kwargs, steps=STEPS)
+    stats = jano_compile.controller(f).stats()
+    assert stats["compute_saved"] == 0.0 and "skip" not in stats["levels"]
+    torch.testing.assert_close(out, plain, atol=1e-4, rtol=1e-4)
+
+
+def test_split_cfg_branches_forecast_from_their_own_history():
+    """Split CFG (two calls a step) equals batched CFG (one call with both rows): each
+    branch's history holds its own outputs."""
+    model, kwargs, n = flux(b=1, h=4, w=4)
+    model.eval()
+    uncond = torch.randn_like(kwargs["encoder_hidden_states"])
+    with torch.no_grad():
+        split = euler_loop(_compiled(model), kwargs, steps=STEPS, cfg_split=uncond)
+        torch._dynamo.reset()
+        f = _compiled(model)
+        batched = {**kwargs, "encoder_hidden_states": torch.cat([kwargs["encoder_hidden_states"], uncond]),
+                   "pooled_projections": kwargs["pooled_projections"].repeat(2, 1)}
+        x = kwargs["hidden_states"].clone()
+        sigmas = torch.linspace(1.0, 0.0, STEPS + 1)
+        for i in range(STEPS):
+            t = torch.full((2,), float(sigmas[i]))
+            v = f(**{**batched, "hidden_states": x.repeat(2, 1, 1), "timestep": t, "return_dict": False})[0]
+            v = v[1:] + 2.0 * (v[:1] - v[1:])
+            x = x + (sigmas[i + 1] - sigmas[i]) * v
+    assert "skip" in jano_compile.controller(f).stats()["levels"]
+    torch.testing.assert_close(split, x, atol=1e-4, rtol=1e-4)
+
+
+def test_a_new_generation_does_not_forecast_across():
+    """The same generation twice in a row gives the same result: the history's times are
+    reset, so the second run's first skipped step does not extrapolate from the first run."""
+    model, kwargs, n = flux(b=1, h=4, w=4)
+    model.eval()
+    f = _compiled(model)
+    with torch.no_grad():
+        first, second = euler_loop(f, kwargs, steps=STEPS), euler_loop(f, kwargs, steps=STEPS)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+def test_forecast_compiled_with_inductor_once_for_every_step_kind():
+    model, kwargs, n = flux(b=1, h=4, w=4)
+    model.eval()
+    schedule = dict(static_interval=4, medium_interval=2, active_interval=1, threshold_mode="quantile",
+                    static_fraction=0.4, medium_fraction=0.3)
+    with torch.no_grad():
+        eager = euler_loop(_compiled(model, **schedule), kwargs, steps=STEPS)
+        torch._dynamo.reset()
+        f = _compiled(copy.deepcopy(model), lowering="inductor", **schedule)   # a controller of its own
+        compiled = euler_loop(f, kwargs, steps=STEPS)
+        stats = jano_compile.controller(f).stats()
+        torch._dynamo.reset()
+        skipping = _compiled(copy.deepcopy(model), lowering="inductor")   # period 2: the tail runs
+        skipped = euler_loop(skipping, kwargs, steps=STEPS)
+        skip_stats = jano_compile.controller(skipping).stats()
+        torch._dynamo.reset()
+        skipped_eager = euler_loop(_compiled(model), kwargs, steps=STEPS)
+    assert {"refresh", "medium", "active"} <= set(stats["levels"])
+    assert stats["compiles"] == 1
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+    assert "skip" in skip_stats["levels"] and skip_stats["compiles"] == 2     # graph + tail
+    torch.testing.assert_close(skipped, skipped_eager, atol=1e-4, rtol=1e-4)
