@@ -45,9 +45,18 @@ from work_counter import WorkCounter
 EXACT_DB = 100               # PSNR above this: the same image up to float rounding
 TARGET_DB = 30               # jano's quality target (issue 4)
 CALIBRATION_SEED = 1000      # for calibration and knob searches; the measured seeds are 0..n-1
+def _period(p: int) -> dict:
+    return dict(static_interval=p, medium_interval=p, active_interval=p)
+
+
+# chosen on calibration seeds (benchmarks/forecast_calibration.py), never on the measured ones
 JANO_SETTINGS = {
-    "default (quantile: 40% static, 30% medium)": {},
-    "faster (quantile: 60% static, 20% medium)": dict(static_fraction=0.6, medium_fraction=0.2),
+    "forecast, period 3 (default)": {},
+    "forecast, period 2": _period(2),
+    "forecast, period 4": _period(4),
+    "forecast, regions 4/2/2": dict(static_interval=4, medium_interval=2, active_interval=2),
+    "paper: hold, reference schedule": dict(recipe="paper"),
+    "paper, faster (quantile 60/20)": dict(recipe="paper", static_fraction=0.6, medium_fraction=0.2),
 }
 
 

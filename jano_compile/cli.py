@@ -42,6 +42,8 @@ def demo(args) -> int:
     options = {"lowering": args.lowering}
     if args.threshold_mode:
         options["threshold_mode"] = args.threshold_mode
+    if args.recipe:
+        options["recipe"] = args.recipe
     # "eager" (tests, debugging): the model itself against jano's rewritten graph run eagerly
     plain = transformer if args.lowering == "eager" else torch.compile(transformer, dynamic=False)
     jano = torch.compile(transformer, backend="jano", dynamic=False, options=options)
@@ -95,6 +97,9 @@ def main(argv=None) -> int:
     d.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     d.add_argument("--lowering", default="inductor", choices=["inductor", "eager"])
     d.add_argument("--threshold-mode", choices=["fixed", "quantile"], default=None)
+    d.add_argument("--recipe", choices=["forecast", "paper"], default=None,
+                   help="forecast (default): every token every 3rd step, forecast between; "
+                        "paper: Jano as published (regions, held outputs)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         if args.steps < 1 or args.seeds < 1:

@@ -37,7 +37,15 @@ DEFAULT_BLOCKS_IN_TIME = 3
 class JanoConfig:
     """Settings of Jano's warm-up, region analysis and adaptive schedule.
 
+    The defaults are the ``"forecast"`` recipe: after 3 full warm-up steps, every token is
+    computed every 3rd step and forecast in between, the last step in full. Chosen on
+    calibration seeds of the bundled model (README); ``recipe="paper"`` restores Jano as
+    published (held outputs, refresh every 10, medium every 5, active every step, and the
+    reference's per-family settings).
+
     Attributes:
+        recipe: ``"forecast"`` (the defaults) or ``"paper"``: which base values and family
+            presets fill the fields a user leaves unset (``RECIPES``, ``PRESETS``).
         warmup_steps: first denoising steps computed in full; their latents feed the
             analysis, which compares step ``i`` with step ``i + warmup_steps // 2``, so at
             least 2.
@@ -84,11 +92,11 @@ class JanoConfig:
         save_dir: directory for the region-map PNG of each generation; ``None`` writes none.
     """
 
-    warmup_steps: int = 6
-    cooldown_steps: int = 4
-    static_interval: int = 10
-    medium_interval: int = 5
-    active_interval: int = 1
+    warmup_steps: int = 3
+    cooldown_steps: int = 1
+    static_interval: int = 3
+    medium_interval: int = 3
+    active_interval: int = 3
     static_thresh: float = 0.2
     medium_thresh: float = 0.3
     t_weight: float = 0.7
@@ -100,8 +108,9 @@ class JanoConfig:
     medium_fraction: float = 0.3
     num_inference_steps: int | None = None
     save_dir: str | None = None
-    reuse: str = "hold"
+    reuse: str = "forecast"
     forecast_order: int = 1
+    recipe: str = "forecast"
 
     def __post_init__(self) -> None:
         if isinstance(self.block_size, (list, tuple)):
@@ -117,6 +126,8 @@ class JanoConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid field and why."""
+        if self.recipe not in RECIPES:
+            _fail("recipe", self.recipe, f"must be one of {tuple(RECIPES)}")
         _check_int(self, "warmup_steps", 2, "the analysis compares two warm-up steps")
         _check_int(self, "cooldown_steps", 0)
         _check_int(self, "static_interval", 1)
@@ -174,24 +185,6 @@ class JanoConfig:
 CONFIG_FIELDS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(JanoConfig))
 
 
-def _record_given_fields(cls):
-    """Wrap the dataclass `__init__` so that each config remembers which fields its caller
-    passed: those count as explicit, the rest may come from a family preset."""
-    generated_init = cls.__init__
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-
-    @functools.wraps(generated_init)
-    def __init__(self, *args, **kwargs):
-        generated_init(self, *args, **kwargs)
-        object.__setattr__(self, "_given", frozenset(names[:len(args)]) | frozenset(kwargs))
-
-    cls.__init__ = __init__
-    return cls
-
-
-_record_given_fields(JanoConfig)
-
-
 def explicit_options(config: "JanoConfig | Mapping[str, Any] | None") -> dict:
     """The settings a user gave, as options: for a ``JanoConfig`` only the fields passed to
     its constructor (the others stay open to a family preset); a mapping as it is.
@@ -211,34 +204,75 @@ def explicit_options(config: "JanoConfig | Mapping[str, Any] | None") -> dict:
 
 #: What the reference tuned per model family (keys: lower-case family names). Families
 #: without an entry use the ``JanoConfig`` defaults.
-PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
-    "flux": MappingProxyType(dict(
-        warmup_steps=7, cooldown_steps=2, static_interval=12, medium_interval=4,
-        static_thresh=0.2, medium_thresh=0.4, t_weight=0.0,
-    )),
-    "wan": MappingProxyType(dict(
-        warmup_steps=6, cooldown_steps=4, static_thresh=0.2, medium_thresh=0.6,
-        t_weight=0.7, d_distance=1,
+#: Base values of each recipe over the ``JanoConfig`` defaults (which are ``"forecast"``).
+RECIPES: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "forecast": MappingProxyType({}),
+    "paper": MappingProxyType(dict(
+        warmup_steps=6, cooldown_steps=4, static_interval=10, medium_interval=5,
+        active_interval=1, reuse="hold",
     )),
 })
+
+#: Per recipe, what was tuned per model family (keys: lower-case family names): for
+#: ``"paper"``, what the reference tuned. Families without an entry use the recipe's base.
+#: Presets never set ``reuse`` or ``forecast_order`` (the rewrite reads them before the
+#: family is known).
+PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = MappingProxyType({
+    "forecast": MappingProxyType({}),
+    "paper": MappingProxyType({
+        "flux": MappingProxyType(dict(
+            warmup_steps=7, cooldown_steps=2, static_interval=12, medium_interval=4,
+            static_thresh=0.2, medium_thresh=0.4, t_weight=0.0,
+        )),
+        "wan": MappingProxyType(dict(
+            warmup_steps=6, cooldown_steps=4, static_thresh=0.2, medium_thresh=0.6,
+            t_weight=0.7, d_distance=1,
+        )),
+    }),
+})
+
+
+def _record_given_fields(cls):
+    """Wrap the dataclass `__init__`: the fields a caller passes count as explicit (the
+    others may come from a family preset), and those it leaves out take the recipe's base
+    value, so that ``JanoConfig(recipe="paper")`` is the paper's configuration."""
+    generated_init = cls.__init__
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+
+    @functools.wraps(generated_init)
+    def __init__(self, *args, **kwargs):
+        given = dict(zip(names, args), **kwargs)
+        base = RECIPES.get(given.get("recipe", cls.recipe), {})
+        generated_init(self, **{**base, **given})
+        object.__setattr__(self, "_given", frozenset(given))
+
+    cls.__init__ = __init__
+    return cls
+
+
+_record_given_fields(JanoConfig)
 
 
 def resolve_config(family: str | None, options: Mapping[str, Any] | None = None) -> JanoConfig:
     """Build the config of one compiled model.
 
-    Precedence: an explicit entry of ``options``, then ``PRESETS[family]``, then the
-    ``JanoConfig`` default. ``family`` is matched case-insensitively; ``None`` or a family
-    without a preset uses the defaults. Unknown option keys raise ``ValueError`` listing
-    the valid ones.
+    Precedence: an explicit entry of ``options``, then ``PRESETS[recipe][family]``, then
+    ``RECIPES[recipe]``, then the ``JanoConfig`` default; ``recipe`` is the option's or
+    ``"forecast"``. ``family`` is matched case-insensitively; ``None`` or a family without a
+    preset uses the recipe's base. Unknown option keys raise ``ValueError`` listing the
+    valid ones.
     """
     options = dict(options or {})
     unknown = sorted(set(options) - CONFIG_FIELDS)
     if unknown:
         raise ValueError(f"unknown Jano option(s) {unknown}; valid: {sorted(CONFIG_FIELDS)}")
-    preset = PRESETS.get(family.lower(), {}) if family else {}
+    recipe = options.get("recipe", JanoConfig.recipe)
+    if recipe not in RECIPES:
+        _fail("recipe", recipe, f"must be one of {tuple(RECIPES)}")
+    preset = PRESETS[recipe].get(family.lower(), {}) if family else {}
     if family and not preset:
-        logger.debug("no Jano preset for family %s; using JanoConfig defaults", family)
-    return JanoConfig(**{**preset, **options})
+        logger.debug("no %s preset for family %s; using the recipe's base", recipe, family)
+    return JanoConfig(**{**RECIPES[recipe], **preset, **options})
 
 
 def check_grid(grid: tuple[int, int, int]) -> tuple[int, int, int]:

@@ -48,13 +48,12 @@ class Options:
 
     def pass_config(self):
         """What the rewrite needs of the schedule settings: `reuse` and `forecast_order` as
-        given, else the JanoConfig defaults (family presets do not set them)."""
+        given, else the recipe's (family presets do not set them)."""
         from jano_compile.passes import PassConfig
 
-        from .config import JanoConfig
-        defaults = JanoConfig()
-        return PassConfig(reuse=self.schedule.get("reuse", defaults.reuse),
-                          forecast_order=self.schedule.get("forecast_order", defaults.forecast_order))
+        from .config import resolve_config
+        config = resolve_config(None, self.schedule)
+        return PassConfig(reuse=config.reuse, forecast_order=config.forecast_order)
 
     def inductor_patches(self) -> dict:
         """Inductor config patches: what `mode` selects, then the explicit settings."""
@@ -109,13 +108,14 @@ def parse_options(mode: Optional[str] = None, options: Optional[Mapping[str, Any
 
 def _check_schedule(schedule: Mapping[str, Any]) -> None:
     """Raise the JanoConfig error (it names the field) when the schedule settings are
-    invalid on top of the defaults and of every family preset alike; which preset applies
-    is known only at the first call, when the model's family is."""
-    from .config import PRESETS, JanoConfig
+    invalid without a family preset and with every one alike; which preset applies is
+    known only at the first call, when the model's family is."""
+    from .config import PRESETS, resolve_config
+    families = {family for presets in PRESETS.values() for family in presets}
     errors = []
-    for preset in ({}, *PRESETS.values()):
+    for family in (None, *sorted(families)):
         try:
-            JanoConfig(**{**preset, **schedule})
+            resolve_config(family, schedule)
             return
         except ValueError as e:
             errors.append(e)

@@ -9,7 +9,7 @@ from jano_compile.schedule import step_phase
 from .models import flux
 
 STEPS = 10
-SCHEDULE = dict(warmup_steps=3, cooldown_steps=2, static_interval=4, medium_interval=2,
+SCHEDULE = dict(recipe="paper", warmup_steps=3, cooldown_steps=2, static_interval=4, medium_interval=2,
                 num_inference_steps=STEPS)
 
 

@@ -6,18 +6,26 @@ import math
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from jano_compile.config import (CONFIG_FIELDS, PRESETS, JanoConfig, default_block_size,
+from jano_compile.config import (CONFIG_FIELDS, PRESETS, RECIPES, JanoConfig, default_block_size,
                                  resolve_config)
 
 
-def test_defaults_match_the_reference():
-    config = JanoConfig()
+def test_paper_recipe_matches_the_reference():
+    config = JanoConfig(recipe="paper")
     assert (config.warmup_steps, config.cooldown_steps) == (6, 4)
-    assert (config.static_interval, config.medium_interval) == (10, 5)
+    assert (config.static_interval, config.medium_interval, config.active_interval) == (10, 5, 1)
+    assert config.reuse == "hold"
     assert (config.static_thresh, config.medium_thresh) == (0.2, 0.3)
     assert (config.t_weight, config.d_strength, config.d_distance) == (0.7, 0.8, 2)
     assert config.block_size is None and config.num_inference_steps is None
     assert config.save_dir is None and config.threshold_mode == "quantile"
+
+
+def test_default_recipe_forecasts_every_token_on_a_uniform_period():
+    config = JanoConfig()
+    assert config.recipe == "forecast" and config.reuse == "forecast" and config.forecast_order == 1
+    assert config.static_interval == config.medium_interval == config.active_interval == 3
+    assert (config.warmup_steps, config.cooldown_steps) == (3, 1)
 
 
 @pytest.mark.parametrize("field, overrides", [
@@ -43,7 +51,11 @@ def test_defaults_match_the_reference():
     ("static_fraction", dict(static_fraction=1.1)),
     ("medium_fraction", dict(static_fraction=0.7, medium_fraction=0.4)),
     ("num_inference_steps", dict(num_inference_steps=0)),
-    ("num_inference_steps", dict(num_inference_steps=9)),  # 6 warm-up + 4 cool-down > 9
+    ("num_inference_steps", dict(num_inference_steps=9, warmup_steps=6, cooldown_steps=4)),
+    ("active_interval", dict(active_interval=0)),
+    ("reuse", dict(reuse="keep")),
+    ("forecast_order", dict(forecast_order=3)),
+    ("recipe", dict(recipe="fast")),
     ("save_dir", dict(save_dir=3)),
 ])
 def test_invalid_value_names_the_field(field, overrides):
@@ -52,7 +64,7 @@ def test_invalid_value_names_the_field(field, overrides):
 
 
 def test_edge_values_are_valid():
-    JanoConfig(num_inference_steps=10)  # warm-up + cool-down == run: all steps full
+    JanoConfig(num_inference_steps=4)  # warm-up + cool-down == run: all steps full
     JanoConfig(static_thresh=0, medium_thresh=0, static_fraction=1, medium_fraction=0)
     JanoConfig(static_thresh=1.0, medium_thresh=1.0, d_distance=0, cooldown_steps=0)
 
@@ -60,7 +72,7 @@ def test_edge_values_are_valid():
 def test_config_is_frozen_and_replace_revalidates():
     config = JanoConfig()
     with pytest.raises(dataclasses.FrozenInstanceError):
-        config.warmup_steps = 3
+        config.warmup_steps = 4
     with pytest.raises(ValueError, match="medium_interval"):
         dataclasses.replace(config, medium_interval=0)
 
@@ -100,26 +112,33 @@ def test_default_block_size_fits_and_gives_about_16_blocks(frames, height, width
 
 
 def test_presets_are_read_only_data():
-    assert PRESETS["flux"]["warmup_steps"] == 7 and PRESETS["wan"]["d_distance"] == 1
+    paper = PRESETS["paper"]
+    assert paper["flux"]["warmup_steps"] == 7 and paper["wan"]["d_distance"] == 1
     with pytest.raises(TypeError):
-        PRESETS["flux"]["warmup_steps"] = 1
-    for preset in PRESETS.values():
-        assert set(preset) <= CONFIG_FIELDS
-        JanoConfig(**preset)
+        paper["flux"]["warmup_steps"] = 1
+    for recipe, presets in PRESETS.items():
+        for preset in presets.values():
+            assert set(preset) <= CONFIG_FIELDS
+            assert not {"reuse", "forecast_order", "recipe"} & set(preset)   # read before the family
+            JanoConfig(recipe=recipe, **preset)
+    for base in RECIPES.values():
+        assert set(base) <= CONFIG_FIELDS
 
 
 def test_resolve_config_precedence():
-    flux = resolve_config("FLUX", {})
+    flux = resolve_config("FLUX", {"recipe": "paper"})
     assert (flux.warmup_steps, flux.cooldown_steps, flux.static_interval,
             flux.medium_interval) == (7, 2, 12, 4)
     assert (flux.static_thresh, flux.medium_thresh, flux.t_weight) == (0.2, 0.4, 0.0)
-    assert flux.d_strength == JanoConfig().d_strength  # not in the preset: default
-    explicit = resolve_config("flux", {"warmup_steps": 9, "d_distance": 3})
+    assert flux.d_strength == JanoConfig().d_strength   # in no preset: default
+    assert flux.reuse == "hold"                         # from the paper recipe's base
+    explicit = resolve_config("flux", {"recipe": "paper", "warmup_steps": 9, "d_distance": 3})
     assert (explicit.warmup_steps, explicit.d_distance, explicit.cooldown_steps) == (9, 3, 2)
-    wan = resolve_config("wan", {"medium_thresh": 0.5})
+    wan = resolve_config("wan", {"recipe": "paper", "medium_thresh": 0.5})
     assert (wan.medium_thresh, wan.d_distance, wan.t_weight) == (0.5, 1, 0.7)
     assert resolve_config(None, None) == JanoConfig()
-    assert resolve_config("pixart", {}) == JanoConfig()  # family without a preset
+    assert resolve_config("flux", {}) == JanoConfig()   # the forecast recipe has no presets
+    assert resolve_config("pixart", {"recipe": "paper"}) == JanoConfig(recipe="paper")
 
 
 def test_resolve_config_rejects_unknown_keys_listing_valid_ones():
@@ -132,12 +151,16 @@ def test_resolve_config_rejects_unknown_keys_listing_valid_ones():
 @settings(max_examples=40, deadline=None)
 @given(st.sampled_from([None, "flux", "wan"]),
        st.fixed_dictionaries({}, optional={
+           "recipe": st.sampled_from(sorted(RECIPES)),
            "warmup_steps": st.integers(2, 10), "cooldown_steps": st.integers(0, 5),
            "static_interval": st.integers(1, 20), "medium_interval": st.integers(1, 20),
            "t_weight": st.floats(0, 1), "d_distance": st.integers(0, 4)}))
 def test_explicit_options_always_win(family, options):
+    """An option > the recipe's family preset > the recipe's base > the default."""
     config = resolve_config(family, options)
-    preset = PRESETS.get(family or "", {})
+    recipe = options.get("recipe", "forecast")
+    preset = PRESETS[recipe].get(family or "", {})
+    default = JanoConfig.__dataclass_fields__
     for name in CONFIG_FIELDS:
-        expected = options.get(name, preset.get(name, getattr(JanoConfig(), name)))
+        expected = options.get(name, preset.get(name, RECIPES[recipe].get(name, default[name].default)))
         assert getattr(config, name) == expected, name

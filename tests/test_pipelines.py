@@ -9,7 +9,7 @@ from jano_compile.schedule import step_phase
 from .pipelines import PIPELINES
 
 STEPS = 12
-CONFIG = dict(warmup_steps=3, cooldown_steps=2, static_interval=4, medium_interval=2,
+CONFIG = dict(recipe="paper", warmup_steps=3, cooldown_steps=2, static_interval=4, medium_interval=2,
               threshold_mode="quantile", static_fraction=0.4, medium_fraction=0.3)
 
 

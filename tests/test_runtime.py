@@ -21,6 +21,7 @@ STEPS = 12
 # ----------------------------------------------------------------------------- configuration
 def test_explicit_options_of_a_config_are_the_fields_passed():
     assert explicit_options(JanoConfig(cooldown_steps=3)) == {"cooldown_steps": 3}
+    assert explicit_options(JanoConfig(recipe="paper")) == {"recipe": "paper"}
     assert explicit_options(JanoConfig(6, 3)) == {"warmup_steps": 6, "cooldown_steps": 3}
     assert explicit_options({"warmup_steps": 9}) == {"warmup_steps": 9}
     assert explicit_options(None) == {}
@@ -28,23 +29,25 @@ def test_explicit_options_of_a_config_are_the_fields_passed():
         explicit_options(["warmup_steps"])
 
 
-@pytest.mark.parametrize("config", [JanoConfig(cooldown_steps=3), {"cooldown_steps": 3}])
+@pytest.mark.parametrize("config", [JanoConfig(recipe="paper", cooldown_steps=3),
+                                    {"recipe": "paper", "cooldown_steps": 3}])
 def test_enable_applies_the_family_preset_where_the_config_is_silent(config):
     pipe, inputs = flux_pipeline()
     with torch.no_grad():
         ctl = jano_compile.enable(pipe, config, lowering="eager")
         pipe(**inputs, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
     resolved = ctl.schedule.config
-    flux_preset = PRESETS["flux"]
+    flux_preset = PRESETS["paper"]["flux"]
     assert resolved.cooldown_steps == 3                                   # explicit
-    assert resolved.warmup_steps == flux_preset["warmup_steps"] != JanoConfig().warmup_steps   # preset
+    assert resolved.warmup_steps == flux_preset["warmup_steps"] != JanoConfig(recipe="paper").warmup_steps
     assert resolved.d_strength == JanoConfig().d_strength                 # default
     assert resolved.num_inference_steps == STEPS                          # learned from the scheduler
 
 
 def test_two_identical_generations_give_identical_images():
     pipe, inputs = flux_pipeline()
-    config = JanoConfig(warmup_steps=3, cooldown_steps=2, static_interval=4, medium_interval=2)
+    config = JanoConfig(warmup_steps=3, cooldown_steps=2, static_interval=4, medium_interval=2,
+                        active_interval=1)
     images, levels = [], []
     with torch.no_grad():
         ctl = jano_compile.enable(pipe, config, lowering="eager")
@@ -81,7 +84,7 @@ def test_scheduler_clock_keeps_steps_apart_whose_timesteps_are_equal():
     scheduler, the controller still counts them as steps, not as CFG branches."""
     model, kwargs, n = flux(b=1, h=4, w=4)
     model.eval()
-    options = dict(warmup_steps=3, cooldown_steps=2, static_interval=4, medium_interval=2,
+    options = dict(recipe="paper", warmup_steps=3, cooldown_steps=2, static_interval=4, medium_interval=2,
                    num_inference_steps=STEPS, lowering="eager")
     f = torch.compile(model, backend="jano", dynamic=False, options=options)
     ctl = jano_compile.controller(f)

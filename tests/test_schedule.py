@@ -17,7 +17,7 @@ def test_default_schedule_of_50_steps():
     # By hand: warm-up 0..5, cool-down 46..49; from step 6, a refresh every 10 steps
     # (6, 16, 26, 36; 46 is cool-down), medium every 5 steps that are not refreshes
     # (11, 21, 31, 41); the other 40 - 8 = 32 steps are active.
-    config = JanoConfig()
+    config = JanoConfig(recipe="paper")
     assert steps_in(Phase.WARMUP, 50, config) == list(range(6))
     assert steps_in(Phase.COOLDOWN, 50, config) == [46, 47, 48, 49]
     assert steps_in(Phase.REFRESH, 50, config) == [6, 16, 26, 36]
@@ -33,16 +33,16 @@ def test_flux_schedule_of_50_steps():
     # By hand: warm-up 0..6, cool-down 48, 49; k = step - 7 over 0..40: refresh at
     # k = 0, 12, 24, 36 (steps 7, 19, 31, 43); medium at k = 4, 8, 16, 20, 28, 32, 40
     # (steps 11, 15, 23, 27, 35, 39, 47); active: 41 - 4 - 7 = 30.
-    config = resolve_config("flux", {})
+    config = resolve_config("flux", {"recipe": "paper"})
     assert steps_in(Phase.REFRESH, 50, config) == [7, 19, 31, 43]
     assert steps_in(Phase.MEDIUM, 50, config) == [11, 15, 23, 27, 35, 39, 47]
     assert phase_counts(50, config)[Phase.ACTIVE] == 30
 
 
 def test_unknown_length_places_no_cooldown():
-    config = JanoConfig()
+    config = JanoConfig(recipe="paper")
     assert step_level(49, None, config) is Level.ACTIVE  # k = 43: neither 10 nor 5 divides it
-    assert step_phase(49, None, JanoConfig(num_inference_steps=50)) is Phase.COOLDOWN
+    assert step_phase(49, None, JanoConfig(recipe="paper", num_inference_steps=50)) is Phase.COOLDOWN
     assert step_phase(49, 50, config) is Phase.COOLDOWN
     assert step_phase(60, 50, config) is Phase.COOLDOWN  # past the announced end: full
 
@@ -60,7 +60,8 @@ def test_levels_order_by_what_they_recompute():
 
 configs = st.builds(
     JanoConfig, warmup_steps=st.integers(2, 10), cooldown_steps=st.integers(0, 6),
-    static_interval=st.integers(1, 15), medium_interval=st.integers(1, 15))
+    static_interval=st.integers(1, 15), medium_interval=st.integers(1, 15),
+    active_interval=st.integers(1, 4))
 
 
 @settings(max_examples=80, deadline=None)
@@ -90,5 +91,7 @@ def test_without_length_the_pattern_never_ends(config, step):
         assert level is Level.FULL
     elif since % config.medium_interval == 0:
         assert level is Level.MEDIUM
-    else:
+    elif since % config.active_interval == 0:
         assert level is Level.ACTIVE
+    else:
+        assert level is Level.NONE
