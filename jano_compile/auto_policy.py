@@ -6,9 +6,10 @@ tokens (geometry.py), and asks the `AdaptiveSchedule` which tokens this step rec
 It turns itself off, once and with a logged reason, where it cannot run: no timestep or
 hidden-states input, an unknown model family, latents that do not match the graph.
 
-The config is resolved once per set of compile options (explicit option > family preset
-> default, config.py); the generation length learned from the scheduler overrides the
-`num_inference_steps` option, since it is the length of the run under way.
+The config is resolved once per set of compile options (explicit option > the recipe's
+family preset > the recipe's base > default, config.py); the generation length learned
+from the scheduler overrides the `num_inference_steps` option, since it is the length of
+the run under way.
 """
 from __future__ import annotations
 

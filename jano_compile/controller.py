@@ -78,6 +78,8 @@ class Controller:
 
     def set_active(self, index: torch.Tensor) -> None:
         """Later calls recompute only the image tokens at `index` (int tensor [n], 0 <= n <= N).
+        The others keep their last output (`reuse="hold"`) or are forecast from their own
+        history (`"forecast"`, the default), counting each call of a branch as one step.
         On a model jano did not rewrite, warns once with the reason; calls stay full."""
         if self._not_rewritten("set_active"):
             return
