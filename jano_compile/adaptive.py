@@ -33,6 +33,8 @@ class Decision:
     phase: Phase
     index: Optional[torch.Tensor]
     new_generation: bool
+    fill_caches: bool = True    # a later step of this run reads the K/V caches
+    time: Optional[float] = None   # the step's forecast time (None: the step index)
 
 
 @dataclass
@@ -82,7 +84,22 @@ class AdaptiveSchedule:
             index = self.analysis.medium_index
         else:
             index = self.analysis.active_index
-        return Decision(step, branch, phase, index, new_generation)
+        return Decision(step, branch, phase, index, new_generation,
+                        fill_caches=index is not None or self.partial_step_follows(step),
+                        time=tick.time)
+
+    def partial_step_follows(self, step: int) -> bool:
+        """Whether the next step after `step` that computes anything computes only some
+        tokens (so it reads the K/V caches a full step at `step` writes)."""
+        if self.analysis is None and self.analysed or self.all_full:
+            return False
+        horizon = self.config.static_interval + self.config.warmup_steps + 1   # a refresh comes by then
+        for later in range(step + 1, step + 1 + horizon):
+            phase = step_phase(later, None, self.config)
+            if phase.level == Level.NONE:
+                continue
+            return phase.level in (Level.MEDIUM, Level.ACTIVE)
+        return False
 
     def wants_latents(self, decision: Decision) -> bool:
         return (decision.phase == Phase.WARMUP and self.call_in_step == 0

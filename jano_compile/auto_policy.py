@@ -85,4 +85,5 @@ class AutoPolicy:
                 return None
             schedule.record_latents(tokens, grid)
         return CallPlan(decision.index, decision.branch or DEFAULT_BRANCH, decision.step,
-                        decision.phase.value, decision.new_generation)
+                        decision.phase.value, decision.new_generation, decision.fill_caches,
+                        decision.time)

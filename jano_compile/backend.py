@@ -23,7 +23,7 @@ def jano_backend(gm: fx.GraphModule, example_inputs, mode=None, options=None):
     """torch.compile backend. `options` are validated here (dynamo runs a string backend at
     the first call, so a bad key fails there, wrapped by dynamo, with our message)."""
     opts = parse_options(mode, options)
-    rewritten, report, tail = rewrite_graph(gm, example_inputs, opts.pass_config())
+    rewritten, report, tail, dense = rewrite_graph(gm, example_inputs, opts.pass_config())
     if opts.dump_dir:
         write_dump(opts.dump_dir, report, gm, rewritten)
     common = dict(param_positions=param_positions(example_inputs), roles=input_roles(gm),
@@ -36,8 +36,10 @@ def jano_backend(gm: fx.GraphModule, example_inputs, mode=None, options=None):
         return CompiledGraph(report, None, LoweredUnrewritten(gm, opts, example_inputs), **common)
     log.info("jano: %s", report)
     sig = report.signature
+    every_token = sig.num_image_tokens
     runner = GraphRunner(sig, LoweredRewrite(rewritten, opts, sig),
-                         LoweredRewrite(tail, opts, sig) if tail is not None else None)
+                         tail=LoweredRewrite(tail, opts, sig, every_token) if tail is not None else None,
+                         dense=LoweredRewrite(dense, opts, sig, every_token) if dense is not None else None)
     return CompiledGraph(report, runner, None, **common)
 
 

@@ -3,6 +3,7 @@ the state tensors its signature declares, allocated at first use."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from jano_compile.passes.signature import GraphSignature, StateSpec
 
@@ -12,17 +13,23 @@ class BranchState:
     """The states of one graph for one branch, in signature order."""
     specs: tuple[StateSpec, ...]
     tensors: list
-    filled: bool = False        # a full step has written every token since allocation
+    filled: bool = False        # the K/V caches hold every token (a full step wrote them)
+    computed: bool = False      # the output cache / history holds every token (any full step)
     calls: int = 0              # calls run on these states (the step time of manual control)
 
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors)
 
-    def renew(self, tensors: list, full: bool) -> None:
-        """After a call: the graph's renewed states replace the old ones."""
+    def renew(self, tensors: list, full: bool, caches_filled: Optional[bool]) -> None:
+        """After a call: the graph's renewed states replace the old ones. `full`: it
+        computed every token. `caches_filled`: True when it wrote every token's K/V (a full
+        step of the rewritten graph), None when it kept them as they were (a partial step),
+        False when it left them stale (a dense step)."""
         self.tensors = tensors
-        self.filled = self.filled or full
+        self.computed = self.computed or full
+        if caches_filled is not None:
+            self.filled = caches_filled
         self.calls += 1
 
     def reset(self) -> None:

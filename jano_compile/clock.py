@@ -22,10 +22,12 @@ from typing import Optional
 @dataclass(frozen=True)
 class Tick:
     """Where one model call falls: generation (counts from 1), step (from 0), and how many
-    calls of this step came before it (0: the first branch)."""
+    calls of this step came before it (0: the first branch). `time`: the step's time for
+    forecasts (the scheduler's sigma where it has one), None for the step index."""
     generation: int
     step: int
     call_in_step: int
+    time: Optional[float] = None
 
 
 @dataclass
@@ -56,16 +58,19 @@ class SchedulerClock:
     generation: int = 0
     step: int = 0
     calls_in_step: int = 0
+    times: Optional[list] = None     # per step: the scheduler's sigma (fp32), if it has them
 
-    def start_generation(self) -> None:
+    def start_generation(self, times: Optional[list] = None) -> None:
         self.generation += 1
         self.step, self.calls_in_step = 0, 0
+        self.times = times
 
     def end_step(self) -> None:
         self.step += 1
         self.calls_in_step = 0
 
     def tick(self) -> Tick:
-        tick = Tick(max(self.generation, 1), self.step, self.calls_in_step)
+        time = self.times[self.step] if self.times and self.step < len(self.times) else None
+        tick = Tick(max(self.generation, 1), self.step, self.calls_in_step, time)
         self.calls_in_step += 1
         return tick

@@ -181,11 +181,17 @@ class Controller:
             self.store.new_generation()
         state = self.store.state(id(graph), plan.branch, graph.signature)
         runner = graph.runner
-        step_time = float(plan.step if plan.step is not None else state.calls)
+        step_time = float(next(t for t in (plan.time, plan.step, state.calls) if t is not None))
         n = graph.signature.num_image_tokens
-        if plan.skip and state.filled and runner.tail is not None:
+        if plan.skip and state.computed and runner.tail is not None:
             outputs = runner.skip(args, state, step_time)
             full, computed = False, 0
+        elif (plan.index is None and not plan.fill_caches and runner.dense is not None
+              and state.calls > 0 and not plan.new_generation):
+            # a full step whose caches nothing reads; the first call of a generation still
+            # fills them, so that set_active() after it finds them valid
+            outputs = runner.dense_step(args, state, step_time)
+            full, computed = True, n
         else:
             full = plan.index is None or not state.filled
             index = runner.device_index(None if full else plan.index)

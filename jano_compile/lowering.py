@@ -44,12 +44,16 @@ class LoweredUnrewritten:
 
 
 class LoweredRewrite:
-    """Callable running a rewritten graph; `compiles` counts its lowerings (at most one)."""
+    """Callable running a rewritten graph (or one of its variants: the skip tail, the dense
+    full step); `compiles` counts its lowerings (at most one). `num_active`: the one index
+    length it is called with (static for Inductor), or None for any (symbolic)."""
 
-    def __init__(self, gm: fx.GraphModule, options: Options, signature: GraphSignature):
+    def __init__(self, gm: fx.GraphModule, options: Options, signature: GraphSignature,
+                 num_active: Optional[int] = None):
         self.gm = gm
         self.options = options
         self.signature = signature
+        self.num_active = num_active
         self.compiles = 0
         self._fn: Optional[Callable] = None
 
@@ -58,13 +62,17 @@ class LoweredRewrite:
         if self.options.lowering == "eager":
             return self.gm
         from torch._inductor.compile_fx import compile_fx
-        _, example = fake_inputs(self.signature, args[:self.signature.index_position])
+        _, example = fake_inputs(self.signature, args[:self.signature.index_position], self.num_active)
         log.info("jano: compiling the rewritten graph with Inductor")
         return compile_fx(self.gm, example, config_patches=self.options.inductor_patches())
 
     def __call__(self, *args):
-        if args[self.signature.index_position].numel() == 0:
+        index = args[self.signature.index_position]
+        if index.numel() == 0:
             return self.gm(*args)
+        if self.num_active is not None and index.numel() != self.num_active:
+            raise ValueError(f"this graph was lowered for {self.num_active} active tokens, "
+                             f"got {index.numel()}")
         if self._fn is None:
             self._fn = self._lower(args)
         return self._fn(*args)

@@ -75,7 +75,7 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
     @functools.wraps(original_set_timesteps)   # pipelines inspect its signature
     def set_timesteps(*args, **kwargs):
         result = original_set_timesteps(*args, **kwargs)
-        clock.start_generation()
+        clock.start_generation(_sigmas(scheduler))
         ctl.set_num_inference_steps(len(scheduler.timesteps))
         return result
     set_on(scheduler, "set_timesteps", set_timesteps)
@@ -117,6 +117,20 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
     pipe.transformer = compiled
     setattr(pipe, _HANDLE, _Handle(transformer, ctl, patched))
     return ctl
+
+
+def _sigmas(scheduler) -> Optional[list]:
+    """The scheduler's sigma per step (fp32, read once per generation) as the forecast's
+    time axis, for flow-matching schedulers (sigmas in [0, 1], which the output is close to
+    linear in); None otherwise: the step index is used."""
+    sigmas = getattr(scheduler, "sigmas", None)
+    steps = len(scheduler.timesteps)
+    if not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1 or len(sigmas) < steps:
+        return None
+    sigmas = sigmas[:steps].detach().float().cpu()
+    if sigmas.min() < 0 or sigmas.max() > 1 or bool((sigmas[1:] == sigmas[:-1]).any()):
+        return None
+    return sigmas.tolist()
 
 
 def _save_overlay(ctl: Controller, decoded) -> None:

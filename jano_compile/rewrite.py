@@ -17,8 +17,8 @@ import torch
 import torch.fx as fx
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-from jano_compile.passes import (NoImageTokens, PassConfig, Unrewritable, rewrite_passes, skip_tail,
-                                 token_layout)
+from jano_compile.passes import (NoImageTokens, PassConfig, Unrewritable, dense_variant, rewrite_passes,
+                                 skip_tail, token_layout)
 from jano_compile.passes.plan import (SegmentSlice, ShapeLiteral, SplitSizes, SqueezeDims,
                                       TokenPlan)
 from jano_compile.passes.signature import GraphSignature, graph_signature
@@ -95,6 +95,7 @@ class RewriteResult(NamedTuple):
     graph: Optional[fx.GraphModule]     # the rewritten graph; None when left as it is
     report: GraphReport
     skip_tail: Optional[fx.GraphModule] = None
+    dense: Optional[fx.GraphModule] = None   # full steps whose caches no later step reads
 
 
 def _tail(work: fx.GraphModule, report: GraphReport) -> Optional[fx.GraphModule]:
@@ -143,4 +144,9 @@ def rewrite_graph(gm: fx.GraphModule, example_inputs, config: PassConfig = PassC
         log.warning("jano: rewrite of %s failed", name, exc_info=True)
         return RewriteResult(None, GraphReport(name, False, f"internal error in the rewrite: {_describe_error(e)}"))
     report = _report(name, plan, signature)
-    return RewriteResult(work, report, _tail(work, report))
+    try:
+        dense = dense_variant(work)
+    except Exception:  # noqa: BLE001 - the model still runs, full steps only fill caches too
+        log.warning("jano: no dense variant for %s", name, exc_info=True)
+        dense = None
+    return RewriteResult(work, report, _tail(work, report), dense)

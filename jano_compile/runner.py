@@ -20,17 +20,18 @@ class GraphRunner:
     """Runs a lowered rewritten graph; keeps the index and the step time on its device."""
 
     def __init__(self, signature: GraphSignature, lowered: LoweredRewrite,
-                 tail: Optional[LoweredRewrite] = None):
+                 tail: Optional[LoweredRewrite] = None, dense: Optional[LoweredRewrite] = None):
         self.signature = signature
         self.lowered = lowered
         self.tail = tail
+        self.dense = dense
         self._full_index: Optional[torch.Tensor] = None
         self._on_device: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # id -> (cpu, device)
         self._step_time: Optional[torch.Tensor] = None
 
     @property
     def compiles(self) -> int:
-        return self.lowered.compiles + (self.tail.compiles if self.tail else 0)
+        return sum(v.compiles for v in (self.lowered, self.tail, self.dense) if v is not None)
 
     def device_index(self, index: Optional[torch.Tensor]) -> torch.Tensor:
         """[n] int64 on the graph's device: `index` copied once, or every token for None."""
@@ -63,7 +64,17 @@ class GraphRunner:
         sig = self.signature
         outputs = self.lowered(*sig.call_args(args, index, state.tensors, self._time(step_time)))
         user, renewed = sig.split_outputs(outputs)
-        state.renew(renewed, full)
+        state.renew(renewed, full, caches_filled=True if full else None)
+        return user
+
+    def dense_step(self, args, state: BranchState, step_time: float) -> tuple:
+        """A full step whose K/V caches no later step reads: the dense variant, which
+        leaves them as they were (stale: the next partial step is computed full)."""
+        sig = self.signature
+        outputs = self.dense(*sig.call_args(args, self.device_index(None), state.tensors,
+                                            self._time(step_time)))
+        user, renewed = sig.split_outputs(outputs)
+        state.renew(renewed, True, caches_filled=False)
         return user
 
     def skip(self, args, state: BranchState, step_time: float) -> tuple:

@@ -6,6 +6,7 @@ GraphModule that applies one part of the plan.
 """
 import functools
 
+from .dense_variant import dense_variant
 from .forecast import forecast
 from .gather_scatter import gather_scatter
 from .input_roles import InputRoles, input_roles
@@ -28,5 +29,5 @@ def rewrite_passes(config: PassConfig = PassConfig()) -> tuple:
 
 
 __all__ = ["REWRITE_PASSES", "InputRoles", "NoImageTokens", "PassConfig", "TokenPlan", "Unrewritable",
-           "forecast", "gather_scatter", "input_roles", "kv_cache", "rewrite_passes", "skip_tail",
+           "dense_variant", "forecast", "gather_scatter", "input_roles", "kv_cache", "rewrite_passes", "skip_tail",
            "token_layout", "token_shapes"]

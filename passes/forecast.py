@@ -72,7 +72,7 @@ def forecast(gm: fx.GraphModule, plan: TokenPlan, order: int = 1) -> fx.GraphMod
     cache = next(n for n in graph.nodes if n.op == "placeholder" and n.meta.get(ROLE) is Role.OUT_CACHE)
     scatter = next(u for u in cache.users if u.meta.get(EXIT_SCATTER))
     _, dim, index, fresh = scatter.args
-    exit_value = value(fresh)
+    exit_value = value(plan.exit)
     n = plan.num_image_tokens
     step_time = declare_step_time(graph, exit_value.device)
     history = [declare_state(graph, f"history_{j}", Role.HISTORY, exit_value.new_empty(

@@ -16,7 +16,7 @@ import torch
 import torch.fx as fx
 
 from .plan import TokenPlan
-from .signature import EXIT_SCATTER, Role, declare_state, declare_state_outputs
+from .signature import ENTRY_GATHER, EXIT_SCATTER, Role, declare_state, declare_state_outputs
 from .token_inputs import active_index
 from .token_layout import value
 
@@ -31,6 +31,7 @@ def gather_scatter(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:
     with graph.inserting_after(anchor):
         gathered = graph.call_function(torch.index_select, (plan.entry, 1, idx))
     gathered.name = "gathered_" + plan.entry.name
+    gathered.meta[ENTRY_GATHER] = True
     plan.entry.replace_all_uses_with(gathered, delete_user_cb=lambda u: u is not gathered)
 
     with graph.inserting_after(plan.exit):

@@ -29,6 +29,8 @@ STATE = "jano_state"            # node.meta key: (layer, token_dim) of a state p
 STATE_OUTPUTS = "jano_state_outputs"   # output node meta: the state each added output renews
 EXIT_SCATTER = "jano_exit_scatter"     # node meta: the index_copy that writes computed tokens
                                        # into the full exit tensor
+ENTRY_GATHER = "jano_entry_gather"     # node meta: the index_select of the computed tokens
+                                       # at the entry
 
 
 class Role(str, enum.Enum):

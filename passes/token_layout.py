@@ -280,6 +280,14 @@ class _Propagation:
             return self.stack(node)
         if name in ("split", "split_with_sizes", "chunk", "unbind", "tensor_split"):
             return self.split(node, name)
+        if name == "view_as_complex":
+            return self.view_as_complex(node)
+        if name == "view_as_real":
+            return self.token_axis(node, node.args[0])     # a trailing dim of 2 is added
+        if name == "repeat_interleave":
+            return self.repeat_interleave(node)
+        if name in ("repeat", "tile"):
+            return self.repeat(node, name)
         if name == "einsum":
             return self.einsum(node)
         if name in ("matmul", "bmm", "mm"):
@@ -383,6 +391,47 @@ class _Propagation:
         keep = _arg(node, 2, "keepdim", False)
         return TokenAxis(t.dim if keep else t.dim - sum(d < t.dim for d in dims), t.layout)
 
+    # -- repeats of other axes (grouped-query attention: K/V heads repeated for the query heads)
+    def repeat_interleave(self, node: fx.Node):
+        """repeat_interleave(k, 2, dim=1)  [B, 2, N, D] -> [B, 4, N, D]: token-wise when `dim`
+        is not the token axis and `repeats` an int; along the token axis (or flattened, no
+        dim) it moves tokens to other positions."""
+        x = node.args[0]
+        t = self.token_axis(node, x)
+        repeats, d = _arg(node, 1, "repeats"), _arg(node, 2, "dim")
+        if isinstance(repeats, fx.Node) and self.ax(repeats) is not None:
+            self.stray_tokens(node, "the tensor it repeats")
+        if d is None:
+            self.fail(node, "repeat_interleave without dim flattens the token axis")
+        if not isinstance(d, int):
+            self.fail(node, f"repeat_interleave along dim={d!r} (an int is needed)")
+        if _normal_dim(d, self.ndim(node, x)) == t.dim:
+            self.fail(node, "repeat_interleave along the token axis")
+        if not isinstance(repeats, int):
+            self.fail(node, f"repeat_interleave with repeats={getattr(repeats, 'name', repeats)!r} "
+                      "(an int is needed)")
+        return t
+
+    def repeat(self, node: fx.Node, name: str):
+        """x.repeat(1, 1, 2, 1) / tile: token-wise when the token axis is repeated once; extra
+        leading sizes add dims in front (repeat), missing ones are 1 (tile)."""
+        x = node.args[0]
+        t = self.token_axis(node, x)
+        ndim = self.ndim(node, x)
+        if name == "tile":
+            sizes = list(_arg(node, 1, "dims"))
+        elif "repeats" in node.kwargs:
+            sizes = list(node.kwargs["repeats"])
+        else:
+            sizes = _shape_args(node)
+        if not all(isinstance(s, int) for s in sizes):
+            self.fail(node, f"{name} with sizes {sizes!r} (ints are needed)")
+        sizes = [1] * (ndim - len(sizes)) + sizes
+        dim = len(sizes) - ndim + t.dim
+        if sizes[dim] != 1:
+            self.fail(node, f"{name} along the token axis")
+        return TokenAxis(dim, t.layout)
+
     # -- views
     def reshape(self, node: fx.Node):
         x = node.args[0]
@@ -430,6 +479,16 @@ class _Propagation:
         if any(shape[d] != 1 for d in range(start, end + 1) if d != t.dim):
             self.fail(node, "flatten merges the token axis with other dimensions")
         self.fail(node, "flatten over the token axis")  # size-1 merges: rare, keep it simple
+
+    def view_as_complex(self, node: fx.Node):
+        """[.., N, .., D, 2] real -> [.., N, .., D] complex (complex RoPE): the trailing pair
+        becomes one complex number, every other axis is kept."""
+        x = node.args[0]
+        t = self.token_axis(node, x)
+        shape = self.tensor(node, x).shape
+        if t.dim == len(shape) - 1:
+            self.fail(node, "view_as_complex of the token axis (its last dim)")
+        return t
 
     def unflatten(self, node: fx.Node):
         t = self.token_axis(node, node.args[0])

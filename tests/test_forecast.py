@@ -117,18 +117,52 @@ def test_skipped_steps_run_the_tail_and_return_the_forecast(family):
     with torch.no_grad():
         for step in range(STEPS):
             if step == 1:
-                main, tail = _count_calls(ctl, "lowered"), _count_calls(ctl, "tail")
+                main, dense, tail = (_count_calls(ctl, name) for name in ("lowered", "dense", "tail"))
             kw = {**kwargs, "timestep": torch.full((1,), 900.0 - 50 * step)}
             outputs.append(f(**kw, return_dict=False)[0])
     levels = ctl.stats()["levels"]
     skipped = [s for s, level in enumerate(levels) if level == "skip"]
     assert skipped == [4, 6, 8]
-    assert main.n == STEPS - 1 - len(skipped) and tail.n == len(skipped)
+    # no step computes only some tokens, so no step needs the K/V caches: after the first
+    # call (which fills them for a set_active() that may follow), full steps run the dense
+    # variant (no gather, no cache writes), skipped steps the tail
+    assert main.n == 0 and dense.n == STEPS - 1 - len(skipped) and tail.n == len(skipped)
     for s in skipped:
         a, b = [c for c in range(s) if c not in skipped][-2:][::-1]    # the last two computed
         expected = outputs[a] + (outputs[a] - outputs[b]) * (s - a) / (a - b)
         torch.testing.assert_close(outputs[s], expected, atol=1e-5, rtol=1e-5)
     assert ctl.reports[0].skip_steps.startswith("a tail of")
+
+
+def test_full_steps_fill_the_caches_only_where_a_partial_step_reads_them():
+    """Periods 4/2/1 after a warm-up of 3: steps 0, 1, 2 are followed by full steps, so they
+    run the dense variant (no cache writes); step 3, a refresh followed by partial steps,
+    runs the rewritten graph and fills the caches. Results equal a run that always uses the
+    rewritten graph."""
+    model, kwargs, n = flux(b=1, h=4, w=4)
+    model.eval()
+    schedule = dict(static_interval=4, medium_interval=2, active_interval=1)
+    timesteps = [0.9 - 0.05 * step for step in range(STEPS)]
+    outputs = {}
+    with torch.no_grad():
+        for use_dense in (True, False):
+            torch._dynamo.reset()
+            f = _compiled(copy.deepcopy(model), **schedule)
+            ctl = jano_compile.controller(f)
+            outputs[use_dense] = [f(**{**kwargs, "timestep": torch.full((1,), timesteps[0])},
+                                    return_dict=False)[0]]
+            main, dense = _count_calls(ctl, "lowered"), _count_calls(ctl, "dense")
+            if not use_dense:
+                ctl._graphs[next(iter(ctl._graphs))].runner.dense = None
+            for step, t in enumerate(timesteps[1:], start=1):
+                outputs[use_dense].append(f(**{**kwargs, "timestep": torch.full((1,), t)},
+                                            return_dict=False)[0])
+                if use_dense and step == 2:
+                    assert (main.n, dense.n) == (0, 2)
+                if use_dense and step == 3:
+                    assert (main.n, dense.n) == (1, 2)
+    for a, b in zip(outputs[True], outputs[False]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_every_token_computed_equals_the_plain_model_in_forecast_mode():
@@ -195,7 +229,34 @@ def test_forecast_compiled_with_inductor_once_for_every_step_kind():
         torch._dynamo.reset()
         skipped_eager = euler_loop(_compiled(model), kwargs, steps=STEPS)
     assert {"refresh", "medium", "active"} <= set(stats["levels"])
-    assert stats["compiles"] == 1
+    assert stats["compiles"] == 2     # one for every partial size (+ full), one dense variant
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
-    assert "skip" in skip_stats["levels"] and skip_stats["compiles"] == 2     # graph + tail
+    # the first call fills the caches (the rewritten graph), then dense full steps and the tail
+    assert "skip" in skip_stats["levels"] and skip_stats["compiles"] == 3
     torch.testing.assert_close(skipped, skipped_eager, atol=1e-4, rtol=1e-4)
+
+
+class SliceExit(torch.nn.Module):
+    """The exit is a slice of a longer sequence ([history | image]): gather_scatter makes
+    it contiguous before the scatter, a node dynamo recorded no value for."""
+
+    def __init__(self, c=8, d=16):
+        super().__init__()
+        self.inp, self.qkv, self.out = torch.nn.Linear(c, d), torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, c)
+
+    def forward(self, hidden_states, history):
+        n = hidden_states.shape[1]
+        x = torch.cat([self.inp(history), self.inp(hidden_states)], dim=1)
+        q, k, v = (t.unflatten(-1, (2, -1)).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+        x = x + torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        return (self.out(x)[:, -n:],)
+
+
+def test_forecast_rewrites_a_model_whose_exit_is_a_slice():
+    model = SliceExit().eval()
+    f = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager"})
+    x, history = torch.randn(1, 12, 8), torch.randn(1, 5, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(f(x, history)[0], model(x, history)[0], atol=1e-5, rtol=1e-5)
+    stats = jano_compile.controller(f).stats()
+    assert stats["rewritten"], stats["fallback_reason"]

@@ -158,3 +158,34 @@ def test_changing_shapes_with_symbolic_dynamo_graphs_run_on_inductor(dynamic):
     stats = jano_compile.controller(f).stats()
     assert not stats["rewritten"] and "dynamic=False" in stats["fallback_reason"]
     assert stats["fallback_reason"].count("symbolic shapes") == 1
+
+
+def test_under_enable_the_forecast_time_is_the_schedulers_sigma():
+    """A flow-matching scheduler's sigmas (fp32) are the forecast's time axis: the history
+    records them, not step indices and not the (bf16-rounded) timesteps."""
+    pipe, inputs = flux_pipeline()
+    with torch.no_grad():
+        ctl = jano_compile.enable(pipe, lowering="eager")
+        pipe(**inputs, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
+    sigmas = set(pipe.scheduler.sigmas[:STEPS].float().tolist())
+    (graph,) = ctl._graphs.values()
+    (branch,) = ctl.stats()["branches"]                        # "cond", from cache_context
+    state = ctl.store.state(id(graph), branch, graph.signature)
+    times = [t for t, spec in zip(state.tensors, graph.signature.states) if spec.role.value == "history_time"]
+    recorded = set(times[0].tolist())
+    assert recorded <= sigmas and len(recorded) == 1          # the last computed step: every token
+    assert "skip" in ctl.stats()["levels"]
+
+
+def test_sigmas_are_used_only_where_they_are_flow_matching_times():
+    import diffusers as D
+    from jano_compile.pipeline import _sigmas
+    flow = D.FlowMatchEulerDiscreteScheduler()
+    flow.set_timesteps(10)
+    assert _sigmas(flow) == pytest.approx(flow.sigmas[:10].tolist())
+    ddpm = D.DPMSolverMultistepScheduler()
+    ddpm.set_timesteps(10)
+    assert _sigmas(ddpm) is None        # VP sigmas exceed 1
+    ddim = D.DDIMScheduler()
+    ddim.set_timesteps(10)
+    assert _sigmas(ddim) is None        # no sigmas
