@@ -28,6 +28,8 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5, help="timed rounds (median reported)")
     p.add_argument("--steps", type=int, default=2, help="steps per round and setting")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--recipe", choices=["forecast", "paper"], default=None,
+                   help="jano recipe (paper: held outputs, no forecast history at the exit)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -42,7 +44,8 @@ def main(argv=None):
 
     with torch.no_grad():
         plain = torch.compile(model, backend="inductor", dynamic=False)
-        jano = torch.compile(model, backend="jano", dynamic=False)
+        jano = torch.compile(model, backend="jano", dynamic=False,
+                             options={"recipe": args.recipe} if args.recipe else None)
         ctl = jano_compile.controller(jano)
         for name, fn in (("plain Inductor", plain), ("jano", jano)):
             print(f"compiling {name} ...", flush=True)

@@ -62,7 +62,12 @@ class AutoPolicy:
         if self.off_reason is not None:
             return None
         roles = graph.roles
-        geometry = geometry_for(module)
+        try:
+            geometry = geometry_for(module)
+        except Exception as e:  # noqa: BLE001 - the schedule turns off, the model keeps running
+            self._turn_off(f"the token geometry of {type(module).__name__} could not be derived: "
+                           f"{type(e).__name__}: {e}")
+            return None
         if roles.hidden_states is None or (roles.timestep is None and self.scheduler_clock is None):
             self._turn_off("the graph has no `timestep` or `hidden_states` input")
             return None
@@ -78,7 +83,11 @@ class AutoPolicy:
         decision = schedule.decide(tick, branch_name)
         if schedule.wants_latents(decision):
             ids = args[roles.position_ids] if roles.position_ids is not None else None
-            tokens, grid = image_tokens(geometry, module, args[roles.hidden_states], ids)
+            try:
+                tokens, grid = image_tokens(geometry, module, args[roles.hidden_states], ids)
+            except Exception as e:  # noqa: BLE001 - as above
+                self._turn_off(f"the latent could not be cut into image tokens: {type(e).__name__}: {e}")
+                return None
             n = graph.signature.num_image_tokens
             if tokens.shape[1] != n:
                 self._turn_off(f"the latent holds {tokens.shape[1]} tokens but the graph {n}")

@@ -419,14 +419,14 @@ class _Propagation:
         t = self.token_axis(node, x)
         ndim = self.ndim(node, x)
         if name == "tile":
-            sizes = list(_arg(node, 1, "dims"))
+            sizes = _arg(node, 1, "dims")
         elif "repeats" in node.kwargs:
-            sizes = list(node.kwargs["repeats"])
+            sizes = node.kwargs["repeats"]
         else:
             sizes = _shape_args(node)
-        if not all(isinstance(s, int) for s in sizes):
+        if not isinstance(sizes, (tuple, list)) or not all(isinstance(s, int) for s in sizes):
             self.fail(node, f"{name} with sizes {sizes!r} (ints are needed)")
-        sizes = [1] * (ndim - len(sizes)) + sizes
+        sizes = [1] * (ndim - len(sizes)) + list(sizes)
         dim = len(sizes) - ndim + t.dim
         if sizes[dim] != 1:
             self.fail(node, f"{name} along the token axis")

@@ -13,7 +13,8 @@ class Snapshot:
     reports: list = field(default_factory=list)
 
     def backend(self, gm, example_inputs):
-        rewritten, report, _ = rewrite_graph(gm, example_inputs)
+        result = rewrite_graph(gm, example_inputs)
+        rewritten, report = result.graph, result.report
         self.before.append(gm)
         self.after.append(rewritten)
         self.reports.append(report)
