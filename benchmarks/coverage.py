@@ -91,6 +91,7 @@ class Outcome:
     internal_error: bool = False      # fallback because a jano pass raised (caught by rewrite_graph)
     capture: Optional[Capture] = None
     seconds: float = 0.0
+    grid: Optional[str] = None        # exact: the derived token grid, or why none (schedule off)
 
 
 @dataclass
@@ -99,7 +100,6 @@ class ClassResult:
     note: str
     outcomes: dict = field(default_factory=dict)     # config name -> Outcome
     seconds: float = 0.0
-    geometry: Optional[str] = None   # jano_compile.geometry family (the automatic schedule needs one)
 
 
 class ClassTimeout(Exception):
@@ -243,7 +243,24 @@ def oracle(model, kwargs, config: RunConfig, seed: int) -> Outcome:
         return Outcome(WRONG, "partial != full: " + ", ".join(failures), max_error=worst, num_image_tokens=n,
                        graphs=graphs)
     return Outcome(EXACT, f"N={n}" + (", a partial call ran as a full step" if ran_full else ""),
-                   max_error=worst, num_image_tokens=n, graphs=graphs, partial_ran_full=ran_full)
+                   max_error=worst, num_image_tokens=n, graphs=graphs, partial_ran_full=ran_full,
+                   grid=derived_grid(model, kwargs, ctl, n))
+
+
+def derived_grid(model, kwargs, ctl, n: int) -> str:
+    """What the automatic schedule would cut the latent into (geometry.py), as "f x h x w",
+    or "none: <why>" where it cannot (the schedule stays off there)."""
+    from jano_compile.geometry import image_tokens
+    graph = next(iter(ctl._graphs.values()))
+    roles = graph.roles
+    try:
+        ids = kwargs.get("img_ids") if roles.position_ids is not None else None
+        tokens, grid = image_tokens(geometry_for(model), model, kwargs["hidden_states"], ids, graph.grid_hint)
+    except Exception as e:  # noqa: BLE001 - recorded as the reason
+        return f"none: {type(e).__name__}: {str(e)[:120]}"
+    if tokens.shape[1] != n:
+        return f"none: {tokens.shape[1]} tokens on the grid {grid}, the graph has {n}"
+    return " x ".join(str(g) for g in grid)
 
 
 def run_class(tiny: TinyModel, configs: list, capture_configs: set, seed: int = 0) -> ClassResult:
@@ -255,8 +272,6 @@ def run_class(tiny: TinyModel, configs: list, capture_configs: set, seed: int = 
         try:
             torch.manual_seed(seed)
             model, kwargs = tiny.build(config.batch)
-            family = geometry_for(model)
-            result.geometry = family.family if family is not None else None
             model = to_dtype(model, config.dtype)
             kwargs = cast(kwargs, config.dtype, tiny.keep_fp32)
             outcome = oracle(model, kwargs, config, seed)
@@ -364,10 +379,11 @@ def summary_lines(results: list, configs: list) -> list:
               f"fallbacks caused by an internal error of a jano pass (caught, the graph ran unrewritten): "
               f"{', '.join(r.cls for r in results if any(o.internal_error for o in r.outcomes.values())) or 'none'}"]
     rewritten = [r for r in results if any(o.kind in (EXACT, WRONG) for o in r.outcomes.values())]
-    no_geometry = [r.cls for r in rewritten if r.geometry is None]
-    lines.append(f"- rewritten classes without a `jano_compile.geometry` entry (automatic schedule off, "
-                 f"`set_active` only): {len(no_geometry)} of {len(rewritten)}"
-                 + (f": {', '.join(no_geometry)}" if no_geometry else ""))
+    no_grid = [r.cls for r in rewritten
+               if any((o.grid or "none").startswith("none") for o in r.outcomes.values() if o.kind == EXACT)]
+    lines.append(f"- rewritten classes whose token grid is not derived (automatic schedule off, "
+                 f"`set_active` only): {len(no_grid)} of {len(rewritten)}"
+                 + (f": {', '.join(no_grid)}" if no_grid else ""))
     return lines
 
 

@@ -72,8 +72,8 @@ class AutoPolicy:
             self._turn_off("the graph has no `timestep` or `hidden_states` input")
             return None
         if geometry is None:
-            self._turn_off(f"unknown model family {type(module).__name__ if module else '(model not found)'}: "
-                           "add it to jano_compile.geometry.GEOMETRY, or drive ctl.set_active() yourself")
+            self._turn_off("the model was not found: call jano_compile.controller(compiled) before the "
+                           "first call, or drive ctl.set_active() yourself")
             return None
         schedule = self._schedule_for(geometry.family, graph.schedule_options)
         if self.scheduler_clock is not None:
@@ -84,7 +84,7 @@ class AutoPolicy:
         if schedule.wants_latents(decision):
             ids = args[roles.position_ids] if roles.position_ids is not None else None
             try:
-                tokens, grid = image_tokens(geometry, module, args[roles.hidden_states], ids)
+                tokens, grid = image_tokens(geometry, module, args[roles.hidden_states], ids, graph.grid_hint)
             except Exception as e:  # noqa: BLE001 - as above
                 self._turn_off(f"the latent could not be cut into image tokens: {type(e).__name__}: {e}")
                 return None

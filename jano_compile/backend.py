@@ -9,6 +9,7 @@ import torch.fx as fx
 from jano_compile.passes.input_roles import input_roles
 
 from .dump import write_dump
+from .geometry import grid_from_graph
 from .lowering import LoweredRewrite, LoweredUnrewritten
 from .options import parse_options
 from .rewrite import rewrite_graph
@@ -40,7 +41,16 @@ def jano_backend(gm: fx.GraphModule, example_inputs, mode=None, options=None):
     runner = GraphRunner(sig, LoweredRewrite(rewritten, opts, sig),
                          tail=LoweredRewrite(tail, opts, sig, every_token) if tail is not None else None,
                          dense=LoweredRewrite(dense, opts, sig, every_token) if dense is not None else None)
-    return CompiledGraph(report, runner, None, **common)
+    return CompiledGraph(report, runner, None, grid_hint=_grid_hint(gm, every_token), **common)
+
+
+def _grid_hint(gm: fx.GraphModule, num_tokens: int):
+    """The token grid the graph's position table holds, if it tells (geometry.py)."""
+    try:
+        return grid_from_graph(gm, num_tokens)
+    except Exception:  # noqa: BLE001 - only the automatic schedule needs it; it says so if missing
+        log.debug("jano: no token grid read from %s", gm, exc_info=True)
+        return None
 
 
 def register() -> None:

@@ -1,81 +1,283 @@
-"""How each model family lays its image tokens out: data, one row per model class.
+"""Where a model's image tokens sit: derived from the model's config and what it receives.
 
-The analyzer needs the latents a step receives as image tokens [B, N, C] in the order of
-the model's sequence (frames first, then row-major over the patch grid) and the grid
-(frames, h, w). Each family's input layout says how to get them; nothing here copies a
-model's forward.
+The automatic schedule records the latents a warm-up step receives as image tokens
+[B, N, C] in the order of the model's sequence (frames first, then row-major over the
+patch grid) with the grid (frames, h, w). Nothing here is listed per model family (one
+exception, below): the class gives the family name (presets), the config the patch size
+and input channels, and each call the rest, from the rank of `hidden_states`:
+
+    [B, N, C]        packed tokens (FLUX, LTX-Video): the grid from position ids (`img_ids`,
+                     one row (frame, row, column, ...) per token), else from the graph's
+                     rotary grid (`grid_from_graph`); never guessed from N
+    [B, C, H, W]     an image cut into ph x pw patches (SD3, PixArt, AuraFlow, HunyuanDiT)
+    [B, C, F, H, W]  a video cut into pt x ph x pw patches (Wan, HunyuanVideo, Allegro)
+    [B, F, C, H, W]  the same, frames before channels (CogVideoX): told apart by which axis
+                     holds the config's `in_channels`
+
+Where the derivation cannot decide, `image_tokens` raises `GeometryError` with the reason
+(the automatic schedule then stays off) rather than return a wrong grid. The one table
+left, `video_layout_table()`, is keyed by class and read only when a 5-D input is
+ambiguous (its frames equal its channels).
+
+    geometry = geometry_for(model)                                   # cheap: class and config
+    tokens, grid = image_tokens(geometry, model, hidden_states, img_ids)   # per warm-up step
 """
 from __future__ import annotations
 
-import math
+import functools
+import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional, Sequence
 
 import torch
+import torch.fx as fx
+
+from jano_compile.passes.input_roles import input_roles
+
+PACKED, IMAGE, VIDEO_CF, VIDEO_FC = "packed", "image", "video_cf", "video_fc"
+
+
+class GeometryError(ValueError):
+    """The token grid of this call cannot be derived; the message says why."""
 
 
 @dataclass(frozen=True)
 class TokenGeometry:
-    """family: preset name; layout of `hidden_states`:
-         "packed"   [B, N, C] already tokens (FLUX), grid from `img_ids` (row, col in columns 1, 2)
-         "image"    [B, C, H, W] cut into p x p patches (SD3, PixArt, DiT)
-         "video_cf" [B, C, F, H, W] cut into pt x ph x pw patches (Wan)
-         "video_fc" [B, F, C, H, W] cut into pt x ph x pw patches (CogVideoX)
+    """What a model's class and config say about its tokens; the input's rank says the rest.
+
+    family: lower-case name of the model family, for config presets ("flux", "wan", "sd3"):
+        the stem of the diffusers class the model is or derives from.
+    patch: (pt, ph, pw) from the config (`patch_size` int or 2-/3-tuple, `patch_size_t`),
+        or None when the config declares none (then only packed tokens can be placed).
+    in_channels: channels of `hidden_states` by the config, or None.
+    video_layout: VIDEO_CF or VIDEO_FC from `video_layout_table()`, for a 5-D input whose frames
+        equal its channels; None for classes without an entry.
     """
     family: str
-    layout: str
+    patch: Optional[tuple[int, int, int]] = None
+    in_channels: Optional[int] = None
+    video_layout: Optional[str] = None
 
 
-GEOMETRY = {
-    "FluxTransformer2DModel": TokenGeometry("flux", "packed"),
-    "SD3Transformer2DModel": TokenGeometry("sd3", "image"),
-    "PixArtTransformer2DModel": TokenGeometry("pixart", "image"),
-    "DiTTransformer2DModel": TokenGeometry("dit", "image"),
-    "WanTransformer3DModel": TokenGeometry("wan", "video_cf"),
-    "CogVideoXTransformer3DModel": TokenGeometry("cogvideox", "video_fc"),
-}
+@functools.lru_cache(maxsize=1)
+def video_layout_table() -> dict:
+    """The layout of 5-D `hidden_states` per class (subclasses included), read only where
+    frames == channels make the shape ambiguous. diffusers is imported here, not when
+    jano_compile is."""
+    import diffusers
+    names = {"CogVideoXTransformer3DModel": VIDEO_FC, "ConsisIDTransformer3DModel": VIDEO_FC}   # resolved once
+    return {getattr(diffusers, name): layout for name, layout in names.items() if hasattr(diffusers, name)}
+
+
+@functools.lru_cache(maxsize=None)
+def _family(cls: type) -> str:
+    """The stem of the diffusers class `cls` is or derives from (its own name for a model
+    outside diffusers): FluxTransformer2DModel and its subclasses -> "flux"."""
+    base = next((c for c in cls.__mro__ if c.__module__.startswith("diffusers.")
+                 and not c.__name__.endswith("Mixin")), cls)
+    return re.sub(r"(Transformer)?[23]D(Model)?$|Model$", "", base.__name__).lower() or base.__name__.lower()
+
+
+def _patch(config: Mapping) -> Optional[tuple[int, int, int]]:
+    """(pt, ph, pw) from `patch_size` (an int, (ph, pw) or (pt, ph, pw)) and `patch_size_t`."""
+    p = config.get("patch_size")
+    if p is None:
+        return None
+    if isinstance(p, Sequence):
+        p = tuple(int(x) for x in p)
+        if len(p) == 3:
+            return p
+        if len(p) == 2:
+            return (1, *p)
+        if len(p) != 1:
+            return None
+        p = p[0]
+    return (int(config.get("patch_size_t") or 1), int(p), int(p))
 
 
 def geometry_for(module: Optional[torch.nn.Module]) -> Optional[TokenGeometry]:
-    """The geometry of `module`'s class or of the nearest base class listed in `GEOMETRY`
-    (a subclass of a known transformer lays its tokens out the same way)."""
+    """The geometry of `module`: its family and what its config says of patches and input
+    channels. None only without a module."""
     if module is None:
         return None
-    return next((GEOMETRY[c.__name__] for c in type(module).__mro__ if c.__name__ in GEOMETRY), None)
+    config = getattr(module, "config", None)
+    config = config if isinstance(config, Mapping) else {}
+    in_channels = config.get("in_channels")
+    layout = next((v for c, v in video_layout_table().items() if isinstance(module, c)), None)
+    return TokenGeometry(_family(type(module)), _patch(config),
+                         int(in_channels) if isinstance(in_channels, int) else None, layout)
 
 
-def _patch(module) -> tuple[int, int, int]:
-    """(pt, ph, pw) from the model's config."""
-    cfg = getattr(module, "config", None)
-    p = getattr(cfg, "patch_size", 1) or 1
-    if isinstance(p, (tuple, list)):
-        return tuple(int(x) for x in p) if len(p) == 3 else (1, int(p[0]), int(p[1]))
-    pt = getattr(cfg, "patch_size_t", None) or 1
-    return (int(pt), int(p), int(p))
+def _ids_grid(ids: torch.Tensor) -> tuple[int, int, int]:
+    """The grid of position ids [N, k] (frame, row, column first), checked: every grid
+    position once, in sequence order frames first then row-major. Offsets and strides of
+    the ids do not matter (each axis is ranked)."""
+    n = ids.shape[0]
+    ranks, sizes = [], []
+    for axis in range(3):
+        values, rank = torch.unique(ids[:, axis], return_inverse=True)
+        ranks.append(rank)
+        sizes.append(values.numel())
+    frames, h, w = sizes
+    if frames * h * w != n:
+        raise GeometryError(f"the position ids span a {frames}x{h}x{w} grid, not {n} tokens")
+    order = (ranks[0] * h + ranks[1]) * w + ranks[2]
+    if not torch.equal(order, torch.arange(n, device=order.device)):
+        raise GeometryError("the position ids are not in sequence order (frames first, row-major)")
+    return frames, h, w
+
+
+def grid_from_ids(ids: torch.Tensor, num_tokens: int) -> tuple[int, int, int]:
+    """The grid (frames, h, w) of `num_tokens` packed tokens from their position ids
+    ([M, k] or [B, M, k], k >= 3: frame, row, column, further axes ignored). Ids that also
+    cover the text (M > N: a joint sequence, Krea2) place the image at their first or last
+    N rows, whichever alone forms a grid."""
+    if ids.dim() == 3:
+        if not bool((ids == ids[:1]).all()):
+            raise GeometryError("the position ids differ between samples of the batch")
+        ids = ids[0]
+    if ids.dim() != 2 or ids.shape[0] < num_tokens or ids.shape[1] < 3:
+        raise GeometryError(f"position ids of shape {tuple(ids.shape)} do not give (frame, row, column) "
+                            f"for each of {num_tokens} tokens")
+    if ids.shape[0] == num_tokens:
+        return _ids_grid(ids)
+    grids, errors = [], []
+    for rows in (ids[:num_tokens], ids[-num_tokens:]):
+        try:
+            grids.append(_ids_grid(rows))
+        except GeometryError as e:
+            errors.append(str(e))
+    if len(grids) != 1:
+        raise GeometryError(f"{ids.shape[0]} position ids for {num_tokens} tokens: "
+                            + ("both their first and last rows form a grid" if grids else "; ".join(errors)))
+    return grids[0]
+
+
+def _value(node) -> Optional[torch.Tensor]:
+    return node.meta.get("example_value", node.meta.get("val")) if isinstance(node, fx.Node) else None
+
+
+def _static_shape(node) -> Optional[tuple[int, ...]]:
+    shape = getattr(_value(node), "shape", None)
+    return tuple(shape) if shape is not None and all(isinstance(d, int) for d in shape) else None
+
+
+def _meshgrid_grid(node: fx.Node) -> Optional[tuple[int, ...]]:
+    """`torch.meshgrid(arange(f), arange(h), arange(w))`: the sizes in flatten order."""
+    if node.op != "call_function" or node.target is not torch.meshgrid:
+        return None
+    inputs = node.args[0] if len(node.args) == 1 and isinstance(node.args[0], (list, tuple)) else node.args
+    shapes = [_static_shape(a) for a in inputs]
+    if not shapes or any(s is None or len(s) != 1 for s in shapes):
+        return None
+    sizes = [s[0] for s in shapes]
+    if node.kwargs.get("indexing", "ij") == "xy" and len(sizes) >= 2:
+        sizes[0], sizes[1] = sizes[1], sizes[0]
+    return tuple(sizes)
+
+
+_FLATTENS = {"reshape", "view", "flatten", torch.reshape, torch.flatten}
+
+
+def _flattened_table_grid(node: fx.Node) -> Optional[tuple[int, ...]]:
+    """A position table [(1,) f, h, w, D] flattened to [(1, ...) f*h*w, D] (Qwen-Image's
+    rotary table): the leading sizes of the table."""
+    if node.op not in ("call_method", "call_function") or node.target not in _FLATTENS or not node.args:
+        return None
+    table, flat = _static_shape(node.args[0]), _static_shape(node)
+    if table is None or flat is None or len(table) < 3 or table[-1] != flat[-1]:
+        return None
+    if sum(d != 1 for d in flat[:-1]) != 1:      # one token axis (the sizes multiply to it)
+        return None
+    sizes = list(table[:-1])
+    while len(sizes) > 3 and sizes[0] == 1:
+        sizes.pop(0)
+    return tuple(sizes) if 2 <= len(sizes) <= 3 else None
+
+
+def grid_from_graph(gm: fx.GraphModule, num_tokens: int) -> Optional[tuple[int, int, int]]:
+    """The token grid of the model's position table, read from the captured graph, for
+    packed tokens that come without position ids. Two forms, built from sizes that dynamo
+    keeps as constants, never from the latent (`hidden_states`):
+
+        torch.meshgrid(arange(f), arange(h), arange(w))        LTX-Video
+        table [1, f, h, w, D] -> reshape(f * h * w, D)          Qwen-Image, NucleusMoE
+
+    whose sizes hold `num_tokens` points, frames first. None when there is none, or
+    several that disagree."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    latent_position = input_roles(gm).hidden_states
+    from_latent = {placeholders[latent_position]} if latent_position is not None else set()
+    grids = set()
+    for node in gm.graph.nodes:
+        if node in from_latent or any(a in from_latent for a in node.all_input_nodes):
+            from_latent.add(node)
+            continue
+        sizes = _meshgrid_grid(node) or _flattened_table_grid(node)
+        if sizes is not None and len(sizes) in (2, 3) and torch.Size(sizes).numel() == num_tokens:
+            grids.add(tuple([1] * (3 - len(sizes)) + list(sizes)))
+    return grids.pop() if len(grids) == 1 else None
+
+
+def token_layout(geometry: TokenGeometry, hidden_states: torch.Tensor) -> str:
+    """PACKED, IMAGE, VIDEO_CF or VIDEO_FC: how `hidden_states` holds the image."""
+    shape, c = tuple(hidden_states.shape), geometry.in_channels
+    if len(shape) == 3:
+        if c is not None and shape[2] != c:
+            raise GeometryError(f"packed tokens {shape} have {shape[2]} channels, the config {c}")
+        return PACKED
+    if len(shape) == 4:
+        if c is not None and shape[1] != c:
+            raise GeometryError(f"image {shape} has {shape[1]} channels, the config {c}")
+        return IMAGE
+    if len(shape) == 5:
+        if c is None:
+            raise GeometryError(f"video {shape}: the config has no in_channels to find the channel axis")
+        if shape[1] == c and shape[2] == c:
+            if geometry.video_layout is None:
+                raise GeometryError(f"video {shape}: frames and channels are both {c}; "
+                                    "add the class to geometry.video_layout_table()")
+            return geometry.video_layout
+        if shape[1] == c:
+            return VIDEO_CF
+        if shape[2] == c:
+            return VIDEO_FC
+        raise GeometryError(f"video {shape}: no channel axis of the config's {c} channels at 1 or 2")
+    raise GeometryError(f"hidden_states of rank {len(shape)}: not tokens, an image or a video")
 
 
 def image_tokens(geometry: TokenGeometry, module, hidden_states: torch.Tensor,
-                 img_ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """hidden_states as image tokens [B, N, C'] and the grid (frames, h, w)."""
+                 img_ids: Optional[torch.Tensor] = None,
+                 grid_hint: Optional[tuple[int, int, int]] = None) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """`hidden_states` as image tokens [B, N, C'] in sequence order, and the grid (frames, h, w).
+
+    Packed tokens pass through; the grid comes from `img_ids` when given, else from
+    `grid_hint` (`grid_from_graph`). An image or video is cut into patches as the model's
+    patch embedding does (a stride-p convolution: a border that does not fill a patch is
+    dropped); C' = C * pt * ph * pw. Raises GeometryError when the grid cannot be derived.
+    `module` is not read (the geometry holds what its config says); kept for callers."""
     x = hidden_states
-    if geometry.layout == "packed":
-        b, n, c = x.shape
+    layout = token_layout(geometry, x)
+    if layout == PACKED:
+        b, n, _ = x.shape
         if img_ids is not None and img_ids.numel():
-            ids = img_ids.reshape(-1, img_ids.shape[-1])
-            h, w = int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
-        else:
-            h = w = math.isqrt(n)
-        if h * w != n:
-            raise ValueError(f"cannot place {n} packed tokens on a {h}x{w} grid")
-        return x, (1, h, w)
-    pt, ph, pw = _patch(module)
-    if geometry.layout == "image":
+            return x, grid_from_ids(img_ids, n)
+        if grid_hint is not None and torch.Size(grid_hint).numel() == n:
+            return x, tuple(grid_hint)
+        raise GeometryError(f"{n} packed tokens without position ids or a rotary grid in the graph: "
+                            "their frames, height and width are not in the inputs")
+    if geometry.patch is None:
+        raise GeometryError("the config declares no patch_size")
+    pt, ph, pw = geometry.patch
+    if layout == IMAGE:
         x = x.unsqueeze(2)                         # [B, C, 1, H, W]
         pt = 1
-    elif geometry.layout == "video_fc":
+    elif layout == VIDEO_FC:
         x = x.transpose(1, 2)                      # [B, C, F, H, W]
     b, c, f, h, w = x.shape
     grid = (f // pt, h // ph, w // pw)
+    if 0 in grid:
+        raise GeometryError(f"input {tuple(hidden_states.shape)} is smaller than one {pt}x{ph}x{pw} patch")
     x = x[:, :, :grid[0] * pt, :grid[1] * ph, :grid[2] * pw]
     x = x.reshape(b, c, grid[0], pt, grid[1], ph, grid[2], pw)
     x = x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, grid[0] * grid[1] * grid[2], c * pt * ph * pw)

@@ -36,13 +36,14 @@ class CompiledGraph:
 
     def __init__(self, report: GraphReport, runner: Optional[GraphRunner],
                  unrewritten: Optional[Callable], param_positions: list[int], roles: InputRoles,
-                 schedule_options: Mapping):
+                 schedule_options: Mapping, grid_hint: Optional[tuple[int, int, int]] = None):
         self.report = report
         self.runner = runner
         self.unrewritten = unrewritten
         self.param_positions = param_positions
         self.roles = roles
         self.schedule_options = dict(schedule_options)
+        self.grid_hint = grid_hint      # the token grid read from the graph (geometry.grid_from_graph)
         self._orphan: Optional[Controller] = None   # for graphs that receive no parameter
 
     @property

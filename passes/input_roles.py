@@ -22,7 +22,7 @@ import torch.fx as fx
 ROLE_NAMES = {
     "hidden_states": ("hidden_states", "x"),
     "timestep": ("timestep", "timesteps", "t"),
-    "position_ids": ("img_ids",),
+    "position_ids": ("img_ids", "position_ids"),
 }
 
 
