@@ -254,7 +254,9 @@ def derived_grid(model, kwargs, ctl, n: int) -> str:
     graph = next(iter(ctl._graphs.values()))
     roles = graph.roles
     try:
-        ids = kwargs.get("img_ids") if roles.position_ids is not None else None
+        from jano_compile.passes.input_roles import ROLE_NAMES
+        ids = next((kwargs[name] for name in ROLE_NAMES["position_ids"] if name in kwargs), None)
+        ids = ids if roles.position_ids is not None else None
         tokens, grid = image_tokens(geometry_for(model), model, kwargs["hidden_states"], ids, graph.grid_hint)
     except Exception as e:  # noqa: BLE001 - recorded as the reason
         return f"none: {type(e).__name__}: {str(e)[:120]}"
