@@ -55,6 +55,11 @@ class CacheStore:
     def nbytes(self) -> int:
         return sum(s.nbytes for s in self._states.values())
 
+    def nbytes_of(self, roles: set) -> int:
+        """Bytes of the states whose role is in `roles` (e.g. the forecast history)."""
+        return sum(t.numel() * t.element_size() for state in self._states.values()
+                   for t, spec in zip(state.tensors, state.specs) if spec.role in roles)
+
     def new_generation(self) -> None:
         """A new generation starts: no branch forecasts across it."""
         for state in self._states.values():

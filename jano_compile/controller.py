@@ -23,6 +23,8 @@ from typing import Optional
 
 import torch
 
+from jano_compile.passes.signature import Role
+
 from .auto_policy import AutoPolicy
 from .cache_store import CacheStore
 from .manual_policy import ManualPolicy
@@ -123,6 +125,7 @@ class Controller:
             active_fraction=(last.active / last.total) if last and last.total else 1.0,
             num_image_tokens=self._num_image_tokens,
             cache_bytes=self.store.nbytes,
+            forecast_bytes=self.store.nbytes_of({Role.HISTORY, Role.HISTORY_TIME}),
             rewritten=report.rewritten,
             fallback_reason=report.fallback_reason,
             mode="manual" if self.manual else "auto",

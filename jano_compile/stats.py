@@ -15,6 +15,7 @@ class Stats(Mapping):
     active_fraction         image tokens the last call recomputed, as a fraction
     num_image_tokens        N of the last full step of a rewritten graph
     cache_bytes             every branch's state tensors
+    forecast_bytes          of which the forecast history (outputs and their step times)
     rewritten               every graph holding image tokens was rewritten
     fallback_reason         why not (never empty when `rewritten` is False)
     mode                    "auto" (the schedule) or "manual" (set_active / refresh)
@@ -28,6 +29,7 @@ class Stats(Mapping):
     active_fraction: float
     num_image_tokens: Optional[int]
     cache_bytes: int
+    forecast_bytes: int
     rewritten: bool
     fallback_reason: Optional[str]
     mode: str

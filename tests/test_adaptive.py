@@ -29,6 +29,21 @@ def euler_loop(transformer, kwargs, steps=STEPS, cfg_split=None):
     return x
 
 
+def batched_cfg_loop(transformer, kwargs, uncond, steps=STEPS):
+    """The Euler loop of `euler_loop(..., cfg_split=uncond)`, with cond and uncond as the two
+    rows of one call per step (batched CFG, guidance 2)."""
+    batched = {**kwargs, "encoder_hidden_states": torch.cat([kwargs["encoder_hidden_states"], uncond]),
+               "pooled_projections": kwargs["pooled_projections"].repeat(2, 1)}
+    x = kwargs["hidden_states"].clone()
+    sigmas = torch.linspace(1.0, 0.0, steps + 1)
+    for i in range(steps):
+        t = torch.full((2,), float(sigmas[i]))
+        v = transformer(**{**batched, "hidden_states": x.repeat(2, 1, 1), "timestep": t, "return_dict": False})[0]
+        v = v[1:] + 2.0 * (v[:1] - v[1:])
+        x = x + (sigmas[i + 1] - sigmas[i]) * v
+    return x
+
+
 def _compiled(model, **options):
     return torch.compile(model, backend="jano", dynamic=False,
                          options={"lowering": "eager", **SCHEDULE, **options})
@@ -76,17 +91,8 @@ def test_split_cfg_equals_batched_cfg():
         split = euler_loop(fs, kwargs, cfg_split=uncond)
         split_branches = jano_compile.controller(fs).stats()["branches"]
         torch._dynamo.reset()
-        batched_kwargs = {**kwargs, "hidden_states": kwargs["hidden_states"].repeat(2, 1, 1),
-                          "encoder_hidden_states": torch.cat([kwargs["encoder_hidden_states"], uncond]),
-                          "pooled_projections": kwargs["pooled_projections"].repeat(2, 1)}
         f = _compiled(model, **options)
-        x = kwargs["hidden_states"].clone()
-        sigmas = torch.linspace(1.0, 0.0, STEPS + 1)
-        for i in range(STEPS):
-            t = torch.full((2,), float(sigmas[i]))
-            v = f(**{**batched_kwargs, "hidden_states": x.repeat(2, 1, 1), "timestep": t, "return_dict": False})[0]
-            v = v[1:] + 2.0 * (v[:1] - v[1:])
-            x = x + (sigmas[i + 1] - sigmas[i]) * v
+        x = batched_cfg_loop(f, kwargs, uncond)
     stats = jano_compile.controller(f).stats()
     assert stats["compute_saved"] > 0
     assert split_branches == ["call1", "default"]

@@ -13,7 +13,7 @@ import jano_compile
 from jano_compile.passes.forecast import forecast_output, shift_history
 
 from .models import flux, sd3
-from .test_adaptive import euler_loop
+from .test_adaptive import batched_cfg_loop, euler_loop
 
 STEPS = 12
 
@@ -174,6 +174,8 @@ def test_every_token_computed_equals_the_plain_model_in_forecast_mode():
         out = euler_loop(f, kwargs, steps=STEPS)
     stats = jano_compile.controller(f).stats()
     assert stats["compute_saved"] == 0.0 and "skip" not in stats["levels"]
+    # order 1: two slots of [1, 16 tokens, 8 channels] fp32 outputs and [16] fp32 times
+    assert stats["forecast_bytes"] == 2 * (16 * 8 * 4 + 16 * 4) < stats["cache_bytes"]
     torch.testing.assert_close(out, plain, atol=1e-4, rtol=1e-4)
 
 
@@ -187,15 +189,7 @@ def test_split_cfg_branches_forecast_from_their_own_history():
         split = euler_loop(_compiled(model), kwargs, steps=STEPS, cfg_split=uncond)
         torch._dynamo.reset()
         f = _compiled(model)
-        batched = {**kwargs, "encoder_hidden_states": torch.cat([kwargs["encoder_hidden_states"], uncond]),
-                   "pooled_projections": kwargs["pooled_projections"].repeat(2, 1)}
-        x = kwargs["hidden_states"].clone()
-        sigmas = torch.linspace(1.0, 0.0, STEPS + 1)
-        for i in range(STEPS):
-            t = torch.full((2,), float(sigmas[i]))
-            v = f(**{**batched, "hidden_states": x.repeat(2, 1, 1), "timestep": t, "return_dict": False})[0]
-            v = v[1:] + 2.0 * (v[:1] - v[1:])
-            x = x + (sigmas[i + 1] - sigmas[i]) * v
+        x = batched_cfg_loop(f, kwargs, uncond, steps=STEPS)
     assert "skip" in jano_compile.controller(f).stats()["levels"]
     torch.testing.assert_close(split, x, atol=1e-4, rtol=1e-4)
 
