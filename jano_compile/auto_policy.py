@@ -37,6 +37,7 @@ class AutoPolicy:
         self.scheduler_clock: Optional[SchedulerClock] = None   # set by enable()
         self._timestep_clock = TimestepClock()
         self._built_from: Optional[dict] = None
+        self._geometry: Optional[tuple] = None    # (module, its TokenGeometry), found once
 
     def set_num_inference_steps(self, num_steps: Optional[int]) -> None:
         self.num_inference_steps = num_steps
@@ -49,12 +50,18 @@ class AutoPolicy:
 
     def _schedule_for(self, family: str, options: Mapping) -> AdaptiveSchedule:
         """The schedule for these compile options (rebuilt when they change)."""
-        if self.schedule is None or self._built_from != dict(options):
+        if self.schedule is None or self._built_from != options:
             self.schedule = AdaptiveSchedule(resolve_config(family, options))
             self._built_from = dict(options)
             if self.num_inference_steps is not None:
                 self.schedule.set_num_inference_steps(self.num_inference_steps)
         return self.schedule
+
+    def _geometry_of(self, module: Optional[torch.nn.Module]):
+        """`geometry_for(module)`, derived once per module (its class and config), not per call."""
+        if self._geometry is None or self._geometry[0] is not module:
+            self._geometry = (module, geometry_for(module))
+        return self._geometry[1]
 
     def plan(self, graph, args, module: Optional[torch.nn.Module],
              branch_name: Optional[str]) -> Optional[CallPlan]:
@@ -63,7 +70,7 @@ class AutoPolicy:
             return None
         roles = graph.roles
         try:
-            geometry = geometry_for(module)
+            geometry = self._geometry_of(module)
         except Exception as e:  # noqa: BLE001 - the schedule turns off, the model keeps running
             self._turn_off(f"the token geometry of {type(module).__name__} could not be derived: "
                            f"{type(e).__name__}: {e}")

@@ -19,11 +19,12 @@ import os
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from jano_compile.passes.forecast import MAX_ORDER as MAX_FORECAST_ORDER
+from jano_compile.passes.plan import REUSE_MODES
+
 logger = logging.getLogger(__name__)
 
 THRESHOLD_MODES = ("fixed", "quantile")
-REUSE_MODES = ("hold", "forecast")
-MAX_FORECAST_ORDER = 2
 
 #: Blocks the default block size aims for along the longer side of a frame (the
 #: reference: 4x4 tokens on FLUX's 64x64 token grid at 1024x1024).

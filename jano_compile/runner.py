@@ -58,27 +58,25 @@ class GraphRunner:
             self._step_time = torch.zeros((), dtype=torch.float32, device=self.signature.index_device)
         return self._step_time.fill_(step_time)
 
+    def _outputs(self, lowered: LoweredRewrite, args, index: torch.Tensor, state: BranchState,
+                 step_time: float):
+        return lowered(*self.signature.call_args(args, index, state.tensors, self._time(step_time)))
+
     def __call__(self, args, index: torch.Tensor, state: BranchState, full: bool,
                  step_time: float) -> tuple:
         """One call; `index` already on the device (see `device_index`)."""
-        sig = self.signature
-        outputs = self.lowered(*sig.call_args(args, index, state.tensors, self._time(step_time)))
-        user, renewed = sig.split_outputs(outputs)
+        user, renewed = self.signature.split_outputs(self._outputs(self.lowered, args, index, state, step_time))
         state.renew(renewed, full, caches_filled=True if full else None)
         return user
 
     def dense_step(self, args, state: BranchState, step_time: float) -> tuple:
         """A full step whose K/V caches no later step reads: the dense variant, which
         leaves them as they were (stale: the next partial step is computed full)."""
-        sig = self.signature
-        outputs = self.dense(*sig.call_args(args, self.device_index(None), state.tensors,
-                                            self._time(step_time)))
-        user, renewed = sig.split_outputs(outputs)
+        outputs = self._outputs(self.dense, args, self.device_index(None), state, step_time)
+        user, renewed = self.signature.split_outputs(outputs)
         state.renew(renewed, True, caches_filled=False)
         return user
 
     def skip(self, args, state: BranchState, step_time: float) -> tuple:
         """A step that computes no image token: the tail's outputs; the states stay."""
-        call_args = self.signature.call_args(args, self.device_index(None), state.tensors,
-                                             self._time(step_time))
-        return tuple(self.tail(*call_args))
+        return tuple(self._outputs(self.tail, args, self.device_index(None), state, step_time))

@@ -20,18 +20,18 @@ import copy
 
 import torch.fx as fx
 
-from .signature import ENTRY_GATHER, EXIT_SCATTER, ROLE, STATE_OUTPUTS, Role
+from .signature import ENTRY_GATHER, EXIT_SCATTER, ROLE, STATE_OUTPUTS, Role, output_node, placeholders
 
 
 def dense_variant(gm: fx.GraphModule) -> fx.GraphModule:
     dense = copy.deepcopy(gm)
     graph = dense.graph
-    placeholders = {n.name: n for n in graph.nodes if n.op == "placeholder"}
-    out = next(n for n in graph.nodes if n.op == "output")
+    by_name = {n.name: n for n in placeholders(graph)}
+    out = output_node(graph)
     names = out.meta[STATE_OUTPUTS]
     first_state = len(out.args[0]) - len(names)
     for position, name in enumerate(names):
-        state = placeholders[name]
+        state = by_name[name]
         if state.meta[ROLE] not in (Role.K_CACHE, Role.V_CACHE):
             continue
         results = list(out.args[0])

@@ -22,8 +22,8 @@ import torch
 import torch.fx as fx
 
 from .plan import TokenPlan
-from .signature import (EXIT_SCATTER, ROLE, Role, declare_state, declare_state_outputs,
-                        declare_step_time, retire_state)
+from .signature import (EXIT_SCATTER, Role, declare_state, declare_state_outputs, declare_step_time,
+                        declared_input, retire_state)
 from .token_layout import value
 
 MAX_ORDER = 2
@@ -69,7 +69,7 @@ def forecast(gm: fx.GraphModule, plan: TokenPlan, order: int = 1) -> fx.GraphMod
     if not 1 <= order <= MAX_ORDER:
         raise ValueError(f"forecast order must be in 1..{MAX_ORDER}, got {order}")
     graph = gm.graph
-    cache = next(n for n in graph.nodes if n.op == "placeholder" and n.meta.get(ROLE) is Role.OUT_CACHE)
+    cache = declared_input(graph, Role.OUT_CACHE)
     scatter = next(u for u in cache.users if u.meta.get(EXIT_SCATTER))
     _, dim, index, fresh = scatter.args
     exit_value = value(plan.exit)

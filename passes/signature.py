@@ -25,7 +25,7 @@ import torch
 import torch.fx as fx
 
 ROLE = "jano_role"              # node.meta key: the Role of a placeholder a pass added
-STATE = "jano_state"            # node.meta key: (layer, token_dim) of a state placeholder
+STATE = "jano_state"            # node.meta key: (layer, token_dim, reset_value) of a state
 STATE_OUTPUTS = "jano_state_outputs"   # output node meta: the state each added output renews
 EXIT_SCATTER = "jano_exit_scatter"     # node meta: the index_copy that writes computed tokens
                                        # into the full exit tensor
@@ -122,13 +122,23 @@ class GraphSignature:
         return tuple(outputs[:k]), list(outputs[k:])
 
 
-# ----------------------------------------------------------------------------- declaring
-def _placeholders(graph: fx.Graph) -> list[fx.Node]:
+# ----------------------------------------------------------------------------- finding
+def placeholders(graph: fx.Graph) -> list[fx.Node]:
     return [n for n in graph.nodes if n.op == "placeholder"]
 
 
+def output_node(graph: fx.Graph) -> fx.Node:
+    return next(n for n in graph.nodes if n.op == "output")
+
+
+def declared_input(graph: fx.Graph, role: Role) -> Optional[fx.Node]:
+    """The first added input with `role` (the index, the step time, the output cache)."""
+    return next((n for n in placeholders(graph) if n.meta.get(ROLE) is role), None)
+
+
+# ----------------------------------------------------------------------------- declaring
 def _add_placeholder(graph: fx.Graph, name: str, role: Role, example: torch.Tensor) -> fx.Node:
-    with graph.inserting_after(_placeholders(graph)[-1]):
+    with graph.inserting_after(placeholders(graph)[-1]):
         node = graph.placeholder(name)
     node.meta[ROLE] = role
     node.meta["example_value"] = example
@@ -137,7 +147,7 @@ def _add_placeholder(graph: fx.Graph, name: str, role: Role, example: torch.Tens
 
 def declare_index(graph: fx.Graph, device: torch.device) -> fx.Node:
     """Add the `active_index` input ([n] int64 on `device`); it must precede every state."""
-    if any(ROLE in n.meta for n in _placeholders(graph)):
+    if any(ROLE in n.meta for n in placeholders(graph)):
         raise SignatureError("active_index must be declared before any state")
     return _add_placeholder(graph, Role.ACTIVE_INDEX.value, Role.ACTIVE_INDEX,
                             torch.empty(0, dtype=torch.long, device=device))
@@ -145,8 +155,7 @@ def declare_index(graph: fx.Graph, device: torch.device) -> fx.Node:
 
 def declare_step_time(graph: fx.Graph, device: torch.device) -> fx.Node:
     """Add the `step_time` input ([] fp32), right after `active_index`."""
-    index = next(n for n in _placeholders(graph) if n.meta.get(ROLE) is Role.ACTIVE_INDEX)
-    with graph.inserting_after(index):
+    with graph.inserting_after(declared_input(graph, Role.ACTIVE_INDEX)):
         node = graph.placeholder(Role.STEP_TIME.value)
     node.meta[ROLE] = Role.STEP_TIME
     node.meta["example_value"] = torch.empty((), dtype=torch.float32, device=device)
@@ -167,7 +176,7 @@ def retire_state(graph: fx.Graph, state: fx.Node) -> None:
     and its renewed value from the outputs (the node itself stays where else it is used)."""
     if state.users:
         raise SignatureError(f"state {state.name} is still read by {list(state.users)}")
-    out = next(n for n in graph.nodes if n.op == "output")
+    out = output_node(graph)
     names = out.meta[STATE_OUTPUTS]
     position = names.index(state.name)
     results = list(out.args[0])
@@ -180,7 +189,7 @@ def retire_state(graph: fx.Graph, state: fx.Node) -> None:
 
 def declare_state_outputs(graph: fx.Graph, renewed: Sequence[tuple[fx.Node, fx.Node]]) -> None:
     """Append each `(new_value, state_input)` pair's new value to the graph's outputs."""
-    out = next(n for n in graph.nodes if n.op == "output")
+    out = output_node(graph)
     results = out.args[0]
     results = tuple(results) if isinstance(results, (tuple, list)) else (results,)
     out.args = (results + tuple(new for new, _ in renewed),)
@@ -191,10 +200,10 @@ def declare_state_outputs(graph: fx.Graph, renewed: Sequence[tuple[fx.Node, fx.N
 def graph_signature(gm: fx.GraphModule) -> GraphSignature:
     """Read the declarations of a rewritten graph; raise SignatureError where they disagree
     (added inputs not at the end, index not first, outputs not renewing the states in order)."""
-    placeholders = _placeholders(gm.graph)
-    added = [n for n in placeholders if ROLE in n.meta]
-    num_user_inputs = len(placeholders) - len(added)
-    if placeholders[num_user_inputs:] != added:
+    inputs = placeholders(gm.graph)
+    added = [n for n in inputs if ROLE in n.meta]
+    num_user_inputs = len(inputs) - len(added)
+    if inputs[num_user_inputs:] != added:
         raise SignatureError("the added inputs are not after every user input")
     if not added or added[0].meta[ROLE] is not Role.ACTIVE_INDEX:
         raise SignatureError("the first added input is not active_index")
@@ -202,7 +211,7 @@ def graph_signature(gm: fx.GraphModule) -> GraphSignature:
     index, state_nodes = added[0], added[1 + takes_time:]
     if any(n.meta[ROLE] in (Role.ACTIVE_INDEX, Role.STEP_TIME) for n in state_nodes):
         raise SignatureError("an index or step time among the states")
-    out = next(n for n in gm.graph.nodes if n.op == "output")
+    out = output_node(gm.graph)
     renewed = out.meta.get(STATE_OUTPUTS, [])
     if renewed != [n.name for n in state_nodes]:
         raise SignatureError(f"the outputs renew {renewed}, the inputs hold {[n.name for n in state_nodes]}")

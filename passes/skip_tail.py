@@ -18,14 +18,14 @@ import copy
 import torch.fx as fx
 
 from .plan import Unrewritable
-from .signature import EXIT_SCATTER, ROLE, STATE_OUTPUTS, Role
+from .signature import EXIT_SCATTER, STATE_OUTPUTS, Role, declared_input, output_node
 
 
 def skip_tail(gm: fx.GraphModule) -> fx.GraphModule:
     """The tail graph of a rewritten `gm` (see the module docstring)."""
     tail = copy.deepcopy(gm)
     graph = tail.graph
-    out = next(n for n in graph.nodes if n.op == "output")
+    out = output_node(graph)
     num_states = len(out.meta.get(STATE_OUTPUTS, []))
     results = list(out.args[0])
     out.args = (tuple(results[:len(results) - num_states]),)
@@ -34,7 +34,7 @@ def skip_tail(gm: fx.GraphModule) -> fx.GraphModule:
     scatter.replace_all_uses_with(scatter.args[0])
     graph.erase_node(scatter)
     graph.eliminate_dead_code()
-    index = next(n for n in graph.nodes if n.op == "placeholder" and n.meta.get(ROLE) is Role.ACTIVE_INDEX)
+    index = declared_input(graph, Role.ACTIVE_INDEX)
     if index.users:
         heavy = sorted(u.name for u in index.users)
         raise Unrewritable(f"skip steps: the outputs still depend on the computed tokens ({heavy})")

@@ -14,25 +14,17 @@ import torch
 import torch.fx as fx
 
 from .plan import IMAGE, Layout
-from .signature import ROLE, Role, declare_index
-
-
-def _placeholders(graph: fx.Graph) -> list[fx.Node]:
-    return [n for n in graph.nodes if n.op == "placeholder"]
+from .signature import Role, declare_index, declared_input, placeholders
 
 
 def _find(graph: fx.Graph, name: str):
     return next((n for n in graph.nodes if n.name == name), None)
 
 
-def _index_node(graph: fx.Graph):
-    return next((n for n in _placeholders(graph) if n.meta.get(ROLE) is Role.ACTIVE_INDEX), None)
-
-
 def _after(graph: fx.Graph, *inputs):
     """Insertion point right after the last of `inputs` (after the placeholders if none)."""
     wanted = {a for a in inputs if isinstance(a, fx.Node)}
-    anchor = _placeholders(graph)[-1]
+    anchor = placeholders(graph)[-1]
     for n in graph.nodes:
         if n in wanted:
             anchor = n
@@ -41,13 +33,13 @@ def _after(graph: fx.Graph, *inputs):
 
 def active_index(graph: fx.Graph, device: torch.device) -> fx.Node:
     """The `active_index` input, declared on first use."""
-    return _index_node(graph) or declare_index(graph, device)
+    return declared_input(graph, Role.ACTIVE_INDEX) or declare_index(graph, device)
 
 
 def num_active(graph: fx.Graph) -> fx.Node:
     node = _find(graph, "num_active")
     if node is None:
-        idx = _index_node(graph)
+        idx = declared_input(graph, Role.ACTIVE_INDEX)
         with _after(graph, idx):
             node = graph.call_method("size", (idx, 0))
         node.name = "num_active"
@@ -90,7 +82,7 @@ def segment_bounds(graph: fx.Graph, layout: Layout, k: int):
 
 def layout_rows(graph: fx.Graph, layout: Layout) -> fx.Node:
     """[T + n] int64 rows of the full sequence that the gathered sequence holds."""
-    idx = _index_node(graph)
+    idx = declared_input(graph, Role.ACTIVE_INDEX)
     if layout.is_image_only:
         return idx
     name = "rows_" + "_".join(f"{s.kind}{s.size}" for s in layout.segments)
