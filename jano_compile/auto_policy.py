@@ -102,4 +102,4 @@ class AutoPolicy:
             schedule.record_latents(tokens, grid)
         return CallPlan(decision.index, decision.branch or DEFAULT_BRANCH, decision.step,
                         decision.phase.value, decision.new_generation, decision.fill_caches,
-                        decision.time)
+                        decision.time, exact=True)

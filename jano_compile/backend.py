@@ -10,7 +10,7 @@ from jano_compile.passes.input_roles import input_roles
 
 from .dump import write_dump
 from .geometry import grid_from_graph
-from .lowering import LoweredRewrite, LoweredUnrewritten
+from .lowering import LoweredUnrewritten
 from .options import parse_options
 from .rewrite import rewrite_graph
 from .runner import GraphRunner
@@ -24,11 +24,11 @@ def jano_backend(gm: fx.GraphModule, example_inputs, mode=None, options=None):
     """torch.compile backend. `options` are validated here (dynamo runs a string backend at
     the first call, so a bad key fails there, wrapped by dynamo, with our message)."""
     opts = parse_options(mode, options)
-    rewritten, report, tail, dense = rewrite_graph(gm, example_inputs, opts.pass_config())
+    rewritten, report, tail, dense, full = rewrite_graph(gm, example_inputs, opts.pass_config())
     if opts.dump_dir:
         write_dump(opts.dump_dir, report, gm, rewritten)
-    common = dict(param_positions=param_positions(example_inputs), roles=input_roles(gm),
-                  schedule_options=opts.schedule)
+    params = param_positions(example_inputs)
+    common = dict(param_positions=params, roles=input_roles(gm), schedule_options=opts.schedule)
     if rewritten is None:
         if report.holds_image_tokens:
             warnings.warn(f"jano: graph not rewritten, running plain "
@@ -37,11 +37,9 @@ def jano_backend(gm: fx.GraphModule, example_inputs, mode=None, options=None):
         return CompiledGraph(report, None, LoweredUnrewritten(gm, opts, example_inputs), **common)
     log.info("jano: %s", report)
     sig = report.signature
-    every_token = sig.num_image_tokens
-    runner = GraphRunner(sig, LoweredRewrite(rewritten, opts, sig),
-                         tail=LoweredRewrite(tail, opts, sig, every_token) if tail is not None else None,
-                         dense=LoweredRewrite(dense, opts, sig, every_token) if dense is not None else None)
-    return CompiledGraph(report, runner, None, grid_hint=_grid_hint(gm, every_token), **common)
+    runner = GraphRunner(sig, opts, rewritten, tail=tail, dense=dense, full=full,
+                         static_positions=frozenset(params))
+    return CompiledGraph(report, runner, None, grid_hint=_grid_hint(gm, sig.num_image_tokens), **common)
 
 
 def _grid_hint(gm: fx.GraphModule, num_tokens: int):

@@ -1,5 +1,6 @@
 """The caches of one model: per rewritten graph and per branch (split CFG: cond, uncond),
-the state tensors its signature declares, allocated at first use."""
+the state tensors its signature declares, allocated at first use. The graphs write them in
+place: a state keeps its storage (and address) for the life of the model."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,12 +22,11 @@ class BranchState:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors)
 
-    def renew(self, tensors: list, full: bool, caches_filled: Optional[bool]) -> None:
-        """After a call: the graph's renewed states replace the old ones. `full`: it
-        computed every token. `caches_filled`: True when it wrote every token's K/V (a full
-        step of the rewritten graph), None when it kept them as they were (a partial step),
-        False when it left them stale (a dense step)."""
-        self.tensors = tensors
+    def ran(self, full: bool, caches_filled: Optional[bool]) -> None:
+        """After a call that wrote the states. `full`: it computed every token.
+        `caches_filled`: True when it wrote every token's K/V (a full step), None when it
+        kept the others as they were (a partial step), False when it left them stale (a
+        dense step)."""
         self.computed = self.computed or full
         if caches_filled is not None:
             self.filled = caches_filled

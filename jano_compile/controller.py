@@ -117,9 +117,14 @@ class Controller:
     def stats(self) -> Stats:
         report = Report(self.reports)
         last = self.last_call
+        runners = [g.runner for g in self._graphs.values() if g.runner is not None]
         return Stats(
             graphs=len(self._graphs),
             compiles=sum(g.compiles for g in self._graphs.values()),
+            compile_seconds=sum(r.compile_seconds for r in runners),
+            static_graphs=sum(len(r.static) for r in runners),
+            cuda_graphs=sum(r.captures for r in runners),
+            capture_failures=[f for r in runners for f in r.capture_failures],
             calls=self._num_calls,
             full_calls=self._num_full_calls,
             active_fraction=(last.active / last.total) if last and last.total else 1.0,
@@ -186,20 +191,19 @@ class Controller:
         runner = graph.runner
         step_time = float(next(t for t in (plan.time, plan.step, state.calls) if t is not None))
         n = graph.signature.num_image_tokens
+        full = plan.index is None or not state.filled
         if plan.skip and state.computed and runner.tail is not None:
             outputs = runner.skip(args, state, step_time)
             full, computed = False, 0
-        elif (plan.index is None and not plan.fill_caches and runner.dense is not None
-              and state.calls > 0 and not plan.new_generation):
-            # a full step whose caches nothing reads; the first call of a generation still
-            # fills them, so that set_active() after it finds them valid
-            outputs = runner.dense_step(args, state, step_time)
-            full, computed = True, n
+        elif full:
+            # a full step whose caches nothing reads may skip writing them; the first call
+            # of a generation still fills them, so that set_active() after it finds them valid
+            fill = plan.fill_caches or plan.index is not None or state.calls == 0 or plan.new_generation
+            outputs = runner.full_step(args, state, step_time, fill_caches=fill)
+            computed = n
         else:
-            full = plan.index is None or not state.filled
-            index = runner.device_index(None if full else plan.index)
-            outputs = runner(args, index, state, full, step_time)
-            computed = index.numel()
+            outputs = runner.partial_step(args, plan.index, state, step_time, exact=plan.exact)
+            computed = plan.index.numel()
         if full:
             self.manual_policy.ran_full()
             self._num_image_tokens = n

@@ -1,5 +1,10 @@
 """Fake inputs for a rewritten graph, from its signature: the user inputs as they are,
-`active_index` with a given (or symbolic) length, every state at its full shape."""
+`active_index` with a given (or symbolic) length, every state at its full shape.
+
+Every size but the index length is static, as dynamo hands a rewritten graph's inputs
+(graphs with symbolic sizes are not rewritten): a fake made under a ShapeEnv is otherwise
+symbolic in every dimension, and Inductor then generates kernels for unknown sizes
+(slower, and duck-sized: equal sizes share a symbol)."""
 from __future__ import annotations
 
 import torch
@@ -25,10 +30,10 @@ def fake_inputs(signature: GraphSignature, user_inputs, num_active=None):
     the upper bound lets Inductor index with 32-bit integers)."""
     n = signature.num_image_tokens
     mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=False)
-    fakes = [mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in user_inputs]
+    fakes = [mode.from_tensor(t, static_shapes=True) if isinstance(t, torch.Tensor) else t for t in user_inputs]
     device = signature.index_device
     if num_active is not None:
-        fakes.append(mode.from_tensor(torch.zeros(num_active, dtype=torch.long, device=device)))
+        fakes.append(mode.from_tensor(torch.zeros(num_active, dtype=torch.long, device=device), static_shapes=True))
     else:
         taken = {int(d) for t in user_inputs if isinstance(t, torch.Tensor) for d in t.shape}
         real = torch.zeros(symbolic_hint(n, taken), dtype=torch.long, device=device)

@@ -15,6 +15,7 @@ computed then.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable, Optional
 
 import torch.fx as fx
@@ -55,6 +56,7 @@ class LoweredRewrite:
         self.signature = signature
         self.num_active = num_active
         self.compiles = 0
+        self.compile_seconds = 0.0
         self._fn: Optional[Callable] = None
 
     def _lower(self, args) -> Callable:
@@ -62,9 +64,19 @@ class LoweredRewrite:
         if self.options.lowering == "eager":
             return self.gm
         from torch._inductor.compile_fx import compile_fx
+        start = time.perf_counter()
         _, example = fake_inputs(self.signature, args[:self.signature.index_position], self.num_active)
-        log.info("jano: compiling the rewritten graph with Inductor")
-        return compile_fx(self.gm, example, config_patches=self.options.inductor_patches())
+        log.info("jano: compiling the rewritten graph with Inductor (%s active tokens)",
+                 "any number of" if self.num_active is None else self.num_active)
+        # CUDA graphs of rewritten graphs are captured by the runner (static_call.py), not
+        # by Inductor's cudagraph trees
+        patches = {**self.options.inductor_patches(), "triton.cudagraphs": False}
+        # not a graph as dynamo captured it (inputs added, copies lose dynamo's per-node
+        # sources): without the mark, AOTAutograd does not look for those sources
+        self.gm.meta.pop("dynamo_compile_id", None)
+        fn = compile_fx(self.gm, example, config_patches=patches)
+        self.compile_seconds += time.perf_counter() - start
+        return fn
 
     def __call__(self, *args):
         index = args[self.signature.index_position]

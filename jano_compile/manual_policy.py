@@ -47,7 +47,9 @@ class ManualPolicy:
         self.refresh_next = True
 
     def set_active(self, index, num_image_tokens: int) -> None:
-        self.active = checked_index(index, num_image_tokens)
+        index = checked_index(index, num_image_tokens)
+        if self.active is None or not torch.equal(index, self.active):   # the same set: keep the
+            self.active = index                                          # tensor (its device copy)
         self.engaged = True
 
     def plan(self, num_image_tokens: int, branch: str) -> CallPlan:

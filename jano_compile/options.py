@@ -1,13 +1,18 @@
 """Backend options: `torch.compile(m, backend="jano", mode=..., options={...})`.
 
 Keys: `lowering` ("inductor", the default, or "eager": run the rewritten FX graph in
-Python, for tests and debugging), `dump_dir` (also the env var JANO_DUMP_DIR), the Jano
+Python, for tests and debugging), `dump_dir` (also the env var JANO_DUMP_DIR),
+`static_shapes` (one graph per active-token count instead of one symbolic graph; default
+on CUDA only), `cuda_graphs` (capture each step as a CUDA graph and replay it; default
+with mode="reduce-overhead" or "max-autotune" on CUDA; True on a CPU runs the same static
+buffers without capture, for tests), the Jano
 schedule settings (the fields of `JanoConfig`), and any `torch._inductor.config` setting,
 which is passed to Inductor together with what `mode=` selects.
 
 `torch.compile` itself refuses `mode` together with `options` ("Either mode or options can
-be specified"), so through it the backend gets one or the other. Called directly,
-`parse_options` takes both and merges them like torch's own Inductor wrapper: what the mode
+be specified"), so through it the backend gets one or the other; to give both, put the mode
+among the options (`options={"mode": "reduce-overhead", ...}`, as `enable(pipe, mode=...)`
+does). `parse_options` merges them like torch's own Inductor wrapper: what the mode
 selects first, then the explicit settings, which win.
 
 Every error names the option (or the env var) and what to change; `parse_options` runs at
@@ -22,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 LOWERINGS = ("inductor", "eager")
-BACKEND_KEYS = ("lowering", "dump_dir")
+BACKEND_KEYS = ("lowering", "dump_dir", "static_shapes", "cuda_graphs")
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DUMP_DIR_ENV = "JANO_DUMP_DIR"
 
@@ -43,6 +48,8 @@ class Options:
     lowering: str = "inductor"
     dump_dir: Optional[str] = None
     mode: Optional[str] = None
+    static_shapes: Optional[bool] = None   # None: on CUDA
+    cuda_graphs: Optional[bool] = None     # None: with mode reduce-overhead / max-autotune on CUDA
     inductor: Mapping[str, Any] = field(default_factory=dict)   # torch._inductor.config patches
     schedule: Mapping[str, Any] = field(default_factory=dict)   # JanoConfig fields given
 
@@ -77,6 +84,14 @@ def parse_options(mode: Optional[str] = None, options: Optional[Mapping[str, Any
             f"unknown torch.compile mode {mode!r} for the jano backend; use one of "
             f"{', '.join(MODES)}, or leave mode out.")
     options = dict(options or {})
+    if "mode" in options:
+        if mode is not None and options["mode"] != mode:
+            raise ValueError(f"jano backend: mode={mode!r} and options['mode']={options['mode']!r} "
+                             "disagree; give the mode once.")
+        mode = options.pop("mode")
+        if mode not in (None, *MODES):
+            raise ValueError(f"unknown torch.compile mode {mode!r} in the jano options; use one "
+                             f"of {', '.join(MODES)}, or leave it out.")
     schedule_keys = _schedule_keys()
     inductor_keys = _inductor_keys()
     inductor = {}
@@ -100,10 +115,15 @@ def parse_options(mode: Optional[str] = None, options: Optional[Mapping[str, Any
         dump_dir = _check_dump_dir(os.environ[DUMP_DIR_ENV], f"environment variable {DUMP_DIR_ENV}")
     else:
         dump_dir = None
+    for key in ("static_shapes", "cuda_graphs"):
+        if options.get(key) not in (None, True, False):
+            raise TypeError(f"jano option {key!r} must be True, False or None (automatic), "
+                            f"got {options[key]!r}")
     schedule = {k: v for k, v in options.items() if k in schedule_keys}
     _check_schedule(schedule)
     return Options(lowering=lowering, dump_dir=dump_dir, mode=mode, inductor=inductor,
-                   schedule=schedule)
+                   schedule=schedule, static_shapes=options.get("static_shapes"),
+                   cuda_graphs=options.get("cuda_graphs"))
 
 
 def _check_schedule(schedule: Mapping[str, Any]) -> None:

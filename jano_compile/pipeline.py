@@ -35,16 +35,17 @@ class _Handle:
 
 
 def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
-           lowering: str = "inductor", **compile_kwargs) -> Controller:
+           lowering: str = "inductor", mode: Optional[str] = None, **compile_kwargs) -> Controller:
     """Compile `pipe.transformer` with Jano; returns its controller. The fields `config` sets
     (for a JanoConfig: those passed to its constructor) win over the family preset, which
-    wins over the JanoConfig defaults. The step count comes from the scheduler."""
+    wins over the JanoConfig defaults. The step count comes from the scheduler. `mode`:
+    torch.compile's mode ("reduce-overhead": each step a CUDA-graph replay on a GPU)."""
     if getattr(pipe, _HANDLE, None) is not None:
         raise RuntimeError("jano is already enabled on this pipeline; call jano_compile.disable(pipe) first")
     transformer = getattr(pipe, "transformer", None)
     if not isinstance(transformer, torch.nn.Module):
         raise TypeError(f"{type(pipe).__name__} has no `transformer` module to compile")
-    options = {"lowering": lowering, **explicit_options(config)}
+    options = {"lowering": lowering, **({"mode": mode} if mode else {}), **explicit_options(config)}
     compiled = torch.compile(transformer, backend="jano", dynamic=False, options=options,
                              **compile_kwargs)
     ctl = controller(transformer)

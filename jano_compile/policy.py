@@ -22,6 +22,8 @@ class CallPlan:
     fill_caches: bool = True          # a later step reads the K/V caches this full step writes
     time: Optional[float] = None      # forecast time of the step (None: the step index, or
                                       # under manual control the branch's call count)
+    exact: bool = False               # `index` is one of a few fixed sets (the schedule's
+                                      # regions): worth a static graph of its own length
 
     @property
     def skip(self) -> bool:

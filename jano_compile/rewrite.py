@@ -1,10 +1,11 @@
 """Run the passes on one dynamo graph and check the result; never a wrong graph.
 
 `rewrite_graph(gm, example_inputs, config)` returns a `RewriteResult`: the rewritten
-GraphModule (or None), the GraphReport, and the skip tail (the graph a step that computes
-no image token runs; None where the model cannot skip a step). The report of a rewritten
-graph holds its `GraphSignature` (passes/signature.py): the extra inputs and outputs the
-passes declared, in order; the tail takes the same inputs and returns the user outputs.
+GraphModule (or None), the GraphReport, the skip tail (the graph a step that computes no
+image token runs; None where the model cannot skip a step) and the full-step variants
+(passes/dense_variant.py). The report of a rewritten graph holds its `GraphSignature`
+(passes/signature.py): the extra inputs the passes declared, in order; every variant takes
+the same inputs and returns the user outputs.
 """
 from __future__ import annotations
 
@@ -96,6 +97,7 @@ class RewriteResult(NamedTuple):
     report: GraphReport
     skip_tail: Optional[fx.GraphModule] = None
     dense: Optional[fx.GraphModule] = None   # full steps whose caches no later step reads
+    full: Optional[fx.GraphModule] = None    # full steps at a static length that fill the caches
 
 
 def _tail(work: fx.GraphModule, report: GraphReport) -> Optional[fx.GraphModule]:
@@ -144,9 +146,14 @@ def rewrite_graph(gm: fx.GraphModule, example_inputs, config: PassConfig = PassC
         log.warning("jano: rewrite of %s failed", name, exc_info=True)
         return RewriteResult(None, GraphReport(name, False, f"internal error in the rewrite: {_describe_error(e)}"))
     report = _report(name, plan, signature)
+    dense, full = (_full_variant(work, name, fill) for fill in (False, True))
+    return RewriteResult(work, report, _tail(work, report), dense, full)
+
+
+def _full_variant(work: fx.GraphModule, name: str, fill_caches: bool) -> Optional[fx.GraphModule]:
+    """dense_variant(work, fill_caches), or None (full steps then run the rewritten graph)."""
     try:
-        dense = dense_variant(work)
-    except Exception:  # noqa: BLE001 - the model still runs, full steps only fill caches too
-        log.warning("jano: no dense variant for %s", name, exc_info=True)
-        dense = None
-    return RewriteResult(work, report, _tail(work, report), dense)
+        return dense_variant(work, fill_caches)
+    except Exception:  # noqa: BLE001 - the model still runs, full steps take the rewritten graph
+        log.warning("jano: no full-step variant (fill_caches=%s) for %s", fill_caches, name, exc_info=True)
+        return None

@@ -1,53 +1,149 @@
 """One rewritten graph, ready to run: user inputs + an index (+ the step time) + a branch's
-states in, user outputs out, the states renewed. The calling convention comes from the
-graph's signature; the skip tail (when the model has one) takes the same inputs and runs
-for a step that computes no image token."""
+states in, user outputs out, the states written in place. The calling convention comes
+from the graph's signature.
+
+Which lowered variant a step runs:
+
+    step                       dynamic shapes (CPU default)     static shapes (CUDA default)
+    full, caches read later    rewritten graph, index 0..N-1    `full` variant (fills the caches)
+    full, caches not read      `dense` variant                  `dense` variant
+    partial, n tokens          rewritten graph, symbolic n      one graph per exact n (the automatic
+                                                                schedule's region sets) or per bucket
+                                                                (other sets, padded by repeating an
+                                                                active index); at most
+                                                                MAX_STATIC_GRAPHS, then symbolic
+    no token due               skip tail                        skip tail
+
+With `static_calls` every call runs through a `StaticCall` (static_call.py): on CUDA one
+captured CUDA graph per (variant, length, branch), replayed each step.
+"""
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.fx as fx
 
 from jano_compile.passes.signature import GraphSignature
 
 from .cache_store import BranchState
 from .lowering import LoweredRewrite
+from .options import Options
+from .static_call import StaticCall
+
+log = logging.getLogger(__name__)
 
 MAX_DEVICE_INDICES = 8     # device copies of CPU index tensors kept (medium, active, ...)
+MAX_STATIC_GRAPHS = 8      # exact-length or bucket graphs per rewritten graph
+BUCKETS = 16               # index sets of other lengths are padded to a multiple of N / 16
+MAX_RECAPTURES = 4         # static calls whose inputs moved more often: the runner stops using them
+
+
+def bucket_length(n: int, num_tokens: int, buckets: int = BUCKETS) -> int:
+    """The smallest multiple of ceil(N / buckets) that holds n tokens (at most N)."""
+    step = -(-num_tokens // buckets)
+    return min(num_tokens, -(-n // step) * step)
+
+
+def padded_index(index: torch.Tensor, length: int) -> torch.Tensor:
+    """`index` [n] (n >= 1) extended to [length] by repeating its last position: the padded
+    rows compute that active token again, identically, and write the same value twice."""
+    if length == index.numel():
+        return index
+    return torch.cat([index, index[-1:].expand(length - index.numel())])
+
+
+@dataclass(frozen=True)
+class RunMode:
+    """How a runner lowers and calls its graphs."""
+    static_shapes: bool     # one graph per index length instead of one symbolic graph
+    static_calls: bool      # through StaticCall buffers (CUDA graphs when `capture`)
+    capture: bool
+
+    @staticmethod
+    def resolve(options: Options, device: torch.device) -> "RunMode":
+        cuda = device.type == "cuda"
+        static = cuda if options.static_shapes is None else options.static_shapes
+        calls = (cuda and options.mode in ("reduce-overhead", "max-autotune")
+                 if options.cuda_graphs is None else options.cuda_graphs)
+        return RunMode(static_shapes=static or calls, static_calls=calls, capture=calls and cuda)
 
 
 class GraphRunner:
-    """Runs a lowered rewritten graph; keeps the index and the step time on its device."""
+    """Runs the lowered variants of a rewritten graph; keeps the index and the step time
+    on its device. `static_positions`: the user inputs whose storage never changes between
+    calls (the parameters)."""
 
-    def __init__(self, signature: GraphSignature, lowered: LoweredRewrite,
-                 tail: Optional[LoweredRewrite] = None, dense: Optional[LoweredRewrite] = None):
+    def __init__(self, signature: GraphSignature, options: Options, rewritten: fx.GraphModule,
+                 tail: Optional[fx.GraphModule] = None, dense: Optional[fx.GraphModule] = None,
+                 full: Optional[fx.GraphModule] = None, static_positions: frozenset = frozenset()):
         self.signature = signature
-        self.lowered = lowered
-        self.tail = tail
-        self.dense = dense
+        self.options = options
+        self.mode = RunMode.resolve(options, signature.index_device)
+        n = signature.num_image_tokens
+        self._rewritten = rewritten
+        self.lowered = LoweredRewrite(rewritten, options, signature)
+        self.tail = LoweredRewrite(tail, options, signature, n) if tail is not None else None
+        self.dense = LoweredRewrite(dense, options, signature, n) if dense is not None else None
+        self.full = (LoweredRewrite(full, options, signature, n)
+                     if full is not None and self.mode.static_shapes else None)
+        self.static: dict[int, LoweredRewrite] = {}      # index length -> static partial graph
         self._full_index: Optional[torch.Tensor] = None
-        self._on_device: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # id -> (cpu, device)
+        self._on_device: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._step_time: Optional[torch.Tensor] = None
+        self._static_positions = self._static_argument_positions(static_positions)
+        self._calls: dict[tuple, StaticCall] = {}
+        self._recaptures = 0
+        self._pool = None
+        self.static_calls_off: Optional[str] = None      # why static calls stopped, if they did
+
+    # ------------------------------------------------------------------ reporting
+    def _variants(self):
+        return [v for v in (self.lowered, self.tail, self.dense, self.full, *self.static.values()) if v is not None]
 
     @property
     def compiles(self) -> int:
-        return sum(v.compiles for v in (self.lowered, self.tail, self.dense) if v is not None)
+        return sum(v.compiles for v in self._variants())
 
-    def device_index(self, index: Optional[torch.Tensor]) -> torch.Tensor:
-        """[n] int64 on the graph's device: `index` copied once, or every token for None."""
+    @property
+    def compile_seconds(self) -> float:
+        return sum(v.compile_seconds for v in self._variants())
+
+    @property
+    def captures(self) -> int:
+        return sum(c.captured for c in self._calls.values())
+
+    @property
+    def capture_failures(self) -> list[str]:
+        return [c.failure for c in self._calls.values() if c.failure]
+
+    # ------------------------------------------------------------------ inputs
+    def _static_argument_positions(self, user_static: frozenset) -> frozenset:
+        """Positions in `call_args` that keep their storage: the parameters, the step-time
+        buffer and the states (the index and the activations are copied)."""
+        sig = self.signature
+        first_state = sig.index_position + 1 + sig.takes_time
+        time = {sig.index_position + 1} if sig.takes_time else set()
+        return frozenset(user_static) | time | set(range(first_state, first_state + len(sig.states)))
+
+    def device_index(self, index: Optional[torch.Tensor], length: Optional[int] = None) -> torch.Tensor:
+        """[length] int64 on the graph's device: `index` (padded to `length`) copied once,
+        or every token for None."""
         device = self.signature.index_device
         if index is None:
             if self._full_index is None:
                 self._full_index = torch.arange(self.signature.num_image_tokens, device=device)
             return self._full_index
-        if index.device == device:
-            return index
-        cached = self._on_device.get(id(index))
+        length = index.numel() if length is None else length
+        key = (id(index), length)
+        cached = self._on_device.get(key)
         if cached is None or cached[0] is not index:
             if len(self._on_device) >= MAX_DEVICE_INDICES:
                 self._on_device.clear()
-            cached = (index, index.to(device))
-            self._on_device[id(index)] = cached
+            cached = (index, padded_index(index, length).to(device))
+            self._on_device[key] = cached
         return cached[1]
 
     def _time(self, step_time: float) -> Optional[torch.Tensor]:
@@ -58,25 +154,69 @@ class GraphRunner:
             self._step_time = torch.zeros((), dtype=torch.float32, device=self.signature.index_device)
         return self._step_time.fill_(step_time)
 
-    def _outputs(self, lowered: LoweredRewrite, args, index: torch.Tensor, state: BranchState,
-                 step_time: float):
-        return lowered(*self.signature.call_args(args, index, state.tensors, self._time(step_time)))
+    # ------------------------------------------------------------------ calls
+    def _run(self, name, lowered: LoweredRewrite, args, index: torch.Tensor, state: BranchState,
+             step_time: float) -> tuple:
+        call_args = self.signature.call_args(args, index, state.tensors, self._time(step_time))
+        if not self.mode.static_calls or self.static_calls_off or index.numel() == 0:
+            return tuple(lowered(*call_args))
+        key = (name, index.numel(), id(state))
+        call = self._calls.get(key)
+        if call is not None and not call.matches(call_args):
+            self._recaptures += 1
+            if self._recaptures > MAX_RECAPTURES:
+                self.static_calls_off = (f"inputs moved {self._recaptures} times (new addresses or "
+                                         "shapes): static calls stopped")
+                log.warning("jano: %s", self.static_calls_off)
+                return tuple(lowered(*call_args))
+            call = None
+        if call is None:
+            if self.mode.capture and self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            call = StaticCall(lowered, call_args, self._static_positions, self.mode.capture, self._pool)
+            self._calls[key] = call
+        return call(call_args)
 
-    def __call__(self, args, index: torch.Tensor, state: BranchState, full: bool,
-                 step_time: float) -> tuple:
-        """One call; `index` already on the device (see `device_index`)."""
-        user, renewed = self.signature.split_outputs(self._outputs(self.lowered, args, index, state, step_time))
-        state.renew(renewed, full, caches_filled=True if full else None)
-        return user
+    def _partial_graph(self, n: int, exact: bool) -> tuple[LoweredRewrite, int]:
+        """(lowered graph, index length) for a partial step of n tokens."""
+        if not self.mode.static_shapes or n == 0:
+            return self.lowered, n
+        length = n if exact else bucket_length(n, self.signature.num_image_tokens)
+        graph = self.static.get(length)
+        if graph is None and len(self.static) < MAX_STATIC_GRAPHS:
+            graph = self.static[length] = LoweredRewrite(self._rewritten, self.options, self.signature, length)
+        if graph is None:   # the bound is reached: the smallest larger static graph, else symbolic
+            larger = [m for m in self.static if m >= n]
+            if not larger:
+                return self.lowered, n
+            length = min(larger)
+            graph = self.static[length]
+        return graph, length
 
-    def dense_step(self, args, state: BranchState, step_time: float) -> tuple:
-        """A full step whose K/V caches no later step reads: the dense variant, which
-        leaves them as they were (stale: the next partial step is computed full)."""
-        outputs = self._outputs(self.dense, args, self.device_index(None), state, step_time)
-        user, renewed = self.signature.split_outputs(outputs)
-        state.renew(renewed, True, caches_filled=False)
-        return user
+    def partial_step(self, args, index: torch.Tensor, state: BranchState, step_time: float,
+                     exact: bool = False) -> tuple:
+        """Recompute the image tokens at `index` (sorted int64 [n], CPU or device): the
+        other tokens keep (or forecast) their outputs and K/V. `exact`: `index` is one of a
+        few fixed sets (the schedule's regions), worth a graph of its own length."""
+        graph, length = self._partial_graph(index.numel(), exact)
+        outputs = self._run(("partial", length), graph, args, self.device_index(index, length),
+                            state, step_time)
+        state.ran(full=False, caches_filled=None)
+        return outputs
+
+    def full_step(self, args, state: BranchState, step_time: float, fill_caches: bool = True) -> tuple:
+        """Compute every image token. `fill_caches=False`: no later step reads the K/V this
+        step computes, so the dense variant skips writing them (they are stale after it)."""
+        index = self.device_index(None)
+        if not fill_caches and self.dense is not None:
+            outputs = self._run("dense", self.dense, args, index, state, step_time)
+            state.ran(full=True, caches_filled=False)
+            return outputs
+        graph = self.full if self.full is not None else self.lowered
+        outputs = self._run("full", graph, args, index, state, step_time)
+        state.ran(full=True, caches_filled=True)
+        return outputs
 
     def skip(self, args, state: BranchState, step_time: float) -> tuple:
         """A step that computes no image token: the tail's outputs; the states stay."""
-        return tuple(self._outputs(self.tail, args, self.device_index(None), state, step_time))
+        return self._run("tail", self.tail, args, self.device_index(None), state, step_time)

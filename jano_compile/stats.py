@@ -11,6 +11,10 @@ class Stats(Mapping):
     """What one model's controller did. `stats["calls"]` and `stats.calls` both work.
 
     graphs / compiles       graphs dynamo handed over / lowerings made for them
+    compile_seconds         time spent in the lazy lowerings of rewritten graphs
+    static_graphs           partial-step graphs of a static length (exact or bucket)
+    cuda_graphs             captured CUDA graphs (one per variant, length and branch)
+    capture_failures        why captures failed (those calls run uncaptured)
     calls / full_calls      model calls / those that computed every token
     active_fraction         image tokens the last call recomputed, as a fraction
     num_image_tokens        N of the last full step of a rewritten graph
@@ -24,6 +28,10 @@ class Stats(Mapping):
     """
     graphs: int
     compiles: int
+    compile_seconds: float
+    static_graphs: int
+    cuda_graphs: int
+    capture_failures: list
     calls: int
     full_calls: int
     active_fraction: float

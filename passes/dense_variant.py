@@ -1,16 +1,17 @@
-"""dense_variant: the rewritten graph specialised to a step that computes every image token
-and whose K/V caches no later step reads (the next computed step is full again, as in the
-forecast recipe). No gather at the entry, attention on fresh K/V, no cache writes; the
-history (or output cache) is renewed as in the rewritten graph. Same signature: the K/V
-caches come back unchanged, so the runtime swaps callables, not calling conventions.
+"""dense_variant: the rewritten graph specialised to a step that computes every image token,
+for a static shape (no gather, no symbolic count). Same signature: the runtime swaps
+callables, not calling conventions.
 
-    rewritten graph (all tokens)                   dense variant (index = arange(N) only)
+    rewritten graph (any n)                        full step (active_index = arange(N) only)
     h_g = index_select(h, 1, idx)                  h_g = h
-    k_all = index_copy(k_cache_0, 2, rows, k)      attention(q, k, v)
-    o = attention(q, k_all, v_all)                 ...
+    k_all = index_copy_(k_cache_0, 2, rows, k)     copy_(k_cache_0, k)      (fill_caches=True)
+                                                   -                        (fill_caches=False)
+    o = attention(q, k_all, v_all)                 o = attention(q, k, v)
     full = index_copy(pred, 1, idx, out)           full = out
-    return (y, k_all, v_all, ..., history')        return (y, k_cache_0, v_cache_0, ..., history')
+    index_copy_(h0, 1, idx, out) ...               index_copy_(h0, 1, idx, out) ... (as before)
 
+`fill_caches=False` suits a full step whose K/V caches no later step reads (the next
+computed step is full again, as in the forecast recipe): the caches stay as they were.
 Only valid when `active_index` holds every token in order: the runtime calls it so, and
 lowers it with that static length.
 """
@@ -18,27 +19,25 @@ from __future__ import annotations
 
 import copy
 
+import torch
 import torch.fx as fx
 
-from .signature import ENTRY_GATHER, EXIT_SCATTER, ROLE, STATE_OUTPUTS, Role, output_node, placeholders
+from .signature import ENTRY_GATHER, EXIT_SCATTER, ROLE, Role, placeholders, state_writes
 
 
-def dense_variant(gm: fx.GraphModule) -> fx.GraphModule:
+def dense_variant(gm: fx.GraphModule, fill_caches: bool = False) -> fx.GraphModule:
     dense = copy.deepcopy(gm)
     graph = dense.graph
-    by_name = {n.name: n for n in placeholders(graph)}
-    out = output_node(graph)
-    names = out.meta[STATE_OUTPUTS]
-    first_state = len(out.args[0]) - len(names)
-    for position, name in enumerate(names):
-        state = by_name[name]
-        if state.meta[ROLE] not in (Role.K_CACHE, Role.V_CACHE):
+    kv = {n.name for n in placeholders(graph) if n.meta.get(ROLE) in (Role.K_CACHE, Role.V_CACHE)}
+    for write in state_writes(graph):
+        if write.args[0].name not in kv:
             continue
-        results = list(out.args[0])
-        filled = results[first_state + position]       # index_copy(cache, dim, rows, fresh)
-        filled.replace_all_uses_with(filled.args[3], delete_user_cb=lambda user: user is not out)
-        results[first_state + position] = state        # the cache comes back as it was
-        out.args = (tuple(results),)
+        cache, _, _, fresh = write.args
+        write.replace_all_uses_with(fresh)
+        if fill_caches:
+            with graph.inserting_before(write):
+                graph.call_function(torch.ops.aten.copy_.default, (cache, fresh))
+        graph.erase_node(write)
     for node in list(graph.nodes):
         if node.meta.get(ENTRY_GATHER):
             node.replace_all_uses_with(node.args[0])

@@ -5,8 +5,9 @@ held at its last value. Runs after gather_scatter, whose output cache it replace
     before (gather_scatter)                     after (order 1; h_j [B, N, C] fp32, T_j [N] fp32)
     full = index_copy(out_cache, 1, idx, out)   pred = forecast_output(t, [h0, h1], [T0, T1])    [B, N, C]
                                                 full = index_copy(pred.to(out.dtype), 1, idx, out)
-                                                new  = shift_history(idx, t, out, [h0, h1], [T0, T1])
-    outputs += (full,)   (renews out_cache)     outputs += (h0', h1', T0', T1')  (out_cache retired)
+    index_copy_(out_cache, 1, idx, out)         index_copy_(h1, 1, idx, h0[:, idx])   (in place, oldest
+                                                index_copy_(h0, 1, idx, out)           slot first; T_j alike)
+                                                (out_cache retired)
 
 `t` is the step time (a graph input, never a constant). A token's slot j holds the output
 it had j computations ago and the time of that computation; times are NaN until then (a
@@ -16,14 +17,13 @@ token computed once is held.
 from __future__ import annotations
 
 import math
-import operator
 
 import torch
 import torch.fx as fx
 
 from .plan import TokenPlan
-from .signature import (EXIT_SCATTER, Role, declare_state, declare_state_outputs, declare_step_time,
-                        declared_input, retire_state)
+from .signature import (EXIT_SCATTER, Role, declare_state, declare_step_time, declared_input, retire_state,
+                        write_state)
 from .token_layout import value
 
 MAX_ORDER = 2
@@ -48,20 +48,21 @@ def forecast_output(step_time: torch.Tensor, history: list, history_time: list) 
     return pred
 
 
-def shift_history(active_index: torch.Tensor, step_time: torch.Tensor, fresh: torch.Tensor,
-                  history: list, history_time: list) -> tuple:
-    """The slots after computing the tokens at `active_index` ([n]): each computed token's
-    slot j takes its slot j - 1, slot 0 takes `fresh` [B, n, C] (as fp32) and `step_time`.
-    Returns (*history', *history_time')."""
+def write_shifted_history(graph: fx.Graph, active_index: fx.Node, step_time: fx.Node, fresh: fx.Node,
+                          history: list, history_time: list) -> None:
+    """Emit, at the graph's insertion point, the in-place writes that shift the slots of
+    the tokens at `active_index` ([n]): slot j takes slot j - 1 (oldest first, so each
+    reads its neighbour before that is written), slot 0 takes `fresh` [B, n, C] (as fp32)
+    and `step_time`. Other tokens' slots are untouched."""
     k = len(history)
-    new_history = [history[0].index_copy(1, active_index, fresh.to(history[0].dtype))]
-    new_history += [history[j].index_copy(1, active_index, history[j - 1].index_select(1, active_index))
-                    for j in range(1, k)]
-    now = step_time.to(history_time[0].dtype).expand(active_index.shape[0])
-    new_time = [history_time[0].index_copy(0, active_index, now)]
-    new_time += [history_time[j].index_copy(0, active_index, history_time[j - 1].index_select(0, active_index))
-                 for j in range(1, k)]
-    return (*new_history, *new_time)
+    for slots, dim in ((history, 1), (history_time, 0)):
+        for j in range(k - 1, 0, -1):
+            previous = graph.call_function(torch.index_select, (slots[j - 1], dim, active_index))
+            write_state(graph, slots[j], dim, active_index, previous)
+    fresh32 = graph.call_method("to", (fresh, torch.float32))
+    write_state(graph, history[0], 1, active_index, fresh32)
+    now = graph.call_method("expand", (step_time, graph.call_method("size", (active_index, 0))))
+    write_state(graph, history_time[0], 0, active_index, now)
 
 
 def forecast(gm: fx.GraphModule, plan: TokenPlan, order: int = 1) -> fx.GraphModule:
@@ -87,15 +88,7 @@ def forecast(gm: fx.GraphModule, plan: TokenPlan, order: int = 1) -> fx.GraphMod
         pred.name = "forecast"
         held = graph.call_method("to", (pred, exit_value.dtype))
     scatter.args = (held, dim, index, fresh)
-    with graph.inserting_after(scatter):
-        shifted = graph.call_function(shift_history, (index, step_time, fresh, history, history_time))
-        shifted.name = "shifted_history"
-    renewed = []
-    with graph.inserting_after(shifted):
-        for i, state in enumerate(history + history_time):
-            item = graph.call_function(operator.getitem, (shifted, i))
-            item.name = f"{state.name}_renewed"
-            renewed.append((item, state))
-    declare_state_outputs(graph, renewed)
     retire_state(graph, cache)
+    with graph.inserting_before(scatter.next):      # in order, right after the scatter
+        write_shifted_history(graph, index, step_time, fresh, history, history_time)
     return gm

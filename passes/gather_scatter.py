@@ -1,5 +1,5 @@
-"""gather_scatter: select the active image tokens at the entry, scatter them into the output
-cache at the exit.
+"""gather_scatter: select the active image tokens at the entry, scatter them over the
+output cache (the last computed exit of every token) at the exit, and write them into it.
 
     before                                   after
     h   = transpose(...)      [B, N, C]      h   = transpose(...)                       [B, N, C]
@@ -7,8 +7,11 @@ cache at the exit.
     ... blocks on h ...                      ... blocks on h_g ...
     out = linear(x)           [B, N, C]      out = linear(x)                            [B, n, C]
                                              full = index_copy(out_cache, 1, active_index, out)
+                                             index_copy_(out_cache, 1, active_index, out)  (in place)
     reshape(out, (B, 8, 8, ...))             reshape(full, (B, 8, 8, ...))   (full: [B, N, C])
-                                             outputs += (full,)   -> the next call's out_cache
+
+`full` is a new tensor, not the cache: what the user receives never changes under a later
+step's write.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import torch
 import torch.fx as fx
 
 from .plan import TokenPlan
-from .signature import ENTRY_GATHER, EXIT_SCATTER, Role, declare_state, declare_state_outputs
+from .signature import ENTRY_GATHER, EXIT_SCATTER, Role, declare_state, write_state
 from .token_inputs import active_index
 from .token_layout import value
 
@@ -39,5 +42,6 @@ def gather_scatter(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:
     full.name = "scattered_" + plan.exit.name
     full.meta[EXIT_SCATTER] = True
     plan.exit.replace_all_uses_with(full, delete_user_cb=lambda u: u is not full)
-    declare_state_outputs(graph, [(full, cache)])
+    with graph.inserting_after(full):
+        write_state(graph, cache, 1, idx, plan.exit)
     return gm

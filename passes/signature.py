@@ -2,17 +2,19 @@
 inputs and outputs, read by lowering and runtime (and by nothing else).
 
 A rewritten graph takes the user's inputs, then the index (and the step time, where a
-pass forecasts), then every state tensor, and returns the user's outputs, then each
-state's new value in the same order:
+pass forecasts), then every state tensor, and returns the user's outputs only: the graph
+writes its states in place (`write_state`: an `aten.index_copy_` of the computed rows), so
+a state keeps its storage for as long as the runtime owns it (no copy per step, stable
+addresses for CUDA graphs):
 
     inputs : x_0 .. x_{u-1}  active_index [n] int64  [step_time [] fp32]  state_0 .. state_{s-1}
-    outputs: y_0 .. y_{v-1}  state_0' .. state_{s-1}'
+    outputs: y_0 .. y_{v-1}
              (FLUX, 2 blocks: state = out_cache [B, N, C], k_cache_0 [B, H, T+N, D], v_cache_0, ...)
 
-A pass declares what it adds (`declare_index`, `declare_state`, `declare_state_outputs`);
+A pass declares what it adds (`declare_index`, `declare_state`, `write_state`);
 `graph_signature(gm)` reads the declarations back, checks their order, and describes each
-state once (role, layer, token axis, shape, real dtype, device, update rule). New per-token
-state (a forecast history, an in-place cache) is one more `declare_state` call.
+state once (role, layer, token axis, shape, real dtype, device). New per-token state (a
+forecast history) is one more `declare_state` call and its writes.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import torch.fx as fx
 
 ROLE = "jano_role"              # node.meta key: the Role of a placeholder a pass added
 STATE = "jano_state"            # node.meta key: (layer, token_dim, reset_value) of a state
-STATE_OUTPUTS = "jano_state_outputs"   # output node meta: the state each added output renews
+STATE_WRITE = "jano_state_write"      # node meta: the name of the state an in-place write updates
 EXIT_SCATTER = "jano_exit_scatter"     # node meta: the index_copy that writes computed tokens
                                        # into the full exit tensor
 ENTRY_GATHER = "jano_entry_gather"     # node meta: the index_select of the computed tokens
@@ -44,18 +46,13 @@ class Role(str, enum.Enum):
     HISTORY_TIME = "history_time"   #: fp32 [N] the step time of each token's history slot j
 
 
-class Update(str, enum.Enum):
-    """How the runtime renews a state from the graph's outputs."""
-    REPLACE = "replace"     #: the graph returns the whole new tensor; it replaces the old one
-
-
 class SignatureError(Exception):
     """The declarations in a rewritten graph do not form a valid signature (a pass bug)."""
 
 
 @dataclass(frozen=True)
 class StateSpec:
-    """One state tensor of a rewritten graph: read as an input, returned renewed."""
+    """One state tensor of a rewritten graph: an input the graph writes in place."""
     name: str
     role: Role
     layer: Optional[int]            # self-attention layer of a K/V cache; None otherwise
@@ -63,7 +60,6 @@ class StateSpec:
     shape: tuple[int, ...]
     dtype: torch.dtype
     device: torch.device
-    update: Update = Update.REPLACE
     reset_value: Optional[float] = None   # filled with this when allocated and when a new
                                           # generation starts (NaN: "never computed")
 
@@ -82,7 +78,7 @@ class StateSpec:
         return {"name": self.name, "role": self.role.value, "layer": self.layer,
                 "token_dim": self.token_dim, "shape": list(self.shape),
                 "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
-                "update": self.update.value, "reset_value": self.reset_value, "bytes": self.nbytes}
+                "reset_value": self.reset_value, "bytes": self.nbytes}
 
 
 @dataclass(frozen=True)
@@ -115,11 +111,6 @@ class GraphSignature:
                              f"(takes_time={self.takes_time})")
         time = (step_time,) if self.takes_time else ()
         return [*user_args, index, *time, *states]
-
-    def split_outputs(self, outputs: Sequence) -> tuple[tuple, list]:
-        """(user outputs, renewed states) of one call's outputs."""
-        k = self.num_user_outputs
-        return tuple(outputs[:k]), list(outputs[k:])
 
 
 # ----------------------------------------------------------------------------- finding
@@ -171,35 +162,37 @@ def declare_state(graph: fx.Graph, name: str, role: Role, example: torch.Tensor,
     return node
 
 
+def write_state(graph: fx.Graph, state: fx.Node, dim: int, rows, value: fx.Node) -> fx.Node:
+    """Write `value` into the rows `rows` of `state` along `dim`, in place (insert it under
+    a `graph.inserting_*` context). The node returns the written state; readers of the new
+    content must use it (that orders them after the write). An aten op with a mutable
+    schema: dead-code elimination keeps it."""
+    node = graph.call_function(torch.ops.aten.index_copy_.default, (state, dim, rows, value))
+    node.meta[STATE_WRITE] = state.name
+    return node
+
+
+def state_writes(graph: fx.Graph, name: Optional[str] = None) -> list[fx.Node]:
+    """The in-place writes of every state (or of the state called `name`), in graph order."""
+    return [n for n in graph.nodes if STATE_WRITE in n.meta and name in (None, n.meta[STATE_WRITE])]
+
+
 def retire_state(graph: fx.Graph, state: fx.Node) -> None:
-    """Remove a state a later pass made redundant: its input (which must be unused by then)
-    and its renewed value from the outputs (the node itself stays where else it is used)."""
+    """Remove a state a later pass made redundant: its writes, then its input (which must
+    be unused by then)."""
+    for write in state_writes(graph, state.name):
+        if write.users:
+            raise SignatureError(f"the write {write.name} of {state.name} is still read by {list(write.users)}")
+        graph.erase_node(write)
     if state.users:
         raise SignatureError(f"state {state.name} is still read by {list(state.users)}")
-    out = output_node(graph)
-    names = out.meta[STATE_OUTPUTS]
-    position = names.index(state.name)
-    results = list(out.args[0])
-    first_state_output = len(results) - len(names)
-    del results[first_state_output + position]
-    out.args = (tuple(results),)
-    del names[position]
     graph.erase_node(state)
-
-
-def declare_state_outputs(graph: fx.Graph, renewed: Sequence[tuple[fx.Node, fx.Node]]) -> None:
-    """Append each `(new_value, state_input)` pair's new value to the graph's outputs."""
-    out = output_node(graph)
-    results = out.args[0]
-    results = tuple(results) if isinstance(results, (tuple, list)) else (results,)
-    out.args = (results + tuple(new for new, _ in renewed),)
-    out.meta.setdefault(STATE_OUTPUTS, []).extend(state.name for _, state in renewed)
 
 
 # ----------------------------------------------------------------------------- reading
 def graph_signature(gm: fx.GraphModule) -> GraphSignature:
     """Read the declarations of a rewritten graph; raise SignatureError where they disagree
-    (added inputs not at the end, index not first, outputs not renewing the states in order)."""
+    (added inputs not at the end, index not first, a write to something not a state)."""
     inputs = placeholders(gm.graph)
     added = [n for n in inputs if ROLE in n.meta]
     num_user_inputs = len(inputs) - len(added)
@@ -211,11 +204,11 @@ def graph_signature(gm: fx.GraphModule) -> GraphSignature:
     index, state_nodes = added[0], added[1 + takes_time:]
     if any(n.meta[ROLE] in (Role.ACTIVE_INDEX, Role.STEP_TIME) for n in state_nodes):
         raise SignatureError("an index or step time among the states")
-    out = output_node(gm.graph)
-    renewed = out.meta.get(STATE_OUTPUTS, [])
-    if renewed != [n.name for n in state_nodes]:
-        raise SignatureError(f"the outputs renew {renewed}, the inputs hold {[n.name for n in state_nodes]}")
-    results = out.args[0]
+    names = {n.name for n in state_nodes}
+    strays = [w.name for w in state_writes(gm.graph) if w.meta[STATE_WRITE] not in names or w.args[0].name not in names]
+    if strays:
+        raise SignatureError(f"in-place writes to something other than a state: {strays}")
+    results = output_node(gm.graph).args[0]
     num_outputs = len(results) if isinstance(results, (tuple, list)) else 1
     num_image_tokens = None
     states = []
@@ -228,5 +221,5 @@ def graph_signature(gm: fx.GraphModule) -> GraphSignature:
             num_image_tokens = int(ex.shape[token_dim])
     if num_image_tokens is None:
         raise SignatureError("no out_cache or history state: the number of image tokens is unknown")
-    return GraphSignature(num_user_inputs, num_outputs - len(states), num_image_tokens,
+    return GraphSignature(num_user_inputs, num_outputs, num_image_tokens,
                           index.meta["example_value"].device, tuple(states), takes_time)

@@ -16,15 +16,15 @@ def build(family: str, batch: int, dtype, **size):
     return model.to(dtype).eval(), cast(kwargs, dtype), n
 
 
-def check_oracle(family: str, batch: int, dtype, subsets, lowering="eager", **size):
+def check_oracle(family: str, batch: int, dtype, subsets, lowering="eager", options=None, **size):
     """Runs the oracle; returns the controller for further checks. `subsets` are lists of
-    image-token positions or callables n -> positions."""
+    image-token positions or callables n -> positions; `options`: more backend options."""
     torch._dynamo.reset()  # hypothesis runs many examples inside one test
     model, kwargs, n = build(family, batch, dtype, **size)
     tol = TOLERANCE[dtype]
     with torch.no_grad():
         reference = model(**kwargs, return_dict=False)[0]
-        compiled = torch.compile(model, backend="jano", options={"lowering": lowering})
+        compiled = torch.compile(model, backend="jano", options={"lowering": lowering, **(options or {})})
         ctl = jano_compile.controller(compiled)
         full = compiled(**kwargs, return_dict=False)[0]
         stats = ctl.stats()

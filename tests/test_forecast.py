@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import jano_compile
-from jano_compile.passes.forecast import forecast_output, shift_history
+from jano_compile.passes.forecast import forecast_output, write_shifted_history
 
 from .models import flux, sd3
 from .test_adaptive import batched_cfg_loop, euler_loop
@@ -62,14 +62,20 @@ def test_equal_or_missing_times_hold_the_last_output():
     torch.testing.assert_close(one_slot, h0)
 
 
-def test_shift_history_moves_only_the_computed_tokens():
+def test_shift_history_moves_only_the_computed_tokens_in_place():
+    graph = torch.fx.Graph()
+    index, time, fresh, h0, h1, t0, t1 = (graph.placeholder(name) for name in
+                                          ("index", "time", "fresh", "h0", "h1", "t0", "t1"))
+    write_shifted_history(graph, index, time, fresh, [h0, h1], [t0, t1])
+    graph.output(())
+    shift = torch.fx.GraphModule(torch.nn.Module(), graph)
     h = [torch.zeros(1, 4, 2), torch.ones(1, 4, 2)]
     times = [torch.tensor([1.0, 1.0, 1.0, 1.0]), torch.tensor([0.0, 0.0, 0.0, 0.0])]
-    fresh = torch.full((1, 2, 2), 7.0, dtype=torch.bfloat16)
-    h0, h1, t0, t1 = shift_history(torch.tensor([1, 3]), torch.tensor(2.0), fresh, h, times)
-    assert h0.dtype == torch.float32
-    assert h0[0, :, 0].tolist() == [0, 7, 0, 7] and h1[0, :, 0].tolist() == [1, 0, 1, 0]
-    assert t0.tolist() == [1, 2, 1, 2] and t1.tolist() == [0, 1, 0, 1]
+    storages = [t.data_ptr() for t in h + times]
+    shift(torch.tensor([1, 3]), torch.tensor(2.0), torch.full((1, 2, 2), 7.0, dtype=torch.bfloat16), *h, *times)
+    assert [t.data_ptr() for t in h + times] == storages and h[0].dtype == torch.float32
+    assert h[0][0, :, 0].tolist() == [0, 7, 0, 7] and h[1][0, :, 0].tolist() == [1, 0, 1, 0]
+    assert times[0].tolist() == [1, 2, 1, 2] and times[1].tolist() == [0, 1, 0, 1]
 
 
 SCHEDULE = dict(warmup_steps=3, cooldown_steps=2, static_interval=2, medium_interval=2,

@@ -18,3 +18,14 @@ def test_one_compile_serves_every_active_count(family):
     assert stats["compiles"] == 1, "the rewritten graph was lowered more than once"
     assert counters["stats"]["unique_graphs"] == 1
     assert stats["calls"] == 1 + len(subsets)
+
+
+def test_static_lengths_through_inductor():
+    """static_shapes=True: the full step runs the full variant, each bucket of active
+    counts its own static graph (3 and 4 tokens share one), all equal to the eager model."""
+    subsets = [[0, 1, 2], [0, 1, 2, 3], list(range(5)), [0, 1, 2]]
+    ctl, n = check_oracle("flux", 1, torch.float32, subsets, lowering="inductor",
+                          options={"static_shapes": True}, h=8, w=8)
+    stats = ctl.stats()
+    assert (n, stats["static_graphs"], stats["compiles"]) == (64, 2, 3)
+    assert stats["compile_seconds"] > 0

@@ -1,11 +1,12 @@
 """The signature of a rewritten graph describes every added input and output, in order,
-with the real dtypes and shapes the graph reads and returns."""
+with the real dtypes and shapes the graph reads; the graph writes its states in place."""
 import pytest
 import torch
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from jano_compile.fake_inputs import fake_inputs
-from jano_compile.passes.signature import Role, SignatureError, graph_signature
+from jano_compile.passes.signature import (STATE_WRITE, Role, SignatureError, graph_signature, placeholders,
+                                           state_writes)
 
 from .capture import snapshot
 from .models import flux, sd3
@@ -34,24 +35,25 @@ def test_signature_describes_every_added_input_and_output(family, dtype):
     assert [s.layer for s in sig.states[1::2]] == list(range(report.self_attention_count))
     assert sig.num_image_tokens == n
 
-    # run the rewritten graph on fakes built from the signature: the renewed states come
-    # back after the user outputs, with the shapes and real dtypes the signature states
+    # run the rewritten graph on fakes built from the signature: only the user outputs come
+    # back; every state is written in place (one write per K/V cache, one for out_cache)
     mode, fakes = fake_inputs(sig, [p.meta["example_value"] for p in user], num_active=3)
     with mode:
         outs = FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
-    user_out, renewed = sig.split_outputs(outs)
     original_out = next(x for x in before.graph.nodes if x.op == "output").args[0]
-    assert len(user_out) == len(original_out)
-    assert [(tuple(t.shape), t.dtype) for t in renewed] == [(s.shape, s.dtype) for s in sig.states]
+    assert len(outs) == len(original_out) == sig.num_user_outputs
+    written = [w.meta[STATE_WRITE] for w in state_writes(gm.graph)]
+    assert sorted(written) == sorted(s.name for s in sig.states)
     assert sig.states[0].dtype == dtype and all(s.token_dim in (1, 2) for s in sig.states)
     assert sig.states[0].shape[sig.states[0].token_dim] == n
     assert report.cache_bytes == sum(s.nbytes for s in sig.states)
 
 
-def test_signature_rejects_outputs_out_of_order():
+def test_signature_rejects_a_write_to_a_user_input():
     model, kwargs, _ = flux()
     gm = snapshot(model.eval(), **kwargs).after[0]
-    out = next(x for x in gm.graph.nodes if x.op == "output")
-    out.meta["jano_state_outputs"] = list(reversed(out.meta["jano_state_outputs"]))
-    with pytest.raises(SignatureError, match="renew"):
+    write = state_writes(gm.graph)[0]
+    user_input = placeholders(gm.graph)[0]
+    write.args = (user_input, *write.args[1:])
+    with pytest.raises(SignatureError, match="other than a state"):
         graph_signature(gm)

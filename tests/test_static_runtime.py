@@ -1,0 +1,178 @@
+"""The GPU path of the runtime, on the CPU where it can run: states written in place,
+static index lengths (exact and bucketed, padded by repeating an active position), and the
+static-buffer calls that CUDA graphs replay. The CUDA-graph tests run where CUDA is."""
+import copy
+
+import pytest
+import torch
+
+import jano_compile
+from jano_compile.passes.signature import Role
+from jano_compile.runner import BUCKETS, bucket_length, padded_index
+
+from .models import FAMILIES, flux
+from .oracle import TOLERANCE, check_oracle
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def test_bucket_length_is_the_smallest_bucket_that_holds_n():
+    for n_tokens in (16, 64, 100, 4096):
+        step = -(-n_tokens // BUCKETS)
+        for n in range(1, n_tokens + 1):
+            length = bucket_length(n, n_tokens)
+            assert n <= length <= n_tokens and (length % step == 0 or length == n_tokens)
+            assert length - n < step
+
+
+def test_padding_repeats_an_active_position():
+    index = torch.tensor([2, 5, 9])
+    padded = padded_index(index, 6)
+    assert padded.tolist()[:3] == [2, 5, 9] and set(padded.tolist()) == {2, 5, 9}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_static_lengths_agree_with_the_eager_model(family):
+    """Counts just below, at and above a bucket edge, 0 and all: one static graph per
+    bucket, each equal to the eager model (the oracle)."""
+    size = dict(h=8, w=8)
+    n = 64 * (2 if family in ("wan", "cogvideox", "cogvideox_rope") else 1)
+    step = -(-n // BUCKETS)
+    subsets = [[], list(range(step - 1)), list(range(step)), list(range(step + 1)),
+               list(range(0, n, 2)), list(range(n))]
+    ctl, _ = check_oracle(family, 2, torch.float32, subsets, options={"static_shapes": True}, **size)
+    expected = {bucket_length(len(s), n) for s in subsets if s}
+    assert ctl.stats()["static_graphs"] == len(expected) == 4
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality (NaN equal to the same NaN)."""
+    return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
+def _states(ctl):
+    (graph,) = ctl._graphs.values()
+    ((_, state),) = [(k, s) for k, s in ctl.store._states.items()]
+    return graph.signature, state
+
+
+@pytest.mark.parametrize("reuse", ["hold", "forecast"])
+def test_states_are_written_in_place(reuse):
+    """After a partial step the states are the same tensors (same storage), and the rows of
+    the tokens it skipped are bitwise unchanged: K/V, held outputs, forecast history."""
+    model, kwargs, n = flux(b=2, h=4, w=4)
+    f = torch.compile(model.eval(), backend="jano", options={"lowering": "eager", "reuse": reuse})
+    ctl = jano_compile.controller(f)
+    with torch.no_grad():
+        f(**kwargs, return_dict=False)
+        sig, state = _states(ctl)
+        before = [t.clone() for t in state.tensors]
+        addresses = [t.data_ptr() for t in state.tensors]
+        active = torch.tensor([1, 6, 7, 12])
+        ctl.set_active(active)
+        f(**{**kwargs, "hidden_states": kwargs["hidden_states"] + 1}, return_dict=False)
+    skipped = torch.tensor([i for i in range(n) if i not in active.tolist()])
+    assert [t.data_ptr() for t in state.tensors] == addresses
+    changed = 0
+    for spec, old, new in zip(sig.states, before, state.tensors):
+        text = spec.shape[spec.token_dim] - n          # FLUX: [text | image]
+        rows = skipped + text
+        assert _same_bits(old.index_select(spec.token_dim, rows), new.index_select(spec.token_dim, rows)), spec.name
+        changed += not _same_bits(old, new)
+    assert changed == len(sig.states)    # and each state took the computed tokens' rows
+    assert {s.role for s in sig.states} >= ({Role.HISTORY} if reuse == "forecast" else {Role.OUT_CACHE})
+
+
+def _cfg_steps(f, ctl, kwargs, n):
+    """Split CFG by hand: per step a cond and an uncond call (their own branch), full
+    steps, then two active sets of different lengths; returns every output."""
+    uncond = {**kwargs, "encoder_hidden_states": torch.zeros_like(kwargs["encoder_hidden_states"])}
+    outputs = []
+    plan = [None, None, torch.arange(0, n, 3), torch.arange(0, n, 3), torch.arange(5), None, torch.arange(5)]
+    with torch.no_grad():
+        for step, index in enumerate(plan):
+            for branch, kw in (("cond", kwargs), ("uncond", uncond)):
+                ctl.branch_name = branch
+                if index is None:
+                    ctl.refresh()
+                else:
+                    ctl.set_active(index)
+                x = kw["hidden_states"] * (1 + 0.1 * step)
+                outputs.append(f(**{**kw, "hidden_states": x}, return_dict=False)[0])
+    return outputs
+
+
+def test_static_buffer_calls_equal_direct_calls():
+    """`cuda_graphs=True` on a CPU: every call copies its inputs and index into buffers the
+    runner owns and runs on those (what a CUDA graph replays). Split CFG, two lengths and
+    refreshes give the same outputs, bitwise, as direct calls."""
+    model, kwargs, n = flux(b=1, h=4, w=4)
+    model.eval()
+    results = {}
+    for static in (False, True):
+        m = copy.deepcopy(model)
+        f = torch.compile(m, backend="jano", options={"lowering": "eager", "cuda_graphs": static})
+        ctl = jano_compile.controller(f)
+        results[static] = _cfg_steps(f, ctl, kwargs, n)
+        (graph,) = ctl._graphs.values()
+        assert bool(graph.runner._calls) == static
+        assert ctl.stats()["cuda_graphs"] == 0      # no capture off CUDA
+    for direct, buffered in zip(results[False], results[True]):
+        assert torch.equal(direct, buffered)
+    assert not torch.equal(results[True][0], results[True][1])   # the branches differ
+
+
+@cuda
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_cuda_graphs_reduce_overhead(family):
+    """mode="reduce-overhead": every step a replay, equal to the eager model; no cudagraph
+    skip; an output held across the other branch's replay stays as it was."""
+    from torch._dynamo.utils import counters
+    counters.clear()
+    subsets = [list(range(5)), list(range(0, 64, 2)), list(range(5)), list(range(64))]
+    model, kwargs, n = FAMILIES[family].build(b=1, h=8, w=8)
+    model = model.to("cuda").eval()
+    kwargs = {k: v.to("cuda") if torch.is_tensor(v) else v for k, v in kwargs.items()}
+    tol = TOLERANCE[torch.float32]
+    with torch.no_grad():
+        reference = model(**kwargs, return_dict=False)[0]
+        f = torch.compile(model, backend="jano", mode="reduce-overhead")
+        ctl = jano_compile.controller(f)
+        for _ in range(2):
+            ctl.refresh()
+            torch.testing.assert_close(f(**kwargs, return_dict=False)[0], reference, **tol)
+            for positions in subsets:
+                ctl.set_active(torch.tensor(positions))
+                held = f(**kwargs, return_dict=False)[0]
+                copy_of_held = held.clone()
+                torch.testing.assert_close(held, reference, **tol)
+                ctl.set_active(torch.tensor(positions))
+                f(**{**kwargs, "hidden_states": kwargs["hidden_states"] * 0}, return_dict=False)
+                assert torch.equal(held, copy_of_held)
+                ctl.refresh()
+                f(**kwargs, return_dict=False)
+    stats = ctl.stats()
+    assert stats["cuda_graphs"] >= 3 and not stats["capture_failures"], stats
+    assert counters["inductor"]["cudagraph_skips"] == 0
+
+
+@cuda
+def test_cuda_graphs_in_a_pipeline_equal_uncaptured_steps():
+    """enable(pipe, mode="reduce-overhead") on a GPU: the automatic schedule (full, dense,
+    partial and skipped steps) replayed as CUDA graphs gives the image of the same steps
+    run without capture."""
+    from .pipelines import flux_pipeline
+    images, stats = {}, {}
+    for mode in (None, "reduce-overhead"):
+        torch.manual_seed(0)
+        pipe, inputs = flux_pipeline()
+        pipe.to("cuda")
+        inputs = {k: v.to("cuda") if torch.is_tensor(v) else v for k, v in inputs.items()}
+        ctl = jano_compile.enable(pipe, mode=mode)
+        with torch.no_grad():
+            images[mode] = pipe(**inputs, num_inference_steps=12,
+                                generator=torch.Generator("cuda").manual_seed(0)).images
+        stats[mode] = ctl.stats()
+    assert stats["reduce-overhead"]["cuda_graphs"] >= 2 and stats[None]["cuda_graphs"] == 0
+    assert stats["reduce-overhead"]["compute_saved"] > 0
+    torch.testing.assert_close(images["reduce-overhead"], images[None], atol=1e-4, rtol=1e-4)
