@@ -1,6 +1,8 @@
-"""Shared pieces of the benchmarks: the FLUX-architecture transformer and a timer."""
+"""Shared pieces of the benchmarks: the FLUX-architecture transformer, compiling it plain
+and with jano in one torch.compile mode, timers and peak memory."""
 from __future__ import annotations
 
+import functools
 import random
 import statistics
 import time
@@ -35,6 +37,15 @@ def add_size_args(parser) -> None:
     parser.add_argument("--layers", type=int, default=None, help="double-stream blocks (default 2; 19 with --flux-dev)")
     parser.add_argument("--single-layers", type=int, default=None,
                         help="single-stream blocks (default 4; 38 with --flux-dev)")
+
+
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def add_mode_arg(parser) -> None:
+    """`--mode`: the torch.compile mode of both plain Inductor and jano."""
+    parser.add_argument("--mode", choices=MODES, default=None,
+                        help="torch.compile mode, the same for plain Inductor and jano (default: none given)")
 
 
 def size_from_args(args) -> FluxSize:
@@ -73,6 +84,20 @@ def build_flux(size: FluxSize, batch: int, dtype, device, seed: int = 0):
     return model, kwargs
 
 
+def compile_plain(model, mode=None):
+    return torch.compile(model, backend="inductor", dynamic=False, mode=mode)
+
+
+def compile_jano(model, mode=None, options=None):
+    """torch.compile(model, backend="jano") with `mode` and `options`. torch.compile refuses
+    both at once, so then the backend gets them as torch's wrapper would pass each alone."""
+    if mode and options:
+        from jano_compile import jano_backend
+        return torch.compile(model, backend=functools.partial(jano_backend, mode=mode, options=options),
+                             dynamic=False)
+    return torch.compile(model, backend="jano", dynamic=False, mode=mode, options=options)
+
+
 def sampled_index(n: int, fraction: float) -> torch.Tensor:
     """A fixed random set of round(fraction * n) of the n image-token positions, sorted."""
     return torch.tensor(sorted(random.Random(0).sample(range(n), round(fraction * n))))
@@ -102,6 +127,46 @@ def time_call(fn, repeats: int, device) -> list[float]:
         sync(device)
         times.append(time.perf_counter() - t0)
     return times
+
+
+def first_call_seconds(fn, device, calls: int = 3) -> float:
+    """Wall seconds of the first of `calls` calls of `fn` (compile included); the others
+    warm it up (under reduce-overhead: the CUDA-graph warm-up run and capture)."""
+    first = time_call(fn, 1, device)[0]
+    time_call(fn, calls - 1, device)
+    return first
+
+
+def peak_memory(fn, device):
+    """(fn(), (bytes allocated before it, torch.cuda.max_memory_allocated during it));
+    None for the bytes off CUDA."""
+    if not str(device).startswith("cuda"):
+        return fn(), None
+    sync(device)
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    result = fn()
+    sync(device)
+    return result, (start, torch.cuda.max_memory_allocated())
+
+
+JANO_STATS = ("graphs", "compiles", "compile_seconds", "static_graphs", "cuda_graphs", "capture_failures")
+
+
+def jano_summary(stats) -> str:
+    """The compile and capture counts of `ctl.stats()`, those it has."""
+    def show(value):
+        return f"{value:.1f}" if isinstance(value, float) else str(value)
+    return "jano: " + ", ".join(f"{k} {show(stats[k])}" for k in JANO_STATS if k in stats)
+
+
+def cudagraph_skips() -> int:
+    """Inductor's count of graphs it ran without CUDA graphs (0 is the target under reduce-overhead)."""
+    return torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
+
+
+def mib(nbytes) -> str:
+    return f"{nbytes / 2 ** 20:.1f} MiB"
 
 
 def median(xs) -> float:

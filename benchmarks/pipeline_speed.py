@@ -7,6 +7,9 @@ quantile rule to 30% active, 30% medium, 40% static. With the default schedule (
 active steps of 50) that allows about 1.9x.
 
     python benchmarks/pipeline_speed.py [--threads 1] [--device cuda --dtype bfloat16 --flux-dev]
+        [--mode reduce-overhead]
+
+The first generation of each (compiles, CUDA-graph captures and all steps) is timed apart.
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from collections import defaultdict
 import torch
 
 import jano_compile
-from common import add_size_args, build_flux, describe, median, size_from_args, sync
+from common import (add_mode_arg, add_size_args, build_flux, compile_jano, compile_plain, cudagraph_skips,
+                    describe, jano_summary, median, size_from_args, sync)
 
 SCHEDULE = dict(warmup_steps=6, cooldown_steps=4, static_interval=10, medium_interval=5,
                 threshold_mode="quantile", static_fraction=0.4, medium_fraction=0.3)
@@ -49,20 +53,21 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None)
+    add_mode_arg(p)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     size = size_from_args(args)
     model, kwargs = build_flux(size, 1, getattr(torch, args.dtype), args.device)
-    print(f"{describe(size)}, {args.steps} steps, {args.dtype}, {args.device}, {torch.get_num_threads()} threads")
+    print(f"{describe(size)}, {args.steps} steps, {args.dtype}, {args.device}, mode {args.mode or 'none'}, "
+          f"{torch.get_num_threads()} threads")
     with torch.no_grad():
-        plain = torch.compile(model, dynamic=False)
-        jano = torch.compile(model, backend="jano", dynamic=False,
-                             options={**SCHEDULE, "num_inference_steps": args.steps})
+        plain = compile_plain(model, args.mode)
+        jano = compile_jano(model, args.mode, {**SCHEDULE, "num_inference_steps": args.steps})
         ctl = jano_compile.controller(jano)
-        print("compiling ...", flush=True)
-        generate(plain, kwargs, 2, args.device)
-        generate(jano, kwargs, args.steps, args.device, ctl)   # compiles, runs the schedule once
+        print("first generations (compiles included) ...", flush=True)
+        first = {"plain": generate(plain, kwargs, args.steps, args.device)[0],
+                 "jano": generate(jano, kwargs, args.steps, args.device, ctl)[0]}
         totals = {"plain": [], "jano": []}
         phases = defaultdict(list)
         for run in range(args.runs):
@@ -86,6 +91,10 @@ def main(argv=None):
     for phase in ("warmup", "refresh", "medium", "active", "cooldown"):
         if phases.get(phase):
             print(f"| {phase} | {counts[phase]} | {median(phases[phase]) * 1e3:.1f} |")
+    print(f"\nfirst generation (compiles, captures and {args.steps} steps): "
+          f"plain {first['plain']:.1f} s, jano {first['jano']:.1f} s")
+    print(jano_summary(stats))
+    print(f"cudagraph skips: {cudagraph_skips()}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Where a step's time goes: plain torch.compile against jano at given active fractions,
-under torch.profiler. Prints wall time, the time kernels kept the device busy, and the ops
-that took the most device (or, on a CPU, host) time.
+under torch.profiler. Prints wall time, the time kernels kept the device busy and their
+ratio (host work the device waits on shows as wall above busy), and the ops that took the
+most device (or, on a CPU, host) time.
 
     python benchmarks/profile_step.py --flux-dev --layers 2 --single-layers 4 --dtype bfloat16 --device cuda
+        [--mode reduce-overhead]
 """
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 import jano_compile
-from common import (add_size_args, build_flux, describe, jano_step, median, sampled_index,
-                    size_from_args, time_call)
+from common import (add_mode_arg, add_size_args, build_flux, compile_jano, compile_plain,
+                    cudagraph_skips, describe, jano_step, median, sampled_index, size_from_args,
+                    time_call)
 
 
 def main(argv=None):
@@ -25,24 +28,28 @@ def main(argv=None):
     p.add_argument("--fractions", default="1.0,0.3")
     p.add_argument("--calls", type=int, default=3, help="profiled calls per setting")
     p.add_argument("--rows", type=int, default=12, help="ops listed per setting")
+    add_mode_arg(p)
     args = p.parse_args(argv)
     size = size_from_args(args)
     cuda = args.device.startswith("cuda")
     model, kwargs = build_flux(size, 1, getattr(torch, args.dtype), args.device)
     n = size.grid ** 2
-    print(f"{describe(size)}, {args.dtype}, {args.device}, torch {torch.__version__}")
+    print(f"{describe(size)}, {args.dtype}, {args.device}, mode {args.mode or 'none'}, torch {torch.__version__}")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     sort_key = "self_device_time_total" if cuda else "self_cpu_time_total"
     with torch.no_grad():
-        plain = torch.compile(model, dynamic=False)
-        jano = torch.compile(model, backend="jano", dynamic=False)
+        plain = compile_plain(model, args.mode)
+        jano = compile_jano(model, args.mode)
         ctl = jano_compile.controller(jano)
+        jano_step(ctl, jano, kwargs, torch.arange(n), n)   # the first jano call must be full
         settings = {"plain torch.compile": lambda: plain(**kwargs)}
         for f in (float(x) for x in args.fractions.split(",")):
             index = sampled_index(n, f)
             settings[f"jano {f:.0%} active"] = lambda index=index: jano_step(ctl, jano, kwargs, index, n)
-        for call in settings.values():   # compile and warm
-            call(), call()
+        for call in settings.values():   # compile, warm up and (reduce-overhead) capture
+            call(), call(), call()
+        busy_label = "device busy" if cuda else "host self time"
+        summary = []
         for name, call in settings.items():
             wall = median(time_call(call, 5, args.device))
             with profile(activities=activities) as prof:
@@ -54,9 +61,13 @@ def main(argv=None):
             # kernels only: a Triton launch is listed both as an op and as its kernel
             leaves = [e for e in events if e.device_type == DeviceType.CUDA] if cuda else events
             busy = sum(getattr(e, sort_key) for e in leaves) / args.calls / 1e3
-            print(f"\n== {name}: wall {wall * 1e3:.2f} ms per call; "
-                  f"{'device busy' if cuda else 'host self time'} {busy:.2f} ms per call")
+            summary.append(f"| {name} | {wall * 1e3:.2f} | {busy:.2f} | {wall * 1e3 / busy:.2f} |")
+            print(f"\n== {name}: wall {wall * 1e3:.2f} ms per call; {busy_label} {busy:.2f} ms per call; "
+                  f"wall / busy {wall * 1e3 / busy:.2f}")
             print(events.table(sort_by=sort_key, row_limit=args.rows, max_name_column_width=60))
+    print(f"\n| setting | wall (ms) | {busy_label} (ms) | wall / busy |\n|---|---|---|---|")
+    print("\n".join(summary))
+    print(f"\ncudagraph skips: {cudagraph_skips()}")
 
 
 if __name__ == "__main__":

@@ -3,22 +3,29 @@ jano at several fractions of active image tokens, in one run, medians of several
 
     python benchmarks/step_speed.py                       # CPU size: ~1 s per full step here
     python benchmarks/step_speed.py --flux-dev --dtype bfloat16 --device cuda [--layers 5 --single-layers 10]
+        [--mode reduce-overhead]
 
-Rounds alternate plain and jano steps so that machine noise hits both alike.
+Rounds alternate plain and jano steps so that machine noise hits both alike. Each partial
+fraction f also gets its bound: n = f * N active image tokens cannot cost less than a
+static-shape graph with T + n queries against T + N keys (T text tokens). It is measured
+as plain Inductor on only the T + n tokens, plus for each attention layer the extra time of
+T + n queries against T + N keys over T + n keys (eager scaled_dot_product_attention).
+On CUDA it also reports the peak memory of plain and of jano, each alone.
 """
 from __future__ import annotations
 
 import argparse
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 import jano_compile
-from common import (add_size_args, build_flux, describe, jano_step, median, sampled_index,
-                    size_from_args, time_call)
+from common import (add_mode_arg, add_size_args, build_flux, compile_jano, compile_plain,
+                    cudagraph_skips, describe, first_call_seconds, jano_step, jano_summary, median,
+                    mib, peak_memory, sampled_index, size_from_args, time_call)
 
-
-def main(argv=None):
+def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_size_args(p)
     p.add_argument("--batch", type=int, default=1)
@@ -28,48 +35,129 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5, help="timed rounds (median reported)")
     p.add_argument("--steps", type=int, default=2, help="steps per round and setting")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--recipe", choices=["forecast", "paper"], default=None,
-                   help="jano recipe (paper: held outputs, no forecast history at the exit)")
-    args = p.parse_args(argv)
+    # torch.compile takes a mode or options, not both
+    exclusive = p.add_mutually_exclusive_group()
+    exclusive.add_argument("--recipe", choices=["forecast", "paper"], default=None,
+                           help="jano recipe (paper: held outputs, no forecast history at the exit); not with --mode")
+    add_mode_arg(exclusive)
+    return p.parse_args(argv)
+
+
+def only_tokens(kwargs, index: torch.Tensor) -> dict:
+    """The model's inputs restricted to the image tokens at `index` (all text tokens kept)."""
+    index = index.to(kwargs["hidden_states"].device)
+    return {**kwargs, "hidden_states": kwargs["hidden_states"][:, index].contiguous(),
+            "img_ids": kwargs["img_ids"][index].contiguous()}
+
+
+def sdpa_seconds(size, batch: int, queries: int, keys: int, dtype, device, calls: int = 20) -> float:
+    """Median seconds of one eager scaled_dot_product_attention of `queries` against `keys`
+    tokens on [batch, heads, tokens, head_dim] tensors, `calls` calls per timing."""
+    def randn(tokens):
+        return torch.randn(batch, size.heads, tokens, size.head_dim, dtype=dtype, device=device)
+    q, k, v = randn(queries), randn(keys), randn(keys)
+
+    def attend():
+        for _ in range(calls):
+            F.scaled_dot_product_attention(q, k, v)
+    attend()
+    return median(time_call(attend, 5, device)) / calls
+
+
+def extra_attention_seconds(size, batch: int, active: int, dtype, device) -> float:
+    """What attending to every cached key adds to a graph of T + n tokens, over all layers."""
+    t, n_all = size.text, size.grid ** 2
+    layers = size.layers + size.single_layers
+    return layers * (sdpa_seconds(size, batch, t + active, t + n_all, dtype, device)
+                     - sdpa_seconds(size, batch, t + active, t + active, dtype, device))
+
+
+def print_table(n, indices, times, bounds) -> None:
+    base = median(times["plain"])
+    print("| setting | active image tokens | step time (ms) | ratio to plain | bound (ms) | jano / bound |")
+    print("|---|---|---|---|---|---|")
+    print(f"| plain torch.compile (Inductor) | {n} | {base * 1e3:.1f} | 1.00x | | |")
+    for f, index in indices.items():
+        t = median(times[f])
+        bound = bounds.get(f, base)   # all tokens: the bound is plain itself
+        label = "jano, refresh (100%)" if f >= 1 else f"jano, {round(f * 100)}% active"
+        print(f"| {label} | {len(index)} | {t * 1e3:.1f} | {t / base:.2f}x | {bound * 1e3:.1f} | {t / bound:.2f}x |")
+
+
+def print_memory(memory, stats) -> None:
+    """Peak memory of plain and jano, each `(bytes allocated at its start, peak)` or None off CUDA."""
+    cache = stats["cache_bytes"]
+    print(f"jano cache bytes: {mib(cache)}")
+    if memory["plain"] is None:
+        return
+    (plain_start, plain_peak), (jano_start, jano_peak) = memory["plain"], memory["jano"]
+    # jano's phase starts with what plain keeps (weights, its CUDA-graph pool): compare what
+    # each adds at its peak over what was allocated at its start
+    plain_extra, jano_extra = plain_peak - plain_start, jano_peak - jano_start
+    ok = jano_extra <= plain_extra + 1.1 * cache
+    print(f"peak memory allocated, compiles and warm-up included: plain {mib(plain_peak)} "
+          f"({mib(plain_start)} at its start, +{mib(plain_extra)}), jano {mib(jano_peak)} "
+          f"({mib(jano_start)} at its start, +{mib(jano_extra)}); "
+          f"jano's addition <= plain's + 1.1 x cache bytes: {'yes' if ok else 'NO'}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-
     size = size_from_args(args)
     dtype = getattr(torch, args.dtype)
-    model, kwargs = build_flux(size, args.batch, dtype, args.device)
+    device = args.device
+    model, kwargs = build_flux(size, args.batch, dtype, device)
     n = size.grid * size.grid
     fractions = [float(f) for f in args.fractions.split(",")]
-    print(f"{describe(size)}, batch {args.batch}, {args.dtype}, {args.device}, {torch.get_num_threads()} CPU threads, "
-          f"torch {torch.__version__}")
+    indices = {f: sampled_index(n, f) for f in fractions}
+    partial = [f for f in fractions if f < 1]
+    print(f"{describe(size)}, batch {args.batch}, {args.dtype}, {device}, mode {args.mode or 'none'}, "
+          f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}")
 
     with torch.no_grad():
-        plain = torch.compile(model, backend="inductor", dynamic=False)
-        jano = torch.compile(model, backend="jano", dynamic=False,
-                             options={"recipe": args.recipe} if args.recipe else None)
+        plain = compile_plain(model, args.mode)
+        jano = compile_jano(model, args.mode, {"recipe": args.recipe} if args.recipe else None)
         ctl = jano_compile.controller(jano)
-        for name, fn in (("plain Inductor", plain), ("jano", jano)):
-            print(f"compiling {name} ...", flush=True)
-            fn(**kwargs)
-            fn(**kwargs)
-        indices = {f: sampled_index(n, f) for f in fractions}
-        step = {f: (lambda f=f: jano_step(ctl, jano, kwargs, indices[f], n)) for f in fractions}
-        step[min(fractions)]()  # warm the partial path once
-        times = {"plain": []} | {f: [] for f in fractions}
+        settings = {"plain": lambda: plain(**kwargs)}
+        settings |= {f: (lambda f=f: jano_step(ctl, jano, kwargs, indices[f], n)) for f in fractions}
+        bound_kwargs = {f: only_tokens(kwargs, indices[f]) for f in partial}
+        settings |= {("bound", f): (lambda f=f: plain(**bound_kwargs[f])) for f in partial}
+
+        def warm_jano():
+            full = torch.arange(n)   # the first call must be full: it fills the caches
+            return ({"jano": first_call_seconds(lambda: jano_step(ctl, jano, kwargs, full, n), device)}
+                    | {f: first_call_seconds(settings[f], device) for f in partial})
+
+        print("compiling plain Inductor ...", flush=True)
+        memory = {}
+        first_plain, memory["plain"] = peak_memory(lambda: first_call_seconds(settings["plain"], device), device)
+        print("compiling jano ...", flush=True)
+        first, memory["jano"] = peak_memory(warm_jano, device)
+        first["plain"] = first_plain
+        print("compiling the bounds' static graphs ...", flush=True)
+        for f in partial:
+            first_call_seconds(settings["bound", f], device)
+
+        times = {name: [] for name in settings}
         for _ in tqdm(range(args.rounds), desc="rounds"):
-            times["plain"] += time_call(lambda: plain(**kwargs), args.steps, args.device)
-            for f in fractions:
-                times[f] += time_call(step[f], args.steps, args.device)
+            for name, step in settings.items():
+                times[name] += time_call(step, args.steps, device)
+        bounds = {f: median(times["bound", f])
+                  + extra_attention_seconds(size, args.batch, len(indices[f]), dtype, device) for f in partial}
+
     stats = ctl.stats()
     assert stats["rewritten"], stats["fallback_reason"]
-    base = median(times["plain"])
-    print(f"\njano compiles: {stats['compiles']} (one graph for every fraction)\n")
-    print("| setting | active image tokens | step time (ms) | ratio to plain |")
-    print("|---|---|---|---|")
-    print(f"| plain torch.compile (Inductor) | {n} | {base * 1e3:.1f} | 1.00x |")
-    for f in fractions:
-        t = median(times[f])
-        label = "jano, refresh (100%)" if f >= 1 else f"jano, {round(f * 100)}% active"
-        print(f"| {label} | {len(indices[f])} | {t * 1e3:.1f} | {t / base:.2f}x |")
+    print(f"\n{jano_summary(stats)}\n")
+    print_table(n, indices, times, bounds)
+    print("\nbound: plain Inductor on the T + n tokens alone, plus per attention layer the extra time of "
+          "T + n queries against T + N keys (eager scaled_dot_product_attention)")
+    print("\nfirst call, compile included (s): " + ", ".join(
+        [f"plain {first['plain']:.1f}", f"jano {first['jano']:.1f}"]
+        + [f"jano's first {round(f * 100)}% call {first[f]:.1f}" for f in partial]))
+    print_memory(memory, stats)
+    print(f"cudagraph skips: {cudagraph_skips()}")
 
 
 if __name__ == "__main__":
