@@ -49,6 +49,24 @@ def test_torch_compile_itself_refuses_mode_with_options():
     assert patches["max_autotune"] is False and patches["coordinate_descent_tuning"] is True
 
 
+
+def test_mode_among_the_options():
+    """What torch.compile refuses as two arguments goes as one option; told twice, it must agree."""
+    opts = parse_options(None, {"mode": "reduce-overhead", "lowering": "eager"})
+    assert opts.mode == "reduce-overhead" and opts.inductor_patches()["triton.cudagraphs"] is True
+    assert parse_options("reduce-overhead", {"mode": "reduce-overhead"}).mode == "reduce-overhead"
+    with pytest.raises(ValueError, match="disagree"):
+        parse_options("max-autotune", {"mode": "reduce-overhead"})
+    with pytest.raises(ValueError, match="unknown torch.compile mode 'fast'"):
+        parse_options(None, {"mode": "fast"})
+
+
+@pytest.mark.parametrize("key", ["static_shapes", "cuda_graphs"])
+def test_runtime_switches_take_booleans(key):
+    assert getattr(parse_options(None, {key: True}), key) is True
+    with pytest.raises(TypeError, match=f"'{key}' must be True, False or None"):
+        parse_options(None, {key: "yes"})
+
 # ---------------------------------------------------------------- Inductor settings
 @pytest.mark.parametrize("key,value,match", [
     ("cpp.threads", "many", r"'cpp.threads'.*must be of type int, got 'many' of type str"),
