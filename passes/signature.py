@@ -1,5 +1,5 @@
 """signature: the calling convention of a rewritten graph, declared by the passes that add
-inputs and outputs, read by lowering and runtime (and by nothing else).
+inputs and write states, read by lowering and runtime (and by nothing else).
 
 A rewritten graph takes the user's inputs, then the index (and the step time, where a
 pass forecasts), then every state tensor, and returns the user's outputs only: the graph
@@ -205,7 +205,8 @@ def graph_signature(gm: fx.GraphModule) -> GraphSignature:
     if any(n.meta[ROLE] in (Role.ACTIVE_INDEX, Role.STEP_TIME) for n in state_nodes):
         raise SignatureError("an index or step time among the states")
     names = {n.name for n in state_nodes}
-    strays = [w.name for w in state_writes(gm.graph) if w.meta[STATE_WRITE] not in names or w.args[0].name not in names]
+    strays = [w.name for w in state_writes(gm.graph)
+              if w.meta[STATE_WRITE] not in names or w.args[0].name not in names]
     if strays:
         raise SignatureError(f"in-place writes to something other than a state: {strays}")
     results = output_node(gm.graph).args[0]
