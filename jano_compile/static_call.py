@@ -26,9 +26,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-
-def _address(t) -> Optional[int]:
-    return t.data_ptr() if isinstance(t, torch.Tensor) else None
+# the check cudagraph trees make of their static inputs, in C++ (CUDA builds of torch)
+_pointers_equal = getattr(torch._C, "_tensors_data_ptrs_at_indices_equal", None)
 
 
 class StaticCall:
@@ -40,12 +39,15 @@ class StaticCall:
     def __init__(self, fn: Callable, args: Sequence, static: frozenset, capture: bool,
                  pool=None):
         self.fn = fn
-        self.static = static
         self.capture = capture
         self.pool = pool
-        self._static_addresses = [(i, _address(args[i])) for i in sorted(static)]
+        self._static = [i for i in sorted(static) if isinstance(args[i], torch.Tensor)]
+        self._static_pointers = [args[i].data_ptr() for i in self._static]
+        self._pointers_by_position = [None] * len(args)    # the C++ check's layout
+        for i, pointer in zip(self._static, self._static_pointers):
+            self._pointers_by_position[i] = pointer
         self._buffers = {i: a.clone() for i, a in enumerate(args)
-                         if i not in static and isinstance(a, torch.Tensor)}
+                         if i not in self._static and isinstance(a, torch.Tensor)}
         self._args = [self._buffers.get(i, a) for i, a in enumerate(args)]
         self._constants = [(i, a) for i, a in enumerate(args) if not isinstance(a, torch.Tensor)]
         self._graph: Optional[torch.cuda.CUDAGraph] = None
@@ -60,7 +62,10 @@ class StaticCall:
     def matches(self, args: Sequence) -> bool:
         """True when `args` fit this call: same static addresses, same buffer shapes, same
         non-tensor values."""
-        if any(_address(args[i]) != address for i, address in self._static_addresses):
+        if _pointers_equal is not None:
+            if not _pointers_equal(list(args), self._pointers_by_position, self._static):
+                return False
+        elif [args[i].data_ptr() for i in self._static] != self._static_pointers:
             return False
         if any(args[i] != value for i, value in self._constants):
             return False

@@ -9,6 +9,7 @@ import torch
 import jano_compile
 from jano_compile.passes.signature import Role
 from jano_compile.runner import BUCKETS, bucket_length, padded_index
+from jano_compile.static_call import StaticCall
 
 from .models import FAMILIES, flux
 from .oracle import TOLERANCE, check_oracle
@@ -43,6 +44,28 @@ def test_static_lengths_agree_with_the_eager_model(family):
     ctl, _ = check_oracle(family, 2, torch.float32, subsets, options={"static_shapes": True}, **size)
     expected = {bucket_length(len(s), n) for s in subsets if s}
     assert ctl.stats()["static_graphs"] == len(expected) == 4
+
+
+def test_a_static_call_runs_on_its_buffers_and_knows_when_inputs_moved():
+    """Activations are copied into its buffers at every call (the results follow the new
+    values); a static input with a new storage, a buffer of another shape or another
+    constant do not match (the runner then makes a new call)."""
+    weight, state = torch.ones(3), torch.zeros(3)
+
+    def fn(x, w, s, scale):
+        s.add_(x)                       # a state written in place
+        return (x * w * scale + s,)
+
+    x = torch.arange(3.0)
+    call = StaticCall(fn, [x, weight, state, 2.0], frozenset({1, 2}), capture=False)
+    assert torch.equal(call([x, weight, state, 2.0])[0], x * 2 + x)
+    y = torch.full((3,), 5.0)
+    assert call.matches([y, weight, state, 2.0])
+    assert torch.equal(call([y, weight, state, 2.0])[0], y * 2 + x + y)
+    assert state.tolist() == (x + y).tolist()            # the state itself was written
+    assert not call.matches([y, weight.clone(), state, 2.0])
+    assert not call.matches([torch.ones(4), weight, state, 2.0])
+    assert not call.matches([y, weight, state, 3.0])
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
