@@ -46,13 +46,13 @@ class StaticCall:
         self._pointers_by_position = [None] * len(args)    # the C++ check's layout
         for i, pointer in zip(self._static, self._static_pointers):
             self._pointers_by_position[i] = pointer
+        fixed = set(self._static)
         self._buffers = {i: a.clone() for i, a in enumerate(args)
-                         if i not in self._static and isinstance(a, torch.Tensor)}
+                         if i not in fixed and isinstance(a, torch.Tensor)}
         self._args = [self._buffers.get(i, a) for i, a in enumerate(args)]
         self._constants = [(i, a) for i, a in enumerate(args) if not isinstance(a, torch.Tensor)]
         self._graph: Optional[torch.cuda.CUDAGraph] = None
         self._outputs: Optional[tuple] = None
-        self.replays = 0
         self.failure: Optional[str] = None    # why the capture failed (it then runs uncaptured)
 
     @property
@@ -79,8 +79,7 @@ class StaticCall:
         if self._graph is None:
             return self._record()
         self._graph.replay()
-        self.replays += 1
-        return tuple(o.clone() for o in self._outputs)
+        return tuple(o.clone() if isinstance(o, torch.Tensor) else o for o in self._outputs)
 
     def _record(self) -> tuple:
         """The first call: run once for real on a side stream (Inductor compiles and
