@@ -1,8 +1,10 @@
-"""Quality against speed on the bundled model, in one run: plain torch.compile, jano, and
-diffusers' caches (FirstBlockCache, TaylorSeer, MagCache, PyramidAttentionBroadcast), each
-at its documented default and at a setting that does about half the work.
+"""Quality against speed on the bundled model, in one run: plain torch.compile, jano,
+diffusers' caches (FirstBlockCache, TaylorSeer, MagCache, PyramidAttentionBroadcast) and
+cache-dit's DBCache, each at its documented default and at a setting that does about half
+the work.
 
     python benchmarks/quality_speed.py [--seeds 8] [--steps 50] [--plot docs/quality_speed.png]
+                                       [--methods 'jano*,DBCache*']
 
 For every method and seed it measures
   - wall-clock time of a whole generation (speedup = plain median / method median; the
@@ -13,12 +15,26 @@ For every method and seed it measures
     against the full model run eagerly.
 jano and the baseline run under plain torch.compile (Inductor). diffusers' hooks break
 graphs, so each of its caches runs both eagerly and with regional compilation
-(`compile_repeated_blocks`); the table keeps the faster and says which.
+(`compile_repeated_blocks`); the table keeps the faster and says which. cache-dit's DBCache
+(`pip install cache-dit`) runs eagerly, with regional compilation, and with the whole
+transformer under torch.compile as cache-dit documents; again the fastest is kept.
 
 Settings that need tuning are found on a calibration seed that is never measured:
 MagCache's ratios as diffusers documents (one run with `calibrate=True`), and each
 "about half the work" setting by trying the method's own knob and keeping the value whose
 work is closest to 50%.
+
+DBCache's documented default is F8B0 (8 front blocks always computed), residual-diff
+threshold 0.08, 8 warm-up steps; cache-dit refuses F8 on a model with fewer than 8 blocks,
+and the bundled model has 4 (2 double-stream + 2 single-stream, which cache-dit's FLUX
+adapter runs as one list), so the default row uses F1B0 with every other field at its
+default, the configuration cache-dit's own DBCache tables show as "F1B0 (0.08)"; its
+"about half" searches residual_diff_threshold. The transformer-only interface needs
+num_inference_steps in the config; the context is refreshed before every image.
+
+--methods keeps only the rows whose "method: setting" matches one of the given
+comma-separated globs (case-insensitive), e.g. 'jano*,FirstBlockCache*about half*,DBCache*';
+plain torch.compile is always kept, as the baseline of speed and work.
 """
 from __future__ import annotations
 
@@ -26,8 +42,10 @@ import argparse
 import ast
 import contextlib
 import copy
+import fnmatch
 import io
 import json
+import os
 import re
 import statistics
 import time
@@ -41,6 +59,9 @@ from tqdm import tqdm
 from jano_compile.metrics import psnr, ssim
 from jano_compile.models import bundled
 from work_counter import WorkCounter
+
+# cache-dit logs every context it creates at INFO; keep warnings (set before it is imported)
+os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "warning")
 
 EXACT_DB = 100               # PSNR above this: the same image up to float rounding
 TARGET_DB = 30               # jano's quality target (issue 4)
@@ -77,10 +98,12 @@ class TimestepTracker:
 @dataclass
 class Variant:
     """One way of running a method: `transformer` is what the sampling loop calls;
-    `cached_module` is the diffusers model whose cache state is reset per image."""
+    `cached_module` is the diffusers model whose cache state is reset per image; `reset`,
+    if given, is called before every image (cache-dit's context refresh)."""
     run_as: str
     transformer: Callable
     cached_module: Optional[torch.nn.Module] = None
+    reset: Optional[Callable[[], None]] = None
     seconds: list = field(default_factory=list)
     images: list = field(default_factory=list)
 
@@ -97,6 +120,8 @@ class Method:
 
 def generate(model, variant: Variant, class_id: int, seed: int, steps: int) -> torch.Tensor:
     """One image [3, H, W] in [0, 1]."""
+    if variant.reset is not None:
+        variant.reset()
     module = variant.cached_module
     if module is not None:
         module._reset_stateful_cache()
@@ -157,20 +182,28 @@ def calibrate_mag_ratios(model, steps: int) -> list[float]:
     return [float(x) for x in ast.literal_eval(lines[-1])]
 
 
-def half_work_setting(model, steps: int, full_flops: int, candidates: dict[str, Callable]) -> tuple[str, Callable, float]:
+def half_work_setting(model, steps: int, full_flops: int, candidates: dict[str, Callable],
+                      eager_variant: Callable = None) -> tuple[str, Callable, float]:
     """(label, make_config, work) of the candidate whose work is closest to 50% on the
-    calibration seed."""
+    calibration seed; `eager_variant(model, make_config)` builds the counted run
+    (default: a diffusers cache, eager)."""
+    eager_variant = eager_variant or (lambda model, make_config: diffusers_variant(model, make_config, regional=False))
     found = []
     for label, make_config in candidates.items():
-        variant = diffusers_variant(model, make_config, regional=False)
+        variant = eager_variant(model, make_config)
         found.append((label, make_config, count_work(model, variant, 0, CALIBRATION_SEED, steps) / full_flops))
     return min(found, key=lambda f: abs(f[2] - 0.5))
 
 
-def diffusers_methods(model, steps: int, full_flops: int) -> list[Method]:
+def family_wanted(wanted: Callable, name: str, default_label: str, candidates: dict) -> bool:
+    """Whether any row of a family could pass the --methods filter (saves its calibration)."""
+    return any(wanted(name, s) for s in [default_label] + [f"{label} (about half)" for label in candidates])
+
+
+def diffusers_methods(model, steps: int, full_flops: int, wanted: Callable = lambda *_: True) -> list[Method]:
     from diffusers import (FirstBlockCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig,
                            TaylorSeerCacheConfig)
-    ratios = calibrate_mag_ratios(model, steps)
+    ratios = None   # MagCache's, calibrated below only if a MagCache row is wanted
     # diffusers' documented example (float32 Taylor factors; the dataclass default is bfloat16)
     taylor = dict(cache_interval=5, max_order=1, disable_cache_before_step=3, taylor_factors_dtype=torch.float32)
     families = {
@@ -198,12 +231,62 @@ def diffusers_methods(model, steps: int, full_flops: int) -> list[Method]:
                 current_timestep_callback=now))
              for k in (2, 3, 5, 10)}),
     }
+    families = {name: f for name, f in families.items() if family_wanted(wanted, name, f[0][0], f[1])}
+    if "MagCache" in families:
+        ratios = calibrate_mag_ratios(model, steps)
     methods = []
     for name, (default, candidates) in tqdm(families.items(), desc="calibrating diffusers caches"):
         methods.append(diffusers_method(model, name, default[0], default[1]))
         label, make_config, work = half_work_setting(model, steps, full_flops, candidates)
         methods.append(diffusers_method(model, name, f"{label} (about half)", make_config))
         methods[-1].notes.append(f"work {work:.0%} on the calibration seed")
+    return methods
+
+
+# cache-dit's DBCache. Documented default: DBCacheConfig() = F8B0, threshold 0.08, 8 warm-up
+# steps, no cap on cached steps. F8 needs at least 8 blocks (the bundled model has 4), so
+# Fn_compute_blocks=1 (cache-dit's "F1B0 (0.08)"); the rest stays at the defaults.
+DBCACHE = "DBCache (cache-dit)"
+DBCACHE_BASE = dict(Fn_compute_blocks=1, Bn_compute_blocks=0)
+DBCACHE_THRESHOLDS = (0.12, 0.16, 0.2, 0.25, 0.35, 0.5, 0.7, 1.0)   # searched for about half the work
+
+
+def dbcache_variant(model, make_config: Callable, run_as: str) -> Variant:
+    """A copy of the transformer with cache-dit's DBCache, run `eager`, with `regional
+    compile` (diffusers' compile_repeated_blocks) or under `torch.compile` as a whole (the
+    way cache-dit documents). Transformer-only use, as cache-dit documents it: the config
+    carries num_inference_steps, and the context is refreshed before each image."""
+    import cache_dit
+    module = copy.deepcopy(model.transformer)
+    cache_dit.enable_cache(module, cache_config=make_config())
+    if run_as == "regional compile":
+        module.compile_repeated_blocks()
+    call = torch.compile(module) if run_as == "torch.compile" else module
+    return Variant(run_as, call, reset=lambda: cache_dit.refresh_context(module, cache_config=make_config()))
+
+
+def dbcache_methods(model, steps: int, full_flops: int, wanted: Callable = lambda *_: True) -> list[Method]:
+    try:
+        from cache_dit import DBCacheConfig
+    except ImportError as e:
+        raise SystemExit(f"cache-dit is not installed ({e}): `pip install cache-dit`, "
+                         f"or leave DBCache out with --methods") from e
+
+    def config(**kw) -> Callable:
+        return lambda: DBCacheConfig(**{**DBCACHE_BASE, **kw, "num_inference_steps": steps})
+    default = ("F1B0, threshold 0.08, warm-up 8 (default, F1 for 4 blocks)", config())
+    candidates = {f"F1B0, threshold {t}": config(residual_diff_threshold=t) for t in DBCACHE_THRESHOLDS}
+    if not family_wanted(wanted, DBCACHE, default[0], candidates):
+        return []
+
+    def method(setting: str, make_config: Callable) -> Method:
+        eager = dbcache_variant(model, make_config, "eager")
+        return Method(DBCACHE, setting, [eager] + [dbcache_variant(model, make_config, run_as)
+                                                    for run_as in ("regional compile", "torch.compile")], eager)
+    label, make_config, work = half_work_setting(model, steps, full_flops, candidates,
+                                                 lambda model, make: dbcache_variant(model, make, "eager"))
+    methods = [method(*default), method(f"{label} (about half)", make_config)]
+    methods[-1].notes.append(f"work {work:.0%} on the calibration seed")
     return methods
 
 
@@ -282,7 +365,7 @@ def table(rows: list[dict]) -> str:
 def short_label(setting: str) -> str:
     """'threshold 0.1, calibrated (about half)' -> 'threshold 0.1'; 'default (quantile: ...)' -> 'default'."""
     label = setting.replace(", calibrated", "")
-    return re.sub(r" \((default|documented|about half|quantile[^)]*)\)$", "", label)
+    return re.sub(r" \((default[^)]*|documented|about half|quantile[^)]*)\)$", "", label)
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -292,7 +375,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     colours = {"jano": "tab:red", "FirstBlockCache": "tab:blue", "TaylorSeer": "tab:green",
-               "MagCache": "tab:purple", "PyramidAttentionBroadcast": "tab:orange"}
+               "MagCache": "tab:purple", "PyramidAttentionBroadcast": "tab:orange", DBCACHE: "tab:brown"}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     points = [r for r in rows if "speedup" in r and r["method"] in colours]
     top = min(max(r["psnr_mean"] for r in points) + 4, EXACT_DB)
@@ -327,6 +410,9 @@ def main(argv=None):
     p.add_argument("--plot", default="docs/quality_speed.png")
     p.add_argument("--json", default=None, help="also write the rows as JSON here")
     p.add_argument("--replot", default=None, metavar="JSON", help="only redraw the plot from a --json file")
+    p.add_argument("--methods", default="*", metavar="GLOBS",
+                   help="comma-separated globs on 'method: setting' (case-insensitive); only matching "
+                        "rows run, plain torch.compile always does (default: all)")
     args = p.parse_args(argv)
     if args.replot:
         saved = json.loads(Path(args.replot).read_text())
@@ -339,13 +425,20 @@ def main(argv=None):
     # many compiled copies of one forward: let each keep its own compiled code
     torch._dynamo.config.cache_size_limit = 256
     torch._dynamo.config.accumulated_cache_size_limit = 4096
+    globs = [g.strip().lower() for g in args.methods.split(",") if g.strip()]
+
+    def wanted(name: str, setting: str) -> bool:
+        return any(fnmatch.fnmatchcase(f"{name}: {setting}".lower(), g) for g in globs)
     model = bundled()
     seeds = list(range(args.seeds))
     with torch.no_grad():
         methods = [plain_method(model)]
-        methods += [jano_method(model, setting, options, args.steps) for setting, options in JANO_SETTINGS.items()]
+        methods += [jano_method(model, setting, options, args.steps) for setting, options in JANO_SETTINGS.items()
+                    if wanted("jano", setting)]
         full_flops = count_work(model, methods[0].counted, 0, CALIBRATION_SEED, args.steps)
-        methods += diffusers_methods(model, args.steps, full_flops)
+        methods += diffusers_methods(model, args.steps, full_flops, wanted)
+        methods += dbcache_methods(model, args.steps, full_flops, wanted)
+        methods = methods[:1] + [m for m in methods[1:] if wanted(m.name, m.setting)]
         warm_up(model, methods, args.steps)
         references = measure(model, methods, seeds, args.steps)
     rows = summarise(methods, references)
