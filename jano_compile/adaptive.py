@@ -2,7 +2,9 @@
 region levels, and each step's index of tokens the next call recomputes.
 
 A new generation (a tick with another generation number) drops the analysis and the
-recorded latents. Branches of one step (split CFG: cond, uncond) are named by
+recorded latents. With `levels_from="error"` the regions are ranked again after every full
+step, by the forecast error their tokens showed (read from the graph's state through the
+`token_errors` callable the policy passes: one device-to-host copy per re-ranking). Branches of one step (split CFG: cond, uncond) are named by
 `transformer.cache_context(name)` where `jano_compile.enable` set it, else by call order
 ("default", "call1", ...); each keeps its own caches.
 """
@@ -12,11 +14,11 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
-from .analyzer import RegionAnalysis, analyze, region_map, render_region_map
+from .analyzer import RegionAnalysis, analyze, region_map, render_region_map, rerank_by_error
 from .clock import Tick
 from .config import JanoConfig
 from .schedule import Level, Phase, step_phase
@@ -49,6 +51,8 @@ class AdaptiveSchedule:
     analysed: bool = False
     warned_no_length: bool = False
     all_full: bool = False      # the run is shorter than warm-up + cool-down
+    rerank_due: bool = False    # levels_from="error": a full step ran since the last ranking
+    reranks: int = 0            # re-rankings by measured error in this generation
 
     def set_num_inference_steps(self, num_steps: Optional[int]) -> None:
         """The length of the coming generation (places the cool-down); a run shorter than
@@ -60,10 +64,14 @@ class AdaptiveSchedule:
             log.info("jano: %s; every step computes all tokens", e)
             self.all_full = True
 
-    def decide(self, tick: Tick, branch_name: Optional[str]) -> Decision:
+    def decide(self, tick: Tick, branch_name: Optional[str],
+               token_errors: Optional[Callable[[], Optional[torch.Tensor]]] = None) -> Decision:
+        """`token_errors()`: each image token's last measured forecast error [N] (NaN where
+        unmeasured), or None; read only when re-ranking by error."""
         new_generation = tick.generation != self.generation
         if new_generation:
             self.warmup_latents, self.analysis, self.grid, self.analysed = [], None, None, False
+            self.rerank_due, self.reranks = False, 0
             self.generation = tick.generation
         self.call_in_step = tick.call_in_step
         step = tick.step
@@ -76,6 +84,10 @@ class AdaptiveSchedule:
         phase = step_phase(step, None, self.config)
         if phase.level != Level.FULL and not self.analysed:
             self._analyze()
+        if phase.level == Level.FULL:
+            self.rerank_due = self.config.levels_from == "error"
+        elif self.rerank_due and self.analysis is not None and token_errors is not None:
+            self._rerank(token_errors())
         if phase.level == Level.FULL or self.analysis is None or self.all_full:
             index = None
         elif phase.level == Level.NONE:
@@ -108,6 +120,13 @@ class AdaptiveSchedule:
     def record_latents(self, tokens: torch.Tensor, grid: tuple) -> None:
         self.warmup_latents.append(tokens.detach().float().cpu())
         self.grid = grid
+
+    def _rerank(self, errors: Optional[torch.Tensor]) -> None:
+        self.rerank_due = False
+        if errors is None or errors.numel() != self.analysis.num_tokens:
+            return
+        self.analysis = rerank_by_error(self.analysis, errors)
+        self.reranks += 1
 
     def _analyze(self) -> None:
         self.analysed = True

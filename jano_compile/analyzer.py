@@ -139,6 +139,36 @@ def analyze(latents: Sequence[torch.Tensor], grid: tuple[int, int, int],
     return analysis
 
 
+def rerank_by_error(analysis: RegionAnalysis, token_error: torch.Tensor) -> RegionAnalysis:
+    """The analysis with its blocks ranked by measured forecast error instead: each block
+    scores the mean of its tokens' finite errors (``token_error`` ``[tokens]`` float, NaN
+    where unmeasured; a block with none scores highest: nothing is known of it), and the
+    levels keep the analysis's token fractions (so the level sizes stay about the same)."""
+    start = time.perf_counter()
+    grid, block = analysis.grid, analysis.block_size
+    per_block = _block_nanmean(token_error.float().reshape(grid), block)
+    scores = torch.where(torch.isnan(per_block), torch.full_like(per_block, math.inf), per_block)
+    block_levels = levels_by_fraction(scores, block_token_counts(grid, block),
+                                      analysis.static_fraction, analysis.medium_fraction)
+    token_levels = _expand_blocks(block_levels, block, grid).reshape(-1)
+    return dataclasses.replace(
+        analysis, block_scores=scores, block_levels=block_levels, token_levels=token_levels,
+        active_index=torch.nonzero(token_levels >= RegionLevel.ACTIVE).flatten(),
+        medium_index=torch.nonzero(token_levels >= RegionLevel.MEDIUM).flatten(),
+        elapsed_s=time.perf_counter() - start)
+
+
+def _block_nanmean(values: torch.Tensor, block: tuple[int, int, int]) -> torch.Tensor:
+    """``[frames, h, w]`` -> ``[bf, bh, bw]``: the mean of each block's non-NaN values."""
+    frames, height, width = values.shape
+    bf, bh, bw = block
+    nf, nh, nw = math.ceil(frames / bf), math.ceil(height / bh), math.ceil(width / bw)
+    padded = F.pad(values, (0, nw * bw - width, 0, nh * bh - height, 0, nf * bf - frames),
+                   value=math.nan)
+    blocks = padded.view(nf, bf, nh, bh, nw, bw).permute(0, 2, 4, 1, 3, 5).reshape(nf, nh, nw, -1)
+    return blocks.nanmean(dim=-1)
+
+
 def block_dynamics(trajectory: torch.Tensor, block: tuple[int, int, int],
                    t_weight: float) -> torch.Tensor:
     """Raw dynamics of each block, ``[W, frames, h, w, C] -> [bf, bh, bw]`` (float, >= 0).

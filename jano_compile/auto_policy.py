@@ -14,7 +14,7 @@ the run under way.
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 
@@ -63,9 +63,10 @@ class AutoPolicy:
             self._geometry = (module, geometry_for(module))
         return self._geometry[1]
 
-    def plan(self, graph, args, module: Optional[torch.nn.Module],
-             branch_name: Optional[str]) -> Optional[CallPlan]:
-        """This call's plan, or None when the automatic schedule cannot run."""
+    def plan(self, graph, args, module: Optional[torch.nn.Module], branch_name: Optional[str],
+             token_errors: Optional[Callable[[], Optional[torch.Tensor]]] = None) -> Optional[CallPlan]:
+        """This call's plan, or None when the automatic schedule cannot run.
+        `token_errors`: the measured forecast error of each image token (see adaptive.py)."""
         if self.off_reason is not None:
             return None
         roles = graph.roles
@@ -87,7 +88,7 @@ class AutoPolicy:
             tick = self.scheduler_clock.tick()
         else:   # a bare loop: one device-to-host copy of the timestep per call
             tick = self._timestep_clock.tick(float(args[roles.timestep].reshape(-1)[0]))
-        decision = schedule.decide(tick, branch_name)
+        decision = schedule.decide(tick, branch_name, token_errors)
         if schedule.wants_latents(decision):
             ids = args[roles.position_ids] if roles.position_ids is not None else None
             try:

@@ -55,6 +55,11 @@ class CacheStore:
     def nbytes(self) -> int:
         return sum(s.nbytes for s in self._states.values())
 
+    def tensors_of(self, graph_key, role) -> list:
+        """The state tensors with `role` of every branch of one graph."""
+        return [t for (key, _), state in self._states.items() if key == graph_key
+                for t, spec in zip(state.tensors, state.specs) if spec.role is role]
+
     def nbytes_of(self, roles: set) -> int:
         """Bytes of the states whose role is in `roles` (e.g. the forecast history)."""
         return sum(t.numel() * t.element_size() for state in self._states.values()

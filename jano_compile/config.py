@@ -25,6 +25,7 @@ from jano_compile.passes.plan import REUSE_MODES
 logger = logging.getLogger(__name__)
 
 THRESHOLD_MODES = ("fixed", "quantile")
+LEVEL_SOURCES = ("warmup", "error")
 
 #: Blocks the default block size aims for along the longer side of a frame (the
 #: reference: 4x4 tokens on FLUX's 64x64 token grid at 1024x1024).
@@ -90,6 +91,11 @@ class JanoConfig:
             differences). Read when the graph is rewritten: set it as an option, presets
             do not change it.
         forecast_order: 1 (linear) or 2 (quadratic), for ``reuse="forecast"``.
+        levels_from: what ranks the regions into levels: ``"warmup"`` (the analysis of the
+            warm-up latents, the paper) or ``"error"`` (``reuse="forecast"`` only: after
+            every full step, the forecast error each token showed when it was last
+            computed, per unit of time, averaged over each region; the warm-up analysis
+            still sets the level sizes, and ranks the regions where no error is known).
         save_dir: directory for the region-map PNG of each generation; ``None`` writes none.
     """
 
@@ -111,6 +117,7 @@ class JanoConfig:
     save_dir: str | None = None
     reuse: str = "forecast"
     forecast_order: int = 1
+    levels_from: str = "warmup"
     recipe: str = "forecast"
 
     def __post_init__(self) -> None:
@@ -139,6 +146,10 @@ class JanoConfig:
         _check_int(self, "forecast_order", 1)
         if self.forecast_order > MAX_FORECAST_ORDER:
             _fail("forecast_order", self.forecast_order, f"must be <= {MAX_FORECAST_ORDER}")
+        if self.levels_from not in LEVEL_SOURCES:
+            _fail("levels_from", self.levels_from, f"must be one of {LEVEL_SOURCES}")
+        if self.levels_from == "error" and self.reuse != "forecast":
+            _fail("levels_from", self.levels_from, 'ranks by forecast error, which needs reuse="forecast"')
         _check_int(self, "d_distance", 0)
         for name in ("static_thresh", "medium_thresh", "t_weight", "d_strength",
                      "static_fraction", "medium_fraction"):

@@ -130,7 +130,7 @@ class Controller:
             active_fraction=(last.active / last.total) if last and last.total else 1.0,
             num_image_tokens=self._num_image_tokens,
             cache_bytes=self.store.nbytes,
-            forecast_bytes=self.store.nbytes_of({Role.HISTORY, Role.HISTORY_TIME}),
+            forecast_bytes=self.store.nbytes_of({Role.HISTORY, Role.HISTORY_TIME, Role.FORECAST_ERROR}),
             rewritten=report.rewritten,
             fallback_reason=report.fallback_reason,
             mode="manual" if self.manual else "auto",
@@ -154,6 +154,7 @@ class Controller:
             "medium_fraction_map": analysis.medium_fraction if analysis else None,
             "compute_saved": 1 - sum(c.active for c in generation) / total if total else 0.0,
             "branches": sorted({c.branch for c in generation}),
+            "reranks": schedule.reranks,
         }
 
     def _not_rewritten(self, what: str) -> bool:
@@ -218,10 +219,19 @@ class Controller:
     def _plan(self, graph, args) -> CallPlan:
         branch = self.branch_name or DEFAULT_BRANCH
         if not self.manual:
-            plan = self.auto_policy.plan(graph, args, self.module, self.branch_name)
+            plan = self.auto_policy.plan(graph, args, self.module, self.branch_name,
+                                         token_errors=lambda: self._token_errors(graph))
             if plan is not None:
                 return plan
         return self.manual_policy.plan(graph.signature.num_image_tokens, branch)
+
+    def _token_errors(self, graph) -> Optional[torch.Tensor]:
+        """Each image token's last measured forecast error [N] on the CPU, averaged over the
+        graph's branches (split CFG) where measured; None where the graph measures none."""
+        errors = self.store.tensors_of(id(graph), Role.FORECAST_ERROR)
+        if not errors:
+            return None
+        return torch.stack([e.float().cpu() for e in errors]).nanmean(dim=0)
 
     def _note_first_call(self, graph) -> None:
         report = graph.report

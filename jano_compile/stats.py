@@ -24,7 +24,9 @@ class Stats(Mapping):
     fallback_reason         why not (never empty when `rewritten` is False)
     mode                    "auto" (the schedule) or "manual" (set_active / refresh)
     auto_disabled           why the automatic schedule is off, if it is
-    levels ... branches     this generation under the automatic schedule (None before it)
+    levels ... branches     this generation under the automatic schedule (None before it);
+                            analysis_seconds: the last analysis or re-ranking, reranks:
+                            re-rankings by measured error (levels_from="error")
     """
     graphs: int
     compiles: int
@@ -48,6 +50,7 @@ class Stats(Mapping):
     medium_fraction_map: Optional[float] = None
     compute_saved: Optional[float] = None
     branches: Optional[list] = None
+    reranks: Optional[int] = None
 
     def __getitem__(self, key: str):
         if key not in self._keys():

@@ -13,6 +13,10 @@ held at its last value. Runs after gather_scatter, whose output cache it replace
 it had j computations ago and the time of that computation; times are NaN until then (a
 new generation resets them), and a term whose times are missing or equal is dropped, so a
 token computed once is held.
+
+Each computed token also records how far its forecast was off, per unit of time since its
+last computation (`forecast_error` [N] fp32, NaN until measured; batch rows and channels
+averaged): what the schedule ranks regions by when it re-ranks them by measured error.
 """
 from __future__ import annotations
 
@@ -46,6 +50,16 @@ def forecast_output(step_time: torch.Tensor, history: list, history_time: list) 
         term = differences[0] * factor[None, :, None]
         pred = pred + torch.where(valid[None, :, None], term, 0.0)
     return pred
+
+
+def forecast_error_rate(step_time: torch.Tensor, pred_active: torch.Tensor, fresh: torch.Tensor,
+                        last_time: torch.Tensor) -> torch.Tensor:
+    """[n] fp32: mean over batch and channels of |fresh - forecast| of the computed tokens
+    ([B, n, C] each), per unit of time since each one's last computation (`last_time` [n];
+    NaN where it was never computed or the time did not move)."""
+    error = (fresh.to(pred_active.dtype) - pred_active).abs().mean(dim=(0, 2))
+    horizon = step_time - last_time
+    return torch.where(horizon > 0, error / horizon, torch.full_like(error, math.nan))
 
 
 def write_shifted_history(graph: fx.Graph, active_index: fx.Node, step_time: fx.Node, fresh: fx.Node,
@@ -83,10 +97,16 @@ def forecast(gm: fx.GraphModule, plan: TokenPlan, order: int = 1) -> fx.GraphMod
                                   exit_value.new_empty((n,), dtype=torch.float32), token_dim=0,
                                   reset_value=math.nan)
                     for j in range(order + 1)]
+    error = declare_state(graph, "forecast_error", Role.FORECAST_ERROR,
+                          exit_value.new_empty((n,), dtype=torch.float32), token_dim=0, reset_value=math.nan)
     with graph.inserting_before(scatter):
         pred = graph.call_function(forecast_output, (step_time, history, history_time))
         pred.name = "forecast"
         held = graph.call_method("to", (pred, exit_value.dtype))
+        pred_active = graph.call_function(torch.index_select, (pred, 1, index))
+        last_time = graph.call_function(torch.index_select, (history_time[0], 0, index))
+        rate = graph.call_function(forecast_error_rate, (step_time, pred_active, fresh, last_time))
+        write_state(graph, error, 0, index, rate)
     scatter.args = (held, dim, index, fresh)
     retire_state(graph, cache)
     with graph.inserting_before(scatter.next):      # in order, right after the scatter

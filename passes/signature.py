@@ -44,6 +44,8 @@ class Role(str, enum.Enum):
     V_CACHE = "v_cache"             #: values of one self-attention layer, full sequence
     HISTORY = "history"             #: fp32 exit tensor [B, N, C] as computed j calls back
     HISTORY_TIME = "history_time"   #: fp32 [N] the step time of each token's history slot j
+    FORECAST_ERROR = "forecast_error"   #: fp32 [N] how far each token's forecast was off when
+                                        #: it was last computed, per unit of time
 
 
 class SignatureError(Exception):
