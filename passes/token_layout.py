@@ -12,6 +12,8 @@ image-token region at all (no tensor output, no `hidden_states` input). Nothing 
              (after patch and position embedding; for FLUX the packed input itself)
     axes   : forward propagation, op by op, of TokenAxis(dim, layout) from the entry to the
              exit; joint sequences appear where text is concatenated on the token axis
+    attention: each sdpa is SELF (queries and keys hold image tokens), CROSS (queries only)
+             or TO_IMAGE (keys only: another stream, e.g. LTX-2's audio, reads the image)
 
 Example (SD3, N = 64, text 5):
 
@@ -34,9 +36,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .input_roles import input_roles
-from .plan import (IMAGE, TEXT, AttentionSite, Layout, NoImageTokens, Segment, SegmentSlice,
-                   ShapeLiteral, SplitSizes, SqueezeDims, TableGather, TokenAxis, TokenPlan,
-                   Unrewritable)
+from .plan import (CROSS, IMAGE, SELF, TEXT, TO_IMAGE, AttentionSite, Layout, NoImageTokens,
+                   Segment, SegmentSlice, ShapeLiteral, SplitSizes, SqueezeDims, TableGather,
+                   TokenAxis, TokenPlan, Unrewritable)
 
 MAX_ENTRY_CANDIDATES = 6
 
@@ -234,7 +236,7 @@ class _Propagation:
         else:
             if not started:
                 raise Unrewritable("the entry was not reached")
-        if not any(site.kind == "self" for site in plan.attention):
+        if not any(site.kind == SELF for site in plan.attention):
             # progress 0: a later candidate that skips the blocks is no entry
             raise Unrewritable(f"no self-attention over image tokens between the entry "
                                f"{plan.entry.name} and the exit {plan.exit.name}", progress=0)
@@ -710,33 +712,61 @@ class _Propagation:
         return TokenAxis(self.ndim(node, node) - self.ndim(node, a) + ta.dim, ta.layout)
 
     def attention(self, node: fx.Node):
-        names = ["query", "key", "value", "attn_mask", "dropout_p", "is_causal"]
-        args = {k: a for k, a in zip(names, node.args)}
-        args.update(node.kwargs)
-        q, k, v = args["query"], args["key"], args["value"]
-        tq, tk, tv = self.ax(q), self.ax(k), self.ax(v)
+        """scaled_dot_product_attention, classified by what its queries and keys hold (see
+        plan.AttentionSite): SELF and CROSS return the query's token axis; TO_IMAGE (queries
+        without image tokens attending to image keys) returns None: the softmax runs over
+        the completed keys, so every output row is computed in full."""
+        args = _attention_args(node)
+        q, k, v, mask = args["query"], args["key"], args["value"], args.get("attn_mask")
         if args.get("is_causal"):
             self.fail(node, "causal attention over image tokens")
-        if tq is None:
-            self.fail(node, "attention whose keys hold image tokens but whose queries do not")
-        tq = self.token_axis(node, q)
-        nd = self.ndim(node, q)
-        if tq.dim != nd - 2:
+        if isinstance(mask, fx.Node) and self.ax(mask) is not None:
+            self.fail(node, "attention mask computed from image tokens")
+        key = self.key_axis(node, k, v)
+        if self.ax(q) is None:
+            if key is None:
+                self.stray_tokens(node, "its query, key or value")
+            self.plan.attention.append(AttentionSite(node, TO_IMAGE, None, key, k, v))
+            return None
+        query = self.token_axis(node, q)
+        if query.dim != self.ndim(node, q) - 2:
             self.fail(node, "query token axis is not the sequence axis of attention")
-        mask = args.get("attn_mask")
-        if isinstance(mask, fx.Node):
-            if self.ax(mask) is not None:
-                self.fail(node, "attention mask computed from image tokens")
-            mv = self.tensor(node, mask)
-            if mv.dim() >= 2 and mv.shape[-2] == tq.layout.full_length and tq.layout.full_length != 1:
-                self.plan.tables.append(TableGather(node, mask, mv.dim() - 2, tq.layout))
+        self.gather_mask_rows(node, mask, query)
+        self.plan.attention.append(AttentionSite(node, CROSS if key is None else SELF, query, key, k, v))
+        return query
+
+    def key_axis(self, node: fx.Node, k, v):
+        """The token axis keys and values share (k, v [B, H, S, D] with image tokens on S), or
+        None when neither holds image tokens. Image tokens elsewhere (on a batch or feature
+        axis of attention, or in only one of the two) fail: no per-layer cache of rows along
+        S would complete them."""
+        tk, tv = self.ax(k), self.ax(v)
         if tk is None and tv is None:
-            self.plan.attention.append(AttentionSite(node, "cross", tq))
-            return tq
-        if not isinstance(tk, TokenAxis) or tk != tv or tk.dim != self.ndim(node, k) - 2:
+            return None
+        if not isinstance(tk, TokenAxis) or tk != tv:
             self.fail(node, "keys and values do not share one token axis")
-        self.plan.attention.append(AttentionSite(node, "self", tq, tk, k, v))
-        return tq
+        if tk.dim != self.ndim(node, k) - 2:
+            self.fail(node, f"keys hold image tokens on axis {tk.dim}, not on the sequence axis of "
+                      "attention")
+        return tk
+
+    def gather_mask_rows(self, node: fx.Node, mask, query: TokenAxis):
+        """A mask [.., L, S] whose rows run over the queries' tokens is gathered with them;
+        its key axis stays at full length (the keys are completed)."""
+        if not isinstance(mask, fx.Node):
+            return
+        mv = self.tensor(node, mask)
+        full = query.layout.full_length
+        if mv.dim() >= 2 and mv.shape[-2] == full and full != 1:
+            self.plan.tables.append(TableGather(node, mask, mv.dim() - 2, query.layout))
+
+
+def _attention_args(node: fx.Node) -> dict:
+    """The arguments of a scaled_dot_product_attention call by name, whichever call form."""
+    names = ["query", "key", "value", "attn_mask", "dropout_p", "is_causal"]
+    args = dict(zip(names, node.args))
+    args.update(node.kwargs)
+    return args
 
 
 def _no_entry(gm: fx.GraphModule, source: fx.Node, exit_node: fx.Node):
