@@ -7,7 +7,9 @@ does not know, an operand dynamo recorded no shape for, tokens laid out otherwis
 image-token region at all (no tensor output, no `hidden_states` input). Nothing else escapes.
 
     exit   : walk back from the graph output through layout-only ops (unpatchify) to the
-             last computed tensor  [B, N, C]; N = number of image tokens
+             last computed tensor  [B, N, C]; N = number of image tokens. Where that tensor
+             lies on the latent grid (Kandinsky: [B, F, H, W, C]), the [B, N, C] tensor
+             folded into the grid before it
     entry  : the first tensor derived from the `hidden_states` input shaped [B, N, C]
              (after patch and position embedding; for FLUX the packed input itself)
     axes   : forward propagation, op by op, of TokenAxis(dim, layout) from the entry to the
@@ -102,6 +104,7 @@ def _shape_args(node: fx.Node) -> list:
 
 # --------------------------------------------------------------------------- exit / entry
 def _find_exit(gm: fx.GraphModule) -> fx.Node:
+    """The exit [B, N, C] of the first output (see the module docstring)."""
     out = next(n for n in gm.graph.nodes if n.op == "output")
     results = out.args[0] if out.args else None
     results = list(results) if isinstance(results, (tuple, list)) else [results]
@@ -116,10 +119,62 @@ def _find_exit(gm: fx.GraphModule) -> fx.Node:
            and sum(_is_tensor_node(a) for a in node.args) == 1):
         node = next(a for a in node.args if _is_tensor_node(a))
     v = value(node)
-    if v.dim() != 3:
+    if v.dim() == 3:
+        return node
+    folded = _grid_exit(gm, node)
+    if folded is None:
         raise Unrewritable(f"the last computed tensor before the output ({node.name}, shape "
-                           f"{tuple(v.shape)}) is not [batch, tokens, channels]")
-    return node
+                           f"{tuple(v.shape)}) is not [batch, tokens, channels], and no "
+                           "[batch, tokens, channels] tensor is folded into a grid before it")
+    return folded
+
+
+_GRID_FOLDS = {"view", "reshape", "unflatten"}
+
+
+def _grid_exit(gm: fx.GraphModule, last: fx.Node):
+    """The exit of a model that folds its token sequence back into the latent grid and
+    computes more there (Kandinsky 5 and 6):
+
+        h   = blocks(...)                          [B, N, C]      <- the exit
+        g   = reshape(h, (B, F, H, W, C))          [B, F, H, W, C]
+        out = linear(layer_norm(g) * scale + shift)  (on the grid), then unpatchify
+
+    That is the [B, N, C] tensor folded (view, reshape, unflatten of the token axis into
+    grid axes) on the way to `last`; None when none is. The ops after it run on the full
+    sequence (the scattered exit), as any op after an exit does. Several folded tensors
+    leave the exit open: Unrewritable."""
+    needed = _ancestors(last)
+    folded = list(dict.fromkeys(n.args[0] for n in gm.graph.nodes if n in needed and _folds_tokens_into_grid(n)))
+    if len(folded) > 1:
+        raise Unrewritable(f"several [batch, tokens, channels] tensors ({', '.join(n.name for n in folded)}) are "
+                           f"folded into a grid before the output ({last.name}): which one is the exit is open")
+    return folded[0] if folded else None
+
+
+def _ancestors(node: fx.Node) -> set:
+    """`node` and every node it is computed from."""
+    seen, todo = {node}, [node]
+    while todo:
+        for a in todo.pop().all_input_nodes:
+            if a not in seen:
+                seen.add(a)
+                todo.append(a)
+    return seen
+
+
+def _folds_tokens_into_grid(node: fx.Node) -> bool:
+    """`node` reshapes [B, N, C] into [B, g1, .., gk, C], g1 * .. * gk = N, with at least two
+    grid axes longer than 1 (a split of heads, [B, N, 1, C], is no grid)."""
+    if node.op not in ("call_method", "call_function") or op_name(node) not in _GRID_FOLDS:
+        return False
+    if not node.args or not _is_tensor_node(node.args[0]) or not _is_tensor_node(node):
+        return False
+    src, out = tuple(value(node.args[0]).shape), tuple(value(node).shape)
+    if len(src) != 3 or len(out) < 4 or (out[0], out[-1]) != (src[0], src[2]):
+        return False
+    grid = out[1:-1]
+    return math.prod(grid) == src[1] and sum(g > 1 for g in grid) >= 2
 
 
 def _hidden_states_input(gm: fx.GraphModule) -> fx.Node:

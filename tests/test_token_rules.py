@@ -1,7 +1,8 @@
 """Token rules of issue 11 (part 2), one group per rule: complex-number RoPE
 (`view_as_complex`, a complex per-token table, `view_as_real`, `flatten`), head repeats of
-grouped-query attention (`repeat_interleave`, `repeat`, `expand` on the head axis), and
-attention of queries without image tokens to image keys (TO_IMAGE; `sdpa(q, q, q)`).
+grouped-query attention (`repeat_interleave`, `repeat`, `expand` on the head axis),
+attention of queries without image tokens to image keys (TO_IMAGE; `sdpa(q, q, q)`), and the
+exit of a model whose head computes on the latent grid (the tokens folded back before it).
 
 Each rule has: a tiny module written here that uses the op token-wise, checked with the
 oracle (full step == eager, partial steps == full step); the structure of its rewritten
@@ -250,7 +251,21 @@ def heads_last(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(1, 2).flatten(2)
 
 
-class AudioVideoDiT(PatchDiT):
+class SelfAttentionDiT(PatchDiT):
+    """PatchDiT with plain multi-head self-attention: q, k, v [B, H, N, Dh]."""
+
+    def __init__(self, heads=2, **kw):
+        super().__init__(**kw)
+        dim = self.embed.out_channels
+        self.heads = heads
+        self.qkv = nn.ModuleList(nn.Linear(dim, 3 * dim) for _ in self.mlp)
+
+    def attend(self, x, layer):
+        q, k, v = (heads_first(t, self.heads) for t in self.qkv[layer](x).chunk(3, dim=-1))
+        return heads_last(F.scaled_dot_product_attention(q, k, v))
+
+
+class AudioVideoDiT(SelfAttentionDiT):
     """Two streams as LTX-2 runs them: image tokens [B, N, D] and an audio stream [B, L, D]
     (an input: every audio row is computed at every step). Per layer:
 
@@ -260,20 +275,14 @@ class AudioVideoDiT(PatchDiT):
 
     Returns (image [B, C, H, W], audio [B, L, C])."""
 
-    def __init__(self, heads=2, **kw):
+    def __init__(self, **kw):
         super().__init__(**kw)
         dim = self.embed.out_channels
-        self.heads = heads
-        self.qkv = nn.ModuleList(nn.Linear(dim, 3 * dim) for _ in self.mlp)
         self.audio_q = nn.ModuleList(nn.Linear(dim, dim) for _ in self.mlp)
         self.image_kv = nn.ModuleList(nn.Linear(dim, 2 * dim) for _ in self.mlp)
         self.image_q = nn.ModuleList(nn.Linear(dim, dim) for _ in self.mlp)
         self.audio_kv = nn.ModuleList(nn.Linear(dim, 2 * dim) for _ in self.mlp)
         self.audio_out = nn.Linear(dim, self.embed.in_channels)
-
-    def attend(self, x, layer):
-        q, k, v = (heads_first(t, self.heads) for t in self.qkv[layer](x).chunk(3, dim=-1))
-        return heads_last(F.scaled_dot_product_attention(q, k, v))
 
     def listen(self, audio, x, layer):
         """The audio stream's update from the image tokens."""
@@ -391,5 +400,90 @@ def test_attention_to_image_keys_of_diffusers_class():
     is compared too."""
     torch.manual_seed(0)
     model, kwargs = TINY["LTX2VideoTransformer3DModel"].build(1)
+    ctl = oracle(model, dict(kwargs, return_dict=False))
+    assert ctl.stats()["num_image_tokens"] == 48
+
+
+# --------------------------------------------------------------------------- exit before the fold into the grid
+class GridHeadDiT(SelfAttentionDiT):
+    """The blocks run on tokens [B, N, D]; the head folds them back into the latent grid and
+    computes there, as Kandinsky 5 and 6 do:
+
+        h   = blocks(x)                                        [B, N, D]       <- the exit
+        g   = h.reshape(B, h, w, D)                            [B, h, w, D]
+        out = linear(layer_norm(g) * (1 + scale) + shift)      [B, h, w, 4C]   (scale, shift
+              from the timestep, [B, 1, 1, D]), then unpatchify [B, C, 2h, 2w]
+    """
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.modulation = nn.Linear(1, 2 * self.embed.out_channels)
+
+    def fold(self, x: torch.Tensor, embedded: torch.Tensor, grid: tuple) -> torch.Tensor:
+        """[B, N, D] -> [B, h, w, D]"""
+        return x.reshape(x.shape[0], *grid, x.shape[-1])
+
+    def forward(self, hidden_states, timestep):
+        b, c, h, w = hidden_states.shape
+        embedded = self.embed(hidden_states).flatten(2).transpose(1, 2)     # [B, N, D]
+        x = embedded
+        for layer, mlp in enumerate(self.mlp):
+            x = x + self.attend(F.layer_norm(x, x.shape[-1:]), layer)
+            x = x + mlp(F.gelu(x))
+        g = self.fold(x, embedded, (h // 2, w // 2))
+        shift, scale = self.modulation(timestep[:, None]).chunk(2, dim=-1)   # [B, D] each
+        g = F.layer_norm(g, g.shape[-1:]) * (1 + scale[:, None, None]) + shift[:, None, None]
+        out = self.out(g).reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        return (out.reshape(b, c, h, w),)
+
+
+class GridHeadWithEmbeddingSkip(GridHeadDiT):
+    """Near miss: the head also folds the patch embedding (from before the blocks) into the
+    grid and adds it. Two token tensors reach the grid; taking either one as the exit would
+    hand the other's image tokens to the output ungathered or unscattered."""
+
+    def fold(self, x, embedded, grid):
+        return super().fold(x, embedded, grid) + super().fold(embedded, embedded, grid)
+
+
+def grid_head_inputs(batch: int) -> dict:
+    return dict(hidden_states=torch.randn(batch, 4, 8, 12), timestep=torch.rand(batch))
+
+
+def test_exit_before_the_fold_into_the_grid_is_rewritten_and_exact():
+    ctl = oracle(GridHeadDiT(), grid_head_inputs(2))
+    assert ctl.stats()["num_image_tokens"] == 24
+
+
+def test_exit_is_the_token_tensor_the_head_folds():
+    snap = snapshot(GridHeadDiT().eval(), **grid_head_inputs(1))
+    (report,), (after,) = snap.reports, snap.after
+    assert report.rewritten, report.reason
+    exit_node = next(n for n in after.graph.nodes if n.name == report.exit)
+    assert tuple(value(exit_node).shape) == (1, 24, 32)
+    (fold,) = [n for n in after.graph.nodes if n.op == "call_method" and n.target == "reshape"
+               and len(value(n).shape) == 4 and value(n).shape[-1] == 32]
+    assert fold.args[0].target is torch.index_copy, "the head folds the scattered (full) tokens"
+
+
+def test_two_token_tensors_folded_into_the_grid_are_not_rewritten():
+    model = GridHeadWithEmbeddingSkip().eval()
+    kwargs = grid_head_inputs(1)
+    with torch.no_grad(), pytest.warns(UserWarning, match="not rewritten"):
+        reference = model(**kwargs)
+        compiled = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager"})
+        ctl = jano_compile.controller(compiled)
+        out = compiled(**kwargs)
+    stats = ctl.stats()
+    assert not stats["rewritten"]
+    assert "folded into a grid" in stats["fallback_reason"] and "is open" in stats["fallback_reason"]
+    torch.testing.assert_close(out, reference, **TOLERANCE)
+
+
+@pytest.mark.parametrize("cls", ["Kandinsky5Transformer3DModel", "Kandinsky6Transformer3DModel"])
+def test_exit_before_the_fold_of_diffusers_class(cls):
+    """Kandinsky 5 and 6: blocks on [B, N, C], the output layer on [B, F, H, W, C]."""
+    torch.manual_seed(0)
+    model, kwargs = TINY[cls].build(1)
     ctl = oracle(model, dict(kwargs, return_dict=False))
     assert ctl.stats()["num_image_tokens"] == 48
