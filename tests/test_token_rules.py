@@ -395,11 +395,18 @@ def test_query_as_key_and_value_shares_one_cache():
         assert query is key.args[3], "the query is the fresh (gathered) tensor, not the completed cache"
 
 
-def test_attention_to_image_keys_of_diffusers_class():
-    """LTX-2: audio queries attend to video keys (video-to-audio attention); the audio output
-    is compared too."""
+@pytest.mark.parametrize("cls, audio", [("LTX2VideoTransformer3DModel", None),
+                                        ("Kandinsky6Transformer3DModel", (9, 4))])
+def test_attention_to_image_keys_of_diffusers_class(cls, audio):
+    """LTX-2, and Kandinsky 6 given audio latents [B, 9, 4]: audio queries attend to video
+    keys (video-to-audio attention); the audio output is compared too."""
     torch.manual_seed(0)
-    model, kwargs = TINY["LTX2VideoTransformer3DModel"].build(1)
+    model, kwargs = TINY[cls].build(1)
+    if audio is not None:
+        kwargs["audio_hidden_states"] = torch.randn(1, *audio)
+    snap = snapshot(model.eval(), **kwargs, return_dict=False)
+    assert snap.reports[0].to_image_attention_count == 2
+    torch._dynamo.reset()
     ctl = oracle(model, dict(kwargs, return_dict=False))
     assert ctl.stats()["num_image_tokens"] == 48
 
