@@ -121,11 +121,11 @@ def _find_exit(gm: fx.GraphModule) -> fx.Node:
     v = value(node)
     if v.dim() == 3:
         return node
-    folded = _grid_exit(gm, node)
+    folded = _grid_exit(gm, node) if v.dim() > 3 else None
     if folded is None:
+        on_grid = ", and no [batch, tokens, channels] tensor is folded into it" if v.dim() > 3 else ""
         raise Unrewritable(f"the last computed tensor before the output ({node.name}, shape "
-                           f"{tuple(v.shape)}) is not [batch, tokens, channels], and no "
-                           "[batch, tokens, channels] tensor is folded into a grid before it")
+                           f"{tuple(v.shape)}) is not [batch, tokens, channels]{on_grid}")
     return folded
 
 
