@@ -257,7 +257,7 @@ def derived_grid(model, kwargs, ctl, n: int) -> str:
         from jano_compile.passes.input_roles import ROLE_NAMES
         ids = next((kwargs[name] for name in ROLE_NAMES["position_ids"] if name in kwargs), None)
         ids = ids if roles.position_ids is not None else None
-        tokens, grid = image_tokens(geometry_for(model), model, kwargs["hidden_states"], ids, graph.grid_hint)
+        tokens, grid = image_tokens(geometry_for(model), model, kwargs["hidden_states"], ids, graph.grid_hint, n)
     except Exception as e:  # noqa: BLE001 - recorded as the reason
         return f"none: {type(e).__name__}: {str(e)[:120]}"
     if tokens.shape[1] != n:

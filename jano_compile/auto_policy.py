@@ -91,12 +91,12 @@ class AutoPolicy:
         decision = schedule.decide(tick, branch_name, token_errors)
         if schedule.wants_latents(decision):
             ids = args[roles.position_ids] if roles.position_ids is not None else None
+            n = graph.signature.num_image_tokens
             try:
-                tokens, grid = image_tokens(geometry, module, args[roles.hidden_states], ids, graph.grid_hint)
+                tokens, grid = image_tokens(geometry, module, args[roles.hidden_states], ids, graph.grid_hint, n)
             except Exception as e:  # noqa: BLE001 - as above
                 self._turn_off(f"the latent could not be cut into image tokens: {type(e).__name__}: {e}")
                 return None
-            n = graph.signature.num_image_tokens
             if tokens.shape[1] != n:
                 self._turn_off(f"the latent holds {tokens.shape[1]} tokens but the graph {n}")
                 return None

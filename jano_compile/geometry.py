@@ -13,11 +13,16 @@ and input channels, and each call the rest, from the rank of `hidden_states`:
     [B, C, F, H, W]  a video cut into pt x ph x pw patches (Wan, HunyuanVideo, Allegro)
     [B, F, C, H, W]  the same, frames before channels (CogVideoX): told apart by which axis
                      holds the config's `in_channels`
+    [B, F, H, W, C]  the same, channels last (Kandinsky 5 and 6)
+                     A video's layout is the one whose channel axis holds the config's
+                     `in_channels`; where several axes do (or the config names none), the
+                     class's table entry, else the one whose patch grid holds the graph's
+                     image tokens
 
 Where the derivation cannot decide, `image_tokens` raises `GeometryError` with the reason
 (the automatic schedule then stays off) rather than return a wrong grid. The one table
 left, `video_layout_table()`, is keyed by class and read only when a 5-D input is
-ambiguous (its frames equal its channels).
+ambiguous (several of its axes could hold the channels).
 
     geometry = geometry_for(model)                                   # cheap: class and config
     tokens, grid = image_tokens(geometry, model, hidden_states, img_ids)   # per warm-up step
@@ -34,7 +39,9 @@ import torch.fx as fx
 
 from jano_compile.passes.input_roles import input_roles
 
-PACKED, IMAGE, VIDEO_CF, VIDEO_FC = "packed", "image", "video_cf", "video_fc"
+PACKED, IMAGE, VIDEO_CF, VIDEO_FC, VIDEO_FHWC = "packed", "image", "video_cf", "video_fc", "video_fhwc"
+#: the axis of a video's channels, per layout: [B, C, F, H, W], [B, F, C, H, W], [B, F, H, W, C]
+VIDEO_CHANNEL_AXIS = {VIDEO_CF: 1, VIDEO_FC: 2, VIDEO_FHWC: 4}
 
 
 class GeometryError(ValueError):
@@ -50,8 +57,8 @@ class TokenGeometry:
     patch: (pt, ph, pw) from the config (`patch_size` int or 2-/3-tuple, `patch_size_t`),
         or None when the config declares none (then only packed tokens can be placed).
     in_channels: channels of `hidden_states` by the config, or None.
-    video_layout: VIDEO_CF or VIDEO_FC from `video_layout_table()`, for a 5-D input whose frames
-        equal its channels; None for classes without an entry.
+    video_layout: a video layout from `video_layout_table()`, for a 5-D input where several axes
+        could hold the channels; None for classes without an entry.
     """
     family: str
     patch: Optional[tuple[int, int, int]] = None
@@ -219,8 +226,11 @@ def grid_from_graph(gm: fx.GraphModule, num_tokens: int) -> Optional[tuple[int, 
     return grids.pop() if len(grids) == 1 else None
 
 
-def token_layout(geometry: TokenGeometry, hidden_states: torch.Tensor) -> str:
-    """PACKED, IMAGE, VIDEO_CF or VIDEO_FC: how `hidden_states` holds the image."""
+def token_layout(geometry: TokenGeometry, hidden_states: torch.Tensor,
+                 num_tokens: Optional[int] = None) -> str:
+    """PACKED, IMAGE, VIDEO_CF, VIDEO_FC or VIDEO_FHWC: how `hidden_states` holds the image.
+    `num_tokens` (the graph's image tokens) decides between video layouts the config's
+    channels leave open."""
     shape, c = tuple(hidden_states.shape), geometry.in_channels
     if len(shape) == 3:
         if c is not None and shape[2] != c:
@@ -231,33 +241,59 @@ def token_layout(geometry: TokenGeometry, hidden_states: torch.Tensor) -> str:
             raise GeometryError(f"image {shape} has {shape[1]} channels, the config {c}")
         return IMAGE
     if len(shape) == 5:
-        if c is None:
-            raise GeometryError(f"video {shape}: the config has no in_channels to find the channel axis")
-        if shape[1] == c and shape[2] == c:
-            if geometry.video_layout is None:
-                raise GeometryError(f"video {shape}: frames and channels are both {c}; "
-                                    "add the class to geometry.video_layout_table()")
-            return geometry.video_layout
-        if shape[1] == c:
-            return VIDEO_CF
-        if shape[2] == c:
-            return VIDEO_FC
-        raise GeometryError(f"video {shape}: no channel axis of the config's {c} channels at 1 or 2")
+        return _video_layout(geometry, shape, num_tokens)
     raise GeometryError(f"hidden_states of rank {len(shape)}: not tokens, an image or a video")
+
+
+def _video_layout(geometry: TokenGeometry, shape: tuple, num_tokens: Optional[int]) -> str:
+    """The layout of a video: the one whose channel axis holds the config's `in_channels`;
+    where several do, the class's table entry, else the one whose patch grid holds the
+    graph's `num_tokens`. A config without `in_channels` (Kandinsky names them
+    `in_visual_dim` and widens them with conditioning channels) leaves all three open."""
+    c = geometry.in_channels
+    layouts = [layout for layout, axis in VIDEO_CHANNEL_AXIS.items() if c is None or shape[axis] == c]
+    if not layouts:
+        raise GeometryError(f"video {shape}: no channel axis of the config's {c} channels at 1, 2 or 4")
+    if len(layouts) == 1:
+        return layouts[0]
+    if geometry.video_layout in layouts:
+        return geometry.video_layout
+    held = f"the config's {c} channels" if c is not None else "channels (the config has no in_channels)"
+    axes = [VIDEO_CHANNEL_AXIS[layout] for layout in layouts]
+    if num_tokens is None or geometry.patch is None:
+        raise GeometryError(f"video {shape}: axes {axes} could hold {held}; add the class to "
+                            "geometry.video_layout_table()")
+    fits = [layout for layout in layouts
+            if torch.Size(_video_grid(shape, layout, geometry.patch)).numel() == num_tokens]
+    if len(fits) != 1:
+        raise GeometryError(f"video {shape}: axes {axes} could hold {held}, and {len(fits)} of these layouts "
+                            f"cut it into the graph's {num_tokens} image tokens; add the class to "
+                            "geometry.video_layout_table()")
+    return fits[0]
+
+
+def _video_grid(shape: tuple, layout: str, patch: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(frames, h, w) patches of a video of `shape` [B, ...] held in `layout`."""
+    axis = VIDEO_CHANNEL_AXIS[layout]
+    f, h, w = (d for i, d in enumerate(shape[1:], start=1) if i != axis)
+    return f // patch[0], h // patch[1], w // patch[2]
 
 
 def image_tokens(geometry: TokenGeometry, module, hidden_states: torch.Tensor,
                  img_ids: Optional[torch.Tensor] = None,
-                 grid_hint: Optional[tuple[int, int, int]] = None) -> tuple[torch.Tensor, tuple[int, int, int]]:
+                 grid_hint: Optional[tuple[int, int, int]] = None,
+                 num_tokens: Optional[int] = None) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """`hidden_states` as image tokens [B, N, C'] in sequence order, and the grid (frames, h, w).
 
     Packed tokens pass through; the grid comes from `img_ids` when given, else from
     `grid_hint` (`grid_from_graph`). An image or video is cut into patches as the model's
     patch embedding does (a stride-p convolution: a border that does not fill a patch is
-    dropped); C' = C * pt * ph * pw. Raises GeometryError when the grid cannot be derived.
-    `module` is not read (the geometry holds what its config says); kept for callers."""
+    dropped); C' = C * pt * ph * pw. `num_tokens`, the graph's image tokens, decides the
+    layout of a video whose config names no channels. Raises GeometryError when the grid
+    cannot be derived. `module` is not read (the geometry holds what its config says); kept
+    for callers."""
     x = hidden_states
-    layout = token_layout(geometry, x)
+    layout = token_layout(geometry, x, num_tokens)
     if layout == PACKED:
         b, n, _ = x.shape
         if img_ids is not None and img_ids.numel():
@@ -274,6 +310,8 @@ def image_tokens(geometry: TokenGeometry, module, hidden_states: torch.Tensor,
         pt = 1
     elif layout == VIDEO_FC:
         x = x.transpose(1, 2)                      # [B, C, F, H, W]
+    elif layout == VIDEO_FHWC:
+        x = x.permute(0, 4, 1, 2, 3)               # [B, C, F, H, W]
     b, c, f, h, w = x.shape
     grid = (f // pt, h // ph, w // pw)
     if 0 in grid:

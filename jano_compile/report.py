@@ -38,6 +38,11 @@ class GraphReport:
         return sum(a["kind"] == "cross" for a in self.attention)
 
     @property
+    def to_image_attention_count(self) -> int:
+        """Attention of queries without image tokens (audio, text) to image keys."""
+        return sum(a["kind"] == "to_image" for a in self.attention)
+
+    @property
     def cache_bytes(self) -> int:
         return self.signature.state_bytes if self.signature else 0
 
@@ -56,9 +61,11 @@ class GraphReport:
         if not self.rewritten:
             return lines[0]
         lines.append(f"  image tokens {self.num_image_tokens}   entry {self.entry}   exit {self.exit}")
+        to_image = (f", {self.to_image_attention_count} to image (K/V cached)"
+                    if self.to_image_attention_count else "")
         lines.append(f"  attention: {self.self_attention_count} self/joint (K/V cached), "
-                     f"{self.cross_attention_count} cross (untouched)")
-        rows = [("attention", a["node"], f'{a["kind"]:5s} {a["layout"]}  {a["how"]}') for a in self.attention]
+                     f"{self.cross_attention_count} cross (untouched){to_image}")
+        rows = [("attention", a["node"], f'{a["kind"]:8s} {a["layout"]}  {a["how"]}') for a in self.attention]
         rows += [("literal", r["node"], r["what"]) for r in self.literals]
         rows += [("table", t["node"], f'{t["table"]} gathered on dim {t["dim"]} {t["layout"]}')
                  for t in self.tables]

@@ -20,8 +20,8 @@ from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from jano_compile.passes import (NoImageTokens, PassConfig, Unrewritable, dense_variant, rewrite_passes,
                                  skip_tail, token_layout)
-from jano_compile.passes.plan import (SegmentSlice, ShapeLiteral, SplitSizes, SqueezeDims,
-                                      TokenPlan)
+from jano_compile.passes.plan import (CROSS, SELF, TO_IMAGE, AttentionSite, SegmentSlice, ShapeLiteral,
+                                      SplitSizes, SqueezeDims, TokenPlan)
 from jano_compile.passes.signature import GraphSignature, graph_signature
 from jano_compile.passes.token_layout import value
 
@@ -55,10 +55,20 @@ def _describe_literal(edit) -> str:
     return repr(edit)
 
 
+_ATTENTION_HOW = {SELF: "Q gathered, K/V completed from cache",
+                  CROSS: "Q gathered, K/V from text untouched",
+                  TO_IMAGE: "Q untouched (no image token), K/V completed from cache"}
+
+
+def _describe_attention(site: AttentionSite) -> dict:
+    """One attention site for the report; `layout`: the image-holding side's token layout."""
+    axis = site.query if site.query is not None else site.key
+    return {"node": site.node.name, "kind": site.kind, "layout": str(axis.layout),
+            "how": _ATTENTION_HOW[site.kind]}
+
+
 def _report(name: str, plan: TokenPlan, signature: GraphSignature) -> GraphReport:
-    attention = [{"node": s.node.name, "kind": s.kind, "layout": str(s.query.layout),
-                  "how": ("Q gathered, K/V completed from cache" if s.kind == "self"
-                          else "Q gathered, K/V from text untouched")} for s in plan.attention]
+    attention = [_describe_attention(s) for s in plan.attention]
     return GraphReport(
         graph=name, rewritten=True, num_image_tokens=plan.num_image_tokens,
         entry=plan.entry.name, exit=plan.exit.name, attention=attention,

@@ -107,16 +107,35 @@ class TableGather:
     layout: Layout
 
 
+SELF = "self"            # queries and keys hold image tokens (maybe joint with text)
+CROSS = "cross"          # queries hold image tokens, keys and values do not (text)
+TO_IMAGE = "to_image"    # queries hold no image token (audio, text), keys and values do
+
+
 @dataclass(frozen=True)
 class AttentionSite:
-    """One attention call. kind: "self" (K/V over the image stream, maybe joint with text)
-    or "cross" (K/V from text only: untouched)."""
+    """One attention call, by what its queries and keys hold:
+
+      SELF      q [B, H, T+N, D]  k, v [B, H, T+N, D]   Q gathered, K/V completed from the cache
+      CROSS     q [B, H, N, D]    k, v [B, H, L, D]     Q gathered, K/V untouched
+      TO_IMAGE  q [B, H, L, D]    k, v [B, H, N, D]     Q untouched (every row is computed),
+                                                         K/V completed from the cache
+                (LTX-2's video-to-audio attention: audio queries, video keys)
+
+    `query` is the token axis of the queries (None for TO_IMAGE); `key` that of the keys and
+    values (None for CROSS)."""
     node: fx.Node
     kind: str
-    query: TokenAxis
+    query: Optional[TokenAxis]
     key: Optional[TokenAxis] = None
     key_node: Optional[fx.Node] = None
     value_node: Optional[fx.Node] = None
+
+    @property
+    def completes_keys(self) -> bool:
+        """Its keys and values hold image tokens: the gathered rows are completed from a
+        per-layer cache of the full sequence."""
+        return self.key is not None
 
 
 REUSE_MODES = ("hold", "forecast")

@@ -7,11 +7,15 @@ does not know, an operand dynamo recorded no shape for, tokens laid out otherwis
 image-token region at all (no tensor output, no `hidden_states` input). Nothing else escapes.
 
     exit   : walk back from the graph output through layout-only ops (unpatchify) to the
-             last computed tensor  [B, N, C]; N = number of image tokens
+             last computed tensor  [B, N, C]; N = number of image tokens. Where that tensor
+             lies on the latent grid (Kandinsky: [B, F, H, W, C]), the [B, N, C] tensor
+             folded into the grid before it
     entry  : the first tensor derived from the `hidden_states` input shaped [B, N, C]
              (after patch and position embedding; for FLUX the packed input itself)
     axes   : forward propagation, op by op, of TokenAxis(dim, layout) from the entry to the
              exit; joint sequences appear where text is concatenated on the token axis
+    attention: each sdpa is SELF (queries and keys hold image tokens), CROSS (queries only)
+             or TO_IMAGE (keys only: another stream, e.g. LTX-2's audio, reads the image)
 
 Example (SD3, N = 64, text 5):
 
@@ -34,9 +38,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .input_roles import input_roles
-from .plan import (IMAGE, TEXT, AttentionSite, Layout, NoImageTokens, Segment, SegmentSlice,
-                   ShapeLiteral, SplitSizes, SqueezeDims, TableGather, TokenAxis, TokenPlan,
-                   Unrewritable)
+from .plan import (CROSS, IMAGE, SELF, TEXT, TO_IMAGE, AttentionSite, Layout, NoImageTokens,
+                   Segment, SegmentSlice, ShapeLiteral, SplitSizes, SqueezeDims, TableGather,
+                   TokenAxis, TokenPlan, Unrewritable)
 
 MAX_ENTRY_CANDIDATES = 6
 
@@ -100,6 +104,7 @@ def _shape_args(node: fx.Node) -> list:
 
 # --------------------------------------------------------------------------- exit / entry
 def _find_exit(gm: fx.GraphModule) -> fx.Node:
+    """The exit [B, N, C] of the first output (see the module docstring)."""
     out = next(n for n in gm.graph.nodes if n.op == "output")
     results = out.args[0] if out.args else None
     results = list(results) if isinstance(results, (tuple, list)) else [results]
@@ -114,10 +119,62 @@ def _find_exit(gm: fx.GraphModule) -> fx.Node:
            and sum(_is_tensor_node(a) for a in node.args) == 1):
         node = next(a for a in node.args if _is_tensor_node(a))
     v = value(node)
-    if v.dim() != 3:
+    if v.dim() == 3:
+        return node
+    folded = _grid_exit(gm, node) if v.dim() > 3 else None
+    if folded is None:
+        on_grid = ", and no [batch, tokens, channels] tensor is folded into it" if v.dim() > 3 else ""
         raise Unrewritable(f"the last computed tensor before the output ({node.name}, shape "
-                           f"{tuple(v.shape)}) is not [batch, tokens, channels]")
-    return node
+                           f"{tuple(v.shape)}) is not [batch, tokens, channels]{on_grid}")
+    return folded
+
+
+_GRID_FOLDS = {"view", "reshape", "unflatten"}
+
+
+def _grid_exit(gm: fx.GraphModule, last: fx.Node):
+    """The exit of a model that folds its token sequence back into the latent grid and
+    computes more there (Kandinsky 5 and 6):
+
+        h   = blocks(...)                          [B, N, C]      <- the exit
+        g   = reshape(h, (B, F, H, W, C))          [B, F, H, W, C]
+        out = linear(layer_norm(g) * scale + shift)  (on the grid), then unpatchify
+
+    That is the [B, N, C] tensor folded (view, reshape, unflatten of the token axis into
+    grid axes) on the way to `last`; None when none is. The ops after it run on the full
+    sequence (the scattered exit), as any op after an exit does. Several folded tensors
+    leave the exit open: Unrewritable."""
+    needed = _ancestors(last)
+    folded = list(dict.fromkeys(n.args[0] for n in gm.graph.nodes if n in needed and _folds_tokens_into_grid(n)))
+    if len(folded) > 1:
+        raise Unrewritable(f"several [batch, tokens, channels] tensors ({', '.join(n.name for n in folded)}) are "
+                           f"folded into a grid before the output ({last.name}): which one is the exit is open")
+    return folded[0] if folded else None
+
+
+def _ancestors(node: fx.Node) -> set:
+    """`node` and every node it is computed from."""
+    seen, todo = {node}, [node]
+    while todo:
+        for a in todo.pop().all_input_nodes:
+            if a not in seen:
+                seen.add(a)
+                todo.append(a)
+    return seen
+
+
+def _folds_tokens_into_grid(node: fx.Node) -> bool:
+    """`node` reshapes [B, N, C] into [B, g1, .., gk, C], g1 * .. * gk = N, with at least two
+    grid axes longer than 1 (a split of heads, [B, N, 1, C], is no grid)."""
+    if node.op not in ("call_method", "call_function") or op_name(node) not in _GRID_FOLDS:
+        return False
+    if not node.args or not _is_tensor_node(node.args[0]) or not _is_tensor_node(node):
+        return False
+    src, out = tuple(value(node.args[0]).shape), tuple(value(node).shape)
+    if len(src) != 3 or len(out) < 4 or (out[0], out[-1]) != (src[0], src[2]):
+        return False
+    grid = out[1:-1]
+    return math.prod(grid) == src[1] and sum(g > 1 for g in grid) >= 2
 
 
 def _hidden_states_input(gm: fx.GraphModule) -> fx.Node:
@@ -234,7 +291,7 @@ class _Propagation:
         else:
             if not started:
                 raise Unrewritable("the entry was not reached")
-        if not any(site.kind == "self" for site in plan.attention):
+        if not any(site.kind == SELF for site in plan.attention):
             # progress 0: a later candidate that skips the blocks is no entry
             raise Unrewritable(f"no self-attention over image tokens between the entry "
                                f"{plan.entry.name} and the exit {plan.exit.name}", progress=0)
@@ -710,33 +767,61 @@ class _Propagation:
         return TokenAxis(self.ndim(node, node) - self.ndim(node, a) + ta.dim, ta.layout)
 
     def attention(self, node: fx.Node):
-        names = ["query", "key", "value", "attn_mask", "dropout_p", "is_causal"]
-        args = {k: a for k, a in zip(names, node.args)}
-        args.update(node.kwargs)
-        q, k, v = args["query"], args["key"], args["value"]
-        tq, tk, tv = self.ax(q), self.ax(k), self.ax(v)
+        """scaled_dot_product_attention, classified by what its queries and keys hold (see
+        plan.AttentionSite): SELF and CROSS return the query's token axis; TO_IMAGE (queries
+        without image tokens attending to image keys) returns None: the softmax runs over
+        the completed keys, so every output row is computed in full."""
+        args = _attention_args(node)
+        q, k, v, mask = args["query"], args["key"], args["value"], args.get("attn_mask")
         if args.get("is_causal"):
             self.fail(node, "causal attention over image tokens")
-        if tq is None:
-            self.fail(node, "attention whose keys hold image tokens but whose queries do not")
-        tq = self.token_axis(node, q)
-        nd = self.ndim(node, q)
-        if tq.dim != nd - 2:
+        if isinstance(mask, fx.Node) and self.ax(mask) is not None:
+            self.fail(node, "attention mask computed from image tokens")
+        key = self.key_axis(node, k, v)
+        if self.ax(q) is None:
+            if key is None:
+                self.stray_tokens(node, "its query, key or value")
+            self.plan.attention.append(AttentionSite(node, TO_IMAGE, None, key, k, v))
+            return None
+        query = self.token_axis(node, q)
+        if query.dim != self.ndim(node, q) - 2:
             self.fail(node, "query token axis is not the sequence axis of attention")
-        mask = args.get("attn_mask")
-        if isinstance(mask, fx.Node):
-            if self.ax(mask) is not None:
-                self.fail(node, "attention mask computed from image tokens")
-            mv = self.tensor(node, mask)
-            if mv.dim() >= 2 and mv.shape[-2] == tq.layout.full_length and tq.layout.full_length != 1:
-                self.plan.tables.append(TableGather(node, mask, mv.dim() - 2, tq.layout))
+        self.gather_mask_rows(node, mask, query)
+        self.plan.attention.append(AttentionSite(node, CROSS if key is None else SELF, query, key, k, v))
+        return query
+
+    def key_axis(self, node: fx.Node, k, v):
+        """The token axis keys and values share (k, v [B, H, S, D] with image tokens on S), or
+        None when neither holds image tokens. Image tokens elsewhere (on a batch or feature
+        axis of attention, or in only one of the two) fail: no per-layer cache of rows along
+        S would complete them."""
+        tk, tv = self.ax(k), self.ax(v)
         if tk is None and tv is None:
-            self.plan.attention.append(AttentionSite(node, "cross", tq))
-            return tq
-        if not isinstance(tk, TokenAxis) or tk != tv or tk.dim != self.ndim(node, k) - 2:
+            return None
+        if not isinstance(tk, TokenAxis) or tk != tv:
             self.fail(node, "keys and values do not share one token axis")
-        self.plan.attention.append(AttentionSite(node, "self", tq, tk, k, v))
-        return tq
+        if tk.dim != self.ndim(node, k) - 2:
+            self.fail(node, f"keys hold image tokens on axis {tk.dim}, not on the sequence axis of "
+                      "attention")
+        return tk
+
+    def gather_mask_rows(self, node: fx.Node, mask, query: TokenAxis):
+        """A mask [.., L, S] whose rows run over the queries' tokens is gathered with them;
+        its key axis stays at full length (the keys are completed)."""
+        if not isinstance(mask, fx.Node):
+            return
+        mv = self.tensor(node, mask)
+        full = query.layout.full_length
+        if mv.dim() >= 2 and mv.shape[-2] == full and full != 1:
+            self.plan.tables.append(TableGather(node, mask, mv.dim() - 2, query.layout))
+
+
+def _attention_args(node: fx.Node) -> dict:
+    """The arguments of a scaled_dot_product_attention call by name, whichever call form."""
+    names = ["query", "key", "value", "attn_mask", "dropout_p", "is_causal"]
+    args = dict(zip(names, node.args))
+    args.update(node.kwargs)
+    return args
 
 
 def _no_entry(gm: fx.GraphModule, source: fx.Node, exit_node: fx.Node):

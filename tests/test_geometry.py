@@ -44,24 +44,29 @@ REWRITTEN = [
     # rewritten since the token rules of 769cdf2 (complex RoPE, repeat_interleave off the token axis)
     "AnyFlowTransformer3DModel", "CosmosTransformer3DModel", "Krea2Transformer2DModel", "LuminaNextDiT2DModel",
     "NucleusMoEImageTransformer2DModel", "QwenImageTransformer2DModel",
+    # rewritten since attention to image keys (LTX-2) and the exit before the fold into the grid (Kandinsky)
+    "LTX2VideoTransformer3DModel", "Kandinsky5Transformer3DModel", "Kandinsky6Transformer3DModel",
 ]
 #: The grid the tiny inputs are built on (coverage_models: GRID_H x GRID_W, FRAMES latent frames).
 VIDEO = {"AllegroTransformer3DModel", "ChronoEditTransformer3DModel", "CogVideoXTransformer3DModel",
          "ConsisIDTransformer3DModel", "EasyAnimateTransformer3DModel", "HeliosTransformer3DModel",
          "HunyuanVideoTransformer3DModel", "LTXVideoTransformer3DModel", "MotifVideoTransformer3DModel",
          "SkyReelsV2Transformer3DModel", "WanTransformer3DModel", "WanVACETransformer3DModel",
-         "AnyFlowTransformer3DModel", "CosmosTransformer3DModel"}
+         "AnyFlowTransformer3DModel", "CosmosTransformer3DModel", "LTX2VideoTransformer3DModel",
+         "Kandinsky5Transformer3DModel", "Kandinsky6Transformer3DModel"}
 TRUE_GRID = {cls: (FRAMES if cls in VIDEO else 1, GRID_H, GRID_W) for cls in REWRITTEN}
 TRUE_GRID["DiTTransformer2DModel"] = (1, GRID_H, GRID_H)      # DiT's square position table
 #: Where no grid can be derived (the automatic schedule stays off): the graph's image tokens
 #: are all of Ideogram4's hidden_states, TEXT text slots and then the 4 x 6 image.
 NO_GRID = {"Ideogram4Transformer2DModel"}
 #: One of each input layout: packed + ids (2 kinds), image, video [B, C, F, H, W] with
-#: frames patched by the config, video [B, F, C, H, W], packed tokens with the grid from the
-#: graph (meshgrid, flattened table), and classes that had no table entry.
+#: frames patched by the config, video [B, F, C, H, W], video [B, F, H, W, C] with no
+#: channels in the config, packed tokens with the grid from the graph (meshgrid, flattened
+#: table), and classes that had no table entry.
 SUBSET = ["FluxTransformer2DModel", "Flux2Transformer2DModel", "AuraFlowTransformer2DModel",
           "HunyuanDiT2DModel", "WanTransformer3DModel", "CogVideoXTransformer3DModel",
-          "LTXVideoTransformer3DModel", "QwenImageTransformer2DModel", "HunyuanVideoTransformer3DModel"]
+          "Kandinsky5Transformer3DModel", "LTXVideoTransformer3DModel", "QwenImageTransformer2DModel",
+          "HunyuanVideoTransformer3DModel"]
 CLASSES = REWRITTEN if os.environ.get("JANO_GEOMETRY_ALL") else SUBSET
 
 
@@ -109,7 +114,8 @@ class Derived:
         self.grid_hint = grid_from_graph(self.gm, self.report.num_image_tokens)
 
     def tokens(self, hidden_states):
-        return image_tokens(self.geometry, self.model, hidden_states, self.ids, self.grid_hint)
+        return image_tokens(self.geometry, self.model, hidden_states, self.ids, self.grid_hint,
+                            self.report.num_image_tokens)
 
     def token_positions(self) -> torch.Tensor:
         hs = self.inputs[self.hs_position]
@@ -221,6 +227,16 @@ def test_ids_give_the_grid_with_any_offset_and_only_in_sequence_order():
         grid_from_ids(torch.cat([ids[:3], ids, ids[-3:]]), 24)
 
 
+def test_channels_last_video_is_found_by_its_config_channels_or_the_graphs_tokens():
+    video = torch.randn(1, 4, 3, 6, 8)                                  # [B, C, F, H, W]
+    expected = image_tokens(IMAGE, None, video)
+    last = video.permute(0, 2, 3, 4, 1)                                 # [B, F, H, W, C] (Kandinsky 5)
+    for geometry, n in ((IMAGE, None), (TokenGeometry("x", (1, 2, 2), None), 36)):
+        tokens, grid = image_tokens(geometry, None, last, num_tokens=n)
+        assert grid == expected[1] == (3, 3, 4)
+        torch.testing.assert_close(tokens, expected[0])
+
+
 def test_image_and_video_layouts_patchify_frames_first_row_major():
     image = torch.arange(4 * 4 * 6).reshape(1, 4, 4, 6)
     tokens, grid = image_tokens(IMAGE, None, image)
@@ -233,7 +249,7 @@ def test_image_and_video_layouts_patchify_frames_first_row_major():
     torch.testing.assert_close(cf, fc)
 
 
-@given(st.sampled_from(["image", "video_cf", "video_fc"]), st.integers(1, 2), st.integers(1, 3),
+@given(st.sampled_from(["image", "video_cf", "video_fc", "video_fhwc"]), st.integers(1, 2), st.integers(1, 3),
        st.integers(1, 4), st.integers(1, 4), st.tuples(st.integers(1, 2), st.integers(1, 2), st.integers(1, 2)),
        st.integers(1, 3))
 def test_patchify_inverts_the_models_unpatchify(layout, b, frames, h, w, patch, c):
@@ -248,6 +264,8 @@ def test_patchify_inverts_the_models_unpatchify(layout, b, frames, h, w, patch, 
         latent = latent.squeeze(2)
     elif layout == "video_fc":
         latent = latent.transpose(1, 2)
+    elif layout == "video_fhwc":
+        latent = latent.permute(0, 2, 3, 4, 1)
     got, grid = image_tokens(TokenGeometry("x", (pt, ph, pw), c, layout), None, latent)
     assert grid == (frames, h, w)
     expected = tokens.view(b, frames * h * w, pt, ph, pw, c).permute(0, 1, 5, 2, 3, 4).reshape(tokens.shape)
@@ -255,12 +273,19 @@ def test_patchify_inverts_the_models_unpatchify(layout, b, frames, h, w, patch, 
 
 
 def test_what_cannot_be_derived_raises_instead_of_guessing_a_grid():
-    with pytest.raises(GeometryError, match="frames and channels are both 4"):
+    with pytest.raises(GeometryError, match=r"axes \[1, 2\] could hold the config's 4 channels"):
         image_tokens(IMAGE, None, torch.randn(1, 4, 4, 4, 6))
     frames_first = TokenGeometry("x", (1, 2, 2), 4, "video_fc")          # what the table says for CogVideoX
     assert image_tokens(frames_first, None, torch.randn(1, 4, 4, 4, 6))[1] == (4, 2, 3)
-    with pytest.raises(GeometryError, match="channel axis"):              # channels last (Kandinsky 5)
-        image_tokens(IMAGE, None, torch.randn(1, 2, 8, 12, 4))
+    with pytest.raises(GeometryError, match="channel axis"):              # no axis holds the 4 channels
+        image_tokens(IMAGE, None, torch.randn(1, 2, 8, 12, 3))
+    unnamed = TokenGeometry("x", (1, 2, 2), None)                        # Kandinsky: no in_channels
+    with pytest.raises(GeometryError, match="no in_channels"):
+        image_tokens(unnamed, None, torch.randn(1, 2, 8, 12, 4))
+    with pytest.raises(GeometryError, match="0 of these layouts"):
+        image_tokens(unnamed, None, torch.randn(1, 2, 8, 12, 4), num_tokens=50)
+    with pytest.raises(GeometryError, match="3 of these layouts"):       # [B, 4, 4, 4, 4]: every grid holds 16
+        image_tokens(unnamed, None, torch.randn(1, 4, 4, 4, 4), num_tokens=16)
     with pytest.raises(GeometryError, match="without position ids"):      # 64 tokens: never a guessed 8 x 8
         image_tokens(IMAGE, None, torch.randn(1, 64, 4))
     with pytest.raises(GeometryError, match="channels"):
@@ -309,7 +334,8 @@ def run_schedule(cls: str) -> dict:
 
 
 @pytest.mark.parametrize("cls", ["AuraFlowTransformer2DModel",     # had no table entry
-                                 "LTXVideoTransformer3DModel"])    # the grid from the graph
+                                 "LTXVideoTransformer3DModel",     # the grid from the graph
+                                 "Kandinsky5Transformer3DModel"])  # channels last, none in the config
 def test_automatic_schedule_runs_partial_steps(cls):
     stats = run_schedule(cls)
     assert stats["auto_disabled"] is None

@@ -1,6 +1,8 @@
 """Token rules of issue 11 (part 2), one group per rule: complex-number RoPE
-(`view_as_complex`, a complex per-token table, `view_as_real`, `flatten`) and head repeats of
-grouped-query attention (`repeat_interleave`, `repeat`, `expand` on the head axis).
+(`view_as_complex`, a complex per-token table, `view_as_real`, `flatten`), head repeats of
+grouped-query attention (`repeat_interleave`, `repeat`, `expand` on the head axis),
+attention of queries without image tokens to image keys (TO_IMAGE; `sdpa(q, q, q)`), and the
+exit of a model whose head computes on the latent grid (the tokens folded back before it).
 
 Each rule has: a tiny module written here that uses the op token-wise, checked with the
 oracle (full step == eager, partial steps == full step); the structure of its rewritten
@@ -32,21 +34,22 @@ def subsets(n: int) -> list:
 
 
 def oracle(model: nn.Module, kwargs: dict):
-    """Full call == eager, then each subset of `subsets` == the full call, really partial.
-    Returns the controller."""
+    """Full call == eager, then each subset of `subsets` == the full call, really partial;
+    every output tensor is compared (an audio stream next to the image, say). Returns the
+    controller."""
     model.eval()
     with torch.no_grad():
-        reference = model(**kwargs)[0]
+        reference = model(**kwargs)
         compiled = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager"})
         ctl = jano_compile.controller(compiled)
-        full = compiled(**kwargs)[0]
+        full = compiled(**kwargs)
         stats = ctl.stats()
         assert stats["rewritten"], stats["fallback_reason"]
         torch.testing.assert_close(full, reference, **TOLERANCE, msg=lambda m: f"full vs eager: {m}")
         n = stats["num_image_tokens"]
         for positions in subsets(n):
             ctl.set_active(torch.tensor(positions, dtype=torch.long))
-            part = compiled(**kwargs)[0]
+            part = compiled(**kwargs)
             assert ctl.last_call is not None and not ctl.last_call.full
             assert ctl.last_call.active == len(positions)
             torch.testing.assert_close(part, full, **TOLERANCE, msg=lambda m: f"|S|={len(positions)}: {m}")
@@ -235,3 +238,259 @@ def test_repeat_interleave_heads_of_diffusers_class():
     model, kwargs = TINY["Krea2Transformer2DModel"].build(1)
     ctl = oracle(model, dict(kwargs, return_dict=False))
     assert ctl.stats()["num_image_tokens"] == 24
+
+
+# --------------------------------------------------------------------------- attention to image keys
+def heads_first(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, L, D] -> [B, H, L, D/H]"""
+    return t.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def heads_last(t: torch.Tensor) -> torch.Tensor:
+    """[B, H, L, Dh] -> [B, L, H * Dh]"""
+    return t.transpose(1, 2).flatten(2)
+
+
+class SelfAttentionDiT(PatchDiT):
+    """PatchDiT with plain multi-head self-attention: q, k, v [B, H, N, Dh]."""
+
+    def __init__(self, heads=2, **kw):
+        super().__init__(**kw)
+        dim = self.embed.out_channels
+        self.heads = heads
+        self.qkv = nn.ModuleList(nn.Linear(dim, 3 * dim) for _ in self.mlp)
+
+    def attend(self, x, layer):
+        q, k, v = (heads_first(t, self.heads) for t in self.qkv[layer](x).chunk(3, dim=-1))
+        return heads_last(F.scaled_dot_product_attention(q, k, v))
+
+
+class AudioVideoDiT(SelfAttentionDiT):
+    """Two streams as LTX-2 runs them: image tokens [B, N, D] and an audio stream [B, L, D]
+    (an input: every audio row is computed at every step). Per layer:
+
+        image self-attention                     q, k, v [B, H, N, Dh]               SELF
+        audio listens: q = audio [B, H, L, Dh],  k, v = image [B, H, N, Dh]         TO_IMAGE
+        image looks:   q = image [B, H, N, Dh],  k, v = audio [B, H, L, Dh]         CROSS
+
+    Returns (image [B, C, H, W], audio [B, L, C])."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        dim = self.embed.out_channels
+        self.audio_q = nn.ModuleList(nn.Linear(dim, dim) for _ in self.mlp)
+        self.image_kv = nn.ModuleList(nn.Linear(dim, 2 * dim) for _ in self.mlp)
+        self.image_q = nn.ModuleList(nn.Linear(dim, dim) for _ in self.mlp)
+        self.audio_kv = nn.ModuleList(nn.Linear(dim, 2 * dim) for _ in self.mlp)
+        self.audio_out = nn.Linear(dim, self.embed.in_channels)
+
+    def listen(self, audio, x, layer):
+        """The audio stream's update from the image tokens."""
+        q = heads_first(self.audio_q[layer](audio), self.heads)
+        k, v = (heads_first(t, self.heads) for t in self.image_kv[layer](x).chunk(2, dim=-1))
+        return heads_last(F.scaled_dot_product_attention(q, k, v))
+
+    def look(self, x, audio, layer):
+        q = heads_first(self.image_q[layer](x), self.heads)
+        k, v = (heads_first(t, self.heads) for t in self.audio_kv[layer](audio).chunk(2, dim=-1))
+        return heads_last(F.scaled_dot_product_attention(q, k, v))
+
+    def forward(self, hidden_states, audio_states):
+        b, c, h, w = hidden_states.shape
+        x = self.embed(hidden_states).flatten(2).transpose(1, 2)        # [B, N, D]
+        audio = audio_states                                           # [B, L, D]
+        for layer, mlp in enumerate(self.mlp):
+            x = x + self.attend(F.layer_norm(x, x.shape[-1:]), layer)
+            audio = audio + self.listen(audio, x, layer)
+            x = x + self.look(x, audio, layer)
+            x = x + mlp(F.gelu(x))
+        out = self.out(x).reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        return out.reshape(b, c, h, w), self.audio_out(audio)
+
+
+class AudioPerImageToken(AudioVideoDiT):
+    """Near miss: the audio queries attend, for each image token, to that token's channels
+    cut into a short sequence of H pieces. The image tokens sit on a batch axis of the
+    attention (keys [B, N, H, Dh]), not on the axis its softmax runs over: a cache of key
+    rows along that axis completes nothing, and the output holds image tokens."""
+
+    def listen(self, audio, x, layer):
+        b, n, _ = x.shape
+        q = self.audio_q[layer](audio).unflatten(-1, (self.heads, -1))[:, :, 0]      # [B, L, Dh]
+        q = q[:, None].expand(b, n, -1, -1)                                          # [B, N, L, Dh]
+        k, v = (t.unflatten(-1, (self.heads, -1)) for t in self.image_kv[layer](x).chunk(2, dim=-1))
+        per_token = F.scaled_dot_product_attention(q, k, v)                         # [B, N, L, Dh]
+        return audio + per_token.mean(dim=1).repeat(1, 1, self.heads)
+
+
+def audio_video_inputs(batch: int, audio_frames: int = 5) -> dict:
+    return dict(hidden_states=torch.randn(batch, 4, 8, 12), audio_states=torch.randn(batch, audio_frames, 32))
+
+
+def test_attention_to_image_keys_is_rewritten_and_exact():
+    ctl = oracle(AudioVideoDiT(), audio_video_inputs(2))
+    assert ctl.stats()["num_image_tokens"] == 24
+
+
+def test_attention_to_image_keys_completes_keys_only():
+    snap = snapshot(AudioVideoDiT().eval(), **audio_video_inputs(1))
+    (report,), (after,) = snap.reports, snap.after
+    assert report.rewritten, report.reason
+    kinds = [a["kind"] for a in report.attention]
+    assert kinds == ["self", "to_image", "cross"] * 2
+    assert report.to_image_attention_count == 2
+    # a K and a V cache for each self and each to-image attention, and the output cache
+    assert len(report.caches) == 2 * 4 + 1
+    listens = [n for n in after.graph.nodes if n.target is F.scaled_dot_product_attention][1::3]
+    for node in listens:
+        query, key, value_ = node.args[:3]
+        assert tuple(value(query).shape) == (1, 2, 5, 16), "the audio queries are untouched"
+        assert key.target is value_.target is torch.ops.aten.index_copy_.default
+
+
+def test_attention_to_image_tokens_on_a_batch_axis_is_not_rewritten():
+    """The near miss (an eager run, then a fallback whose reason names sdpa)."""
+    model = AudioPerImageToken()
+    model.eval()
+    kwargs = audio_video_inputs(1)
+    with torch.no_grad(), pytest.warns(UserWarning, match="not rewritten"):
+        reference = model(**kwargs)
+        compiled = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager"})
+        ctl = jano_compile.controller(compiled)
+        out = compiled(**kwargs)
+    stats = ctl.stats()
+    assert not stats["rewritten"]
+    reason = stats["fallback_reason"] or ""
+    assert "(scaled_dot_product_attention)" in reason and "not on the sequence axis" in reason, reason
+    torch.testing.assert_close(out, reference, **TOLERANCE)
+
+
+class SharedQueryKeyValue(PatchDiT):
+    """Attention of one tensor to itself, `sdpa(q, q, q)` [B, H, N, Dh]: the query stays
+    gathered while the same tensor, as keys and values, is completed from one cache."""
+
+    def __init__(self, heads=2, **kw):
+        super().__init__(**kw)
+        dim = self.embed.out_channels
+        self.heads = heads
+        self.q = nn.ModuleList(nn.Linear(dim, dim) for _ in self.mlp)
+
+    def attend(self, x, layer):
+        q = heads_first(self.q[layer](x), self.heads)
+        return heads_last(F.scaled_dot_product_attention(q, q, q))
+
+
+def test_query_as_key_and_value_is_rewritten_and_exact():
+    oracle(SharedQueryKeyValue(), dict(hidden_states=torch.randn(2, 4, 8, 12)))
+
+
+def test_query_as_key_and_value_shares_one_cache():
+    snap = snapshot(SharedQueryKeyValue().eval(), torch.randn(1, 4, 8, 12))
+    (report,), (after,) = snap.reports, snap.after
+    assert report.rewritten, report.reason
+    assert sorted(c["role"] for c in report.caches) == ["k_cache", "k_cache", "out_cache"]
+    for node in (n for n in after.graph.nodes if n.target is F.scaled_dot_product_attention):
+        query, key, value_ = node.args[:3]
+        assert key is value_ and key.target is torch.ops.aten.index_copy_.default
+        assert query is key.args[3], "the query is the fresh (gathered) tensor, not the completed cache"
+
+
+@pytest.mark.parametrize("cls, audio", [("LTX2VideoTransformer3DModel", None),
+                                        ("Kandinsky6Transformer3DModel", (9, 4))])
+def test_attention_to_image_keys_of_diffusers_class(cls, audio):
+    """LTX-2, and Kandinsky 6 given audio latents [B, 9, 4]: audio queries attend to video
+    keys (video-to-audio attention); the audio output is compared too."""
+    torch.manual_seed(0)
+    model, kwargs = TINY[cls].build(1)
+    if audio is not None:
+        kwargs["audio_hidden_states"] = torch.randn(1, *audio)
+    snap = snapshot(model.eval(), **kwargs, return_dict=False)
+    assert snap.reports[0].to_image_attention_count == 2
+    torch._dynamo.reset()
+    ctl = oracle(model, dict(kwargs, return_dict=False))
+    assert ctl.stats()["num_image_tokens"] == 48
+
+
+# --------------------------------------------------------------------------- exit before the fold into the grid
+class GridHeadDiT(SelfAttentionDiT):
+    """The blocks run on tokens [B, N, D]; the head folds them back into the latent grid and
+    computes there, as Kandinsky 5 and 6 do:
+
+        h   = blocks(x)                                        [B, N, D]       <- the exit
+        g   = h.reshape(B, h, w, D)                            [B, h, w, D]
+        out = linear(layer_norm(g) * (1 + scale) + shift)      [B, h, w, 4C]   (scale, shift
+              from the timestep, [B, 1, 1, D]), then unpatchify [B, C, 2h, 2w]
+    """
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.modulation = nn.Linear(1, 2 * self.embed.out_channels)
+
+    def fold(self, x: torch.Tensor, embedded: torch.Tensor, grid: tuple) -> torch.Tensor:
+        """[B, N, D] -> [B, h, w, D]"""
+        return x.reshape(x.shape[0], *grid, x.shape[-1])
+
+    def forward(self, hidden_states, timestep):
+        b, c, h, w = hidden_states.shape
+        embedded = self.embed(hidden_states).flatten(2).transpose(1, 2)     # [B, N, D]
+        x = embedded
+        for layer, mlp in enumerate(self.mlp):
+            x = x + self.attend(F.layer_norm(x, x.shape[-1:]), layer)
+            x = x + mlp(F.gelu(x))
+        g = self.fold(x, embedded, (h // 2, w // 2))
+        shift, scale = self.modulation(timestep[:, None]).chunk(2, dim=-1)   # [B, D] each
+        g = F.layer_norm(g, g.shape[-1:]) * (1 + scale[:, None, None]) + shift[:, None, None]
+        out = self.out(g).reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        return (out.reshape(b, c, h, w),)
+
+
+class GridHeadWithEmbeddingSkip(GridHeadDiT):
+    """Near miss: the head also folds the patch embedding (from before the blocks) into the
+    grid and adds it. Two token tensors reach the grid; taking either one as the exit would
+    hand the other's image tokens to the output ungathered or unscattered."""
+
+    def fold(self, x, embedded, grid):
+        return super().fold(x, embedded, grid) + super().fold(embedded, embedded, grid)
+
+
+def grid_head_inputs(batch: int) -> dict:
+    return dict(hidden_states=torch.randn(batch, 4, 8, 12), timestep=torch.rand(batch))
+
+
+def test_exit_before_the_fold_into_the_grid_is_rewritten_and_exact():
+    ctl = oracle(GridHeadDiT(), grid_head_inputs(2))
+    assert ctl.stats()["num_image_tokens"] == 24
+
+
+def test_exit_is_the_token_tensor_the_head_folds():
+    snap = snapshot(GridHeadDiT().eval(), **grid_head_inputs(1))
+    (report,), (after,) = snap.reports, snap.after
+    assert report.rewritten, report.reason
+    exit_node = next(n for n in after.graph.nodes if n.name == report.exit)
+    assert tuple(value(exit_node).shape) == (1, 24, 32)
+    (fold,) = [n for n in after.graph.nodes if n.op == "call_method" and n.target == "reshape"
+               and len(value(n).shape) == 4 and value(n).shape[-1] == 32]
+    assert fold.args[0].target is torch.index_copy, "the head folds the scattered (full) tokens"
+
+
+def test_two_token_tensors_folded_into_the_grid_are_not_rewritten():
+    model = GridHeadWithEmbeddingSkip().eval()
+    kwargs = grid_head_inputs(1)
+    with torch.no_grad(), pytest.warns(UserWarning, match="not rewritten"):
+        reference = model(**kwargs)
+        compiled = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager"})
+        ctl = jano_compile.controller(compiled)
+        out = compiled(**kwargs)
+    stats = ctl.stats()
+    assert not stats["rewritten"]
+    assert "folded into a grid" in stats["fallback_reason"] and "is open" in stats["fallback_reason"]
+    torch.testing.assert_close(out, reference, **TOLERANCE)
+
+
+@pytest.mark.parametrize("cls", ["Kandinsky5Transformer3DModel", "Kandinsky6Transformer3DModel"])
+def test_exit_before_the_fold_of_diffusers_class(cls):
+    """Kandinsky 5 and 6: blocks on [B, N, C], the output layer on [B, F, H, W, C]."""
+    torch.manual_seed(0)
+    model, kwargs = TINY[cls].build(1)
+    ctl = oracle(model, dict(kwargs, return_dict=False))
+    assert ctl.stats()["num_image_tokens"] == 48
