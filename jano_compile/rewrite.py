@@ -150,12 +150,12 @@ def rewrite_graph(gm: fx.GraphModule, example_inputs, config: PassConfig = PassC
         work.recompile()
         signature = graph_signature(work)
         _validate(work, gm, example_inputs, signature)
+        report = _report(name, plan, signature)
     except Unrewritable as e:
         return RewriteResult(None, GraphReport(name, False, e.reason))
     except Exception as e:  # noqa: BLE001 - a pass bug (SignatureError too) must not break the model
         log.warning("jano: rewrite of %s failed", name, exc_info=True)
         return RewriteResult(None, GraphReport(name, False, f"internal error in the rewrite: {_describe_error(e)}"))
-    report = _report(name, plan, signature)
     dense, full = (_full_variant(work, name, fill) for fill in (False, True))
     return RewriteResult(work, report, _tail(work, report), dense, full)
 
