@@ -76,6 +76,12 @@ JANO_SETTINGS = {
     "forecast, period 2": _period(2),
     "forecast, period 4": _period(4),
     "forecast, regions 4/2/2": dict(static_interval=4, medium_interval=2, active_interval=2),
+    # the same periods, the regions ranked by measured forecast error after every full step
+    # (the emulation's best region schedule on the calibration seeds, docs/forecast_emulation.md)
+    "forecast, regions 4/2/2 by error": dict(static_interval=4, medium_interval=2, active_interval=2,
+                                             levels_from="error"),
+    "forecast, regions 6/3/2 by error": dict(static_interval=6, medium_interval=3, active_interval=2,
+                                             levels_from="error"),
     "paper: hold, reference schedule": dict(recipe="paper"),
     "paper, faster (quantile 60/20)": dict(recipe="paper", static_fraction=0.6, medium_fraction=0.2),
 }
