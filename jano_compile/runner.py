@@ -121,7 +121,9 @@ class GraphRunner:
 
     @property
     def capture_failures(self) -> list[str]:
-        return [c.failure for c in self._calls.values() if c.failure]
+        """Why captures failed (those calls run uncaptured), and why static calls stopped."""
+        failures = [c.failure for c in self._calls.values() if c.failure]
+        return failures + ([self.static_calls_off] if self.static_calls_off else [])
 
     # ------------------------------------------------------------------ inputs
     def _static_argument_positions(self, user_static: frozenset) -> frozenset:
