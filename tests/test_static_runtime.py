@@ -201,3 +201,23 @@ def test_cuda_graphs_in_a_pipeline_equal_uncaptured_steps():
     assert stats["reduce-overhead"]["cuda_graphs"] >= 2 and stats[None]["cuda_graphs"] == 0
     assert stats["reduce-overhead"]["compute_saved"] > 0
     torch.testing.assert_close(images["reduce-overhead"], images[None], atol=1e-4, rtol=1e-4)
+
+
+def test_weights_that_move_make_new_static_calls_until_the_runner_gives_up():
+    """A parameter given new storage (same dtype and device: dynamo does not recompile) is
+    a new static call, each equal to the eager model with the new weights; after
+    MAX_RECAPTURES moves the runner stops using static calls and says why."""
+    from jano_compile.runner import MAX_RECAPTURES
+    model, kwargs, n = flux(b=1, h=4, w=4)
+    model.eval()
+    f = torch.compile(model, backend="jano", options={"lowering": "eager", "cuda_graphs": True})
+    ctl = jano_compile.controller(f)
+    weight = model.proj_out.weight
+    with torch.no_grad():
+        for move in range(MAX_RECAPTURES + 2):
+            weight.data = weight.data * 1.1            # new storage
+            ctl.refresh()
+            torch.testing.assert_close(f(**kwargs, return_dict=False)[0],
+                                       model(**kwargs, return_dict=False)[0], **TOLERANCE[torch.float32])
+    (failure,) = ctl.stats()["capture_failures"]
+    assert "static calls stopped" in failure
