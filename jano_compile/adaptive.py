@@ -127,6 +127,7 @@ class AdaptiveSchedule:
             return
         self.analysis = rerank_by_error(self.analysis, errors)
         self.reranks += 1
+        self._save_region_map(f"_rerank{self.reranks:02d}")
 
     def _analyze(self) -> None:
         self.analysed = True
@@ -140,8 +141,13 @@ class AdaptiveSchedule:
                  100 * self.analysis.active_fraction, 100 * self.analysis.medium_fraction,
                  100 * self.analysis.static_fraction, self.analysis.elapsed_s)
         self.warmup_latents = []
+        self._save_region_map("")
+
+    def _save_region_map(self, suffix: str) -> None:
+        """With `save_dir`: the levels as a PNG, `region_map_<generation><suffix>.png` (one
+        for the warm-up analysis, one per re-ranking by error)."""
         if self.config.save_dir:
             os.makedirs(self.config.save_dir, exist_ok=True)
-            path = os.path.join(self.config.save_dir, f"region_map_{self.generation:03d}.png")
+            path = os.path.join(self.config.save_dir, f"region_map_{self.generation:03d}{suffix}.png")
             render_region_map(region_map(self.analysis, self.grid)).save(path)
             log.info("jano: wrote %s", path)

@@ -96,7 +96,8 @@ class JanoConfig:
             every full step, the forecast error each token showed when it was last
             computed, per unit of time, averaged over each region; the warm-up analysis
             still sets the level sizes, and ranks the regions where no error is known).
-        save_dir: directory for the region-map PNG of each generation; ``None`` writes none.
+        save_dir: directory for the region-map PNG of each generation (and one per
+            re-ranking with ``levels_from="error"``: how the levels moved); ``None`` writes none.
     """
 
     warmup_steps: int = 3

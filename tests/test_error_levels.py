@@ -40,12 +40,14 @@ def test_rerank_gives_the_active_level_to_the_largest_errors_at_the_same_sizes()
     assert set(rerank_by_error(analysis, unmeasured).active_index.tolist()) >= {0, 1, 8, 9}
 
 
-def test_the_schedule_follows_a_region_that_moves():
+def test_the_schedule_follows_a_region_that_moves(tmp_path):
     """Synthetic errors: the top-left quadrant changes in the first half of the run, the
-    bottom-right in the second. After each full step the active level follows."""
+    bottom-right in the second. After each full step the active level follows, and each
+    ranking is drawn (save_dir)."""
     config = JanoConfig(warmup_steps=2, cooldown_steps=0, static_interval=4, medium_interval=2,
                         active_interval=1, block_size=(1, 2, 2), static_fraction=0.5,
-                        medium_fraction=0.25, levels_from="error", num_inference_steps=20)
+                        medium_fraction=0.25, levels_from="error", num_inference_steps=20,
+                        save_dir=str(tmp_path))
     schedule = AdaptiveSchedule(config)
     active_by_step = {}
     for step in range(20):
@@ -64,6 +66,8 @@ def test_the_schedule_follows_a_region_that_moves():
     assert active_by_step[3] == QUADRANTS["top-left"] and active_by_step[9] == QUADRANTS["top-left"]
     assert active_by_step[11] == QUADRANTS["bottom-right"] and active_by_step[19] == QUADRANTS["bottom-right"]
     assert schedule.reranks == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["region_map_000.png"] + [
+        f"region_map_000_rerank{k:02d}.png" for k in range(1, 6)]
 
 
 def test_the_graph_records_each_tokens_forecast_error_per_unit_of_time():
