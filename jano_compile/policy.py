@@ -12,7 +12,7 @@ DEFAULT_BRANCH = "default"
 @dataclass(frozen=True)
 class CallPlan:
     """One call: recompute the image tokens at `index` (sorted int64 [n] on the CPU), or
-    every token when `index` is None; the caches of `branch` are read and renewed. `skip`:
+    every token when `index` is None; the caches of `branch` are read and written. `skip`:
     no image token is due, so the skip tail may run instead of the model."""
     index: Optional[torch.Tensor]
     branch: str = DEFAULT_BRANCH

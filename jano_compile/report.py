@@ -26,7 +26,7 @@ class GraphReport:
 
     @property
     def caches(self) -> list[dict]:
-        """The states the rewritten graph reads and renews (StateSpec.describe() each)."""
+        """The states the rewritten graph reads and writes in place (StateSpec.describe() each)."""
         return [s.describe() for s in self.signature.states] if self.signature else []
 
     @property
