@@ -13,8 +13,13 @@
 # The most important figures come first. A failing command does not stop the others; each
 # one's exit status and seconds go to $OUT/summary.log; when the CUDA tests fail, nothing
 # else runs (device time is scarce). Offline: diffusers, if missing, is installed from the
-# wheels in $WHEELS (default .whl, git-ignored: `pip download diffusers` and the pure-Python
-# dependencies a bare torch install lacks into it, and carry it to the GPU machine).
+# wheels in $WHEELS (default .whl, git-ignored; carry it to the GPU machine). The image
+# there (Python 3.12) lacks diffusers and importlib_metadata; fill .whl once with
+#   echo /.whl/ >> .git/info/exclude
+#   pip download --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1
+# (numpy and Pillow may be deleted from .whl: the image has them). The last run used:
+#   OUT=$OUT/a ONLY="step_reduce-overhead pipeline_reduce-overhead" bash benchmarks/gpu.sh
 set -u
 OUT=${OUT:-./gpu_out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
