@@ -11,7 +11,9 @@ image-token region at all (no tensor output, no `hidden_states` input). Nothing 
              lies on the latent grid (Kandinsky: [B, F, H, W, C]), the [B, N, C] tensor
              folded into the grid before it
     entry  : the first tensor derived from the `hidden_states` input shaped [B, N, C]
-             (after patch and position embedding; for FLUX the packed input itself)
+             (after patch and position embedding; for FLUX the packed input itself), or
+             sequence-first [N, B, C] (ErnieImage; its exit is the [B, N, C] tensor the last
+             computed [N, B, C] one is transposed into)
     axes   : forward propagation, op by op, of TokenAxis(dim, layout) from the entry to the
              exit; joint sequences appear where text is concatenated on the token axis
     attention: each sdpa is SELF (queries and keys hold image tokens), CROSS (queries only)
@@ -103,8 +105,9 @@ def _shape_args(node: fx.Node) -> list:
 
 
 # --------------------------------------------------------------------------- exit / entry
-def _find_exit(gm: fx.GraphModule) -> fx.Node:
-    """The exit [B, N, C] of the first output (see the module docstring)."""
+def _output_path(gm: fx.GraphModule) -> list[fx.Node]:
+    """The first output and the layout-only ops (unpatchify) it is computed through, back to
+    the last computed tensor: [output tensor, ..., last computed tensor]."""
     out = next(n for n in gm.graph.nodes if n.op == "output")
     results = out.args[0] if out.args else None
     results = list(results) if isinstance(results, (tuple, list)) else [results]
@@ -114,10 +117,17 @@ def _find_exit(gm: fx.GraphModule) -> fx.Node:
     first = results[0]
     if not _is_tensor_node(first):
         raise Unrewritable("the graph's first output is not a tensor")
-    node = first
-    while (node.op in ("call_method", "call_function") and op_name(node) in _LAYOUT_ONLY
-           and sum(_is_tensor_node(a) for a in node.args) == 1):
-        node = next(a for a in node.args if _is_tensor_node(a))
+    path = [first]
+    while (path[-1].op in ("call_method", "call_function") and op_name(path[-1]) in _LAYOUT_ONLY
+           and sum(_is_tensor_node(a) for a in path[-1].args) == 1):
+        path.append(next(a for a in path[-1].args if _is_tensor_node(a)))
+    return path
+
+
+def _find_exit(gm: fx.GraphModule, path: list[fx.Node]) -> fx.Node:
+    """The exit [B, N, C] of the output `path` (see the module docstring); a sequence-first
+    one is replaced by `_batch_first_exit` once the batch is known."""
+    node = path[-1]
     v = value(node)
     if v.dim() == 3:
         return node
@@ -127,6 +137,28 @@ def _find_exit(gm: fx.GraphModule) -> fx.Node:
         raise Unrewritable(f"the last computed tensor before the output ({node.name}, shape "
                            f"{tuple(v.shape)}) is not [batch, tokens, channels]{on_grid}")
     return folded
+
+
+def _batch_first_exit(path: list[fx.Node], batch):
+    """The exit of a model computing sequence-first (ErnieImage):
+
+        h   = linear(x)                        [N + T, B, C]   (text after the image)
+        img = h[:N]                            [N, B, C]       <- last computed tensor
+        t   = img.transpose(0, 1)              [B, N, C]       <- the exit
+        out = unpatchify(t)
+
+    That is the [B, N, C] tensor the last computed [N, B, C] tensor is transposed into on the
+    way to the output (nearest first); None when the last computed tensor is not
+    sequence-first or no such tensor follows it. The ops in between are token-wise on
+    gathered tokens (the token analysis checks them)."""
+    last = tuple(value(path[-1]).shape)
+    if batch is None or len(last) != 3 or last[0] == batch or last[1] != batch:
+        return None
+    for node in reversed(path[:-1]):
+        shape = tuple(value(node).shape)
+        if shape == (batch, last[0], last[2]):
+            return node
+    return None
 
 
 _GRID_FOLDS = {"view", "reshape", "unflatten"}
@@ -199,7 +231,10 @@ def _derived(gm: fx.GraphModule, source: fx.Node, until: fx.Node) -> list[fx.Nod
     return out
 
 
-def _entry_candidates(gm: fx.GraphModule, source: fx.Node, exit_node: fx.Node) -> list[fx.Node]:
+def _entry_candidates(gm: fx.GraphModule, source: fx.Node, exit_node: fx.Node) -> list[tuple[fx.Node, int]]:
+    """The tensors derived from `source` that may hold the N image tokens of the exit, in
+    graph order, each with its token axis: [B, N, C] (axis 1) or sequence-first [N, B, C]
+    (axis 0, ErnieImage's blocks)."""
     if value(source).dim() == 0:
         return []
     batch = value(source).shape[0]
@@ -209,8 +244,12 @@ def _entry_candidates(gm: fx.GraphModule, source: fx.Node, exit_node: fx.Node) -
         if n is exit_node:
             break
         v = value(n)
-        if isinstance(v, torch.Tensor) and v.dim() == 3 and v.shape[0] == batch and v.shape[1] == tokens:
-            out.append(n)
+        if not (isinstance(v, torch.Tensor) and v.dim() == 3):
+            continue
+        if v.shape[0] == batch and v.shape[1] == tokens:
+            out.append((n, 1))
+        elif v.shape[0] == tokens and v.shape[1] == batch:
+            out.append((n, 0))
     return out[:MAX_ENTRY_CANDIDATES]
 
 
@@ -218,10 +257,10 @@ def _entry_candidates(gm: fx.GraphModule, source: fx.Node, exit_node: fx.Node) -
 class _Propagation:
     """Labels token axes from `entry` forward; records literals, tables and attention."""
 
-    def __init__(self, gm: fx.GraphModule, entry: fx.Node, exit_node: fx.Node):
+    def __init__(self, gm: fx.GraphModule, entry: fx.Node, exit_node: fx.Node, entry_dim: int = 1):
         self.gm = gm
         n_img = value(exit_node).shape[1]
-        self.plan = TokenPlan(num_image_tokens=n_img, entry=entry, exit=exit_node)
+        self.plan = TokenPlan(num_image_tokens=n_img, entry=entry, exit=exit_node, entry_dim=entry_dim)
         self.axes: dict = {}
         self.visited = 0
 
@@ -265,7 +304,7 @@ class _Propagation:
         started = False
         for node in self.gm.graph.nodes:
             if node is plan.entry:
-                self.axes[node] = TokenAxis(1, Layout.image(plan.num_image_tokens))
+                self.axes[node] = TokenAxis(plan.entry_dim, Layout.image(plan.num_image_tokens))
                 started = True
                 if node is plan.exit:
                     break
@@ -852,15 +891,18 @@ def token_layout(gm: fx.GraphModule) -> TokenPlan:
         if isinstance(v, torch.Tensor) and any(not isinstance(s, int) for s in v.shape):
             raise Unrewritable("dynamo handed over symbolic shapes (a second resolution or batch "
                                "size); compile with dynamic=False to get one static graph per shape")
-    exit_node = _find_exit(gm)
+    path = _output_path(gm)
+    exit_node = _find_exit(gm, path)
     source = _hidden_states_input(gm)
+    batch = value(source).shape[0] if value(source).dim() else None
+    exit_node = _batch_first_exit(path, batch) or exit_node
     candidates = _entry_candidates(gm, source, exit_node)
     if not candidates:
         _no_entry(gm, source, exit_node)
     errors = []
-    for entry in candidates:
+    for entry, entry_dim in candidates:
         try:
-            return _Propagation(gm, entry, exit_node).run()
+            return _Propagation(gm, entry, exit_node, entry_dim).run()
         except Unrewritable as e:
             errors.append(e)
     # the candidate that got furthest is the real entry; its error is the reason
