@@ -78,6 +78,9 @@ _DATA_FIRST_ONLY = {"to", "type_as", "type", "float", "half", "bfloat16", "doubl
 _LIKE = {"empty_like", "zeros_like", "ones_like", "full_like", "rand_like", "randn_like"}
 _REDUCTIONS = {"sum", "mean", "amax", "amin", "max", "min", "std", "var", "norm", "prod",
                "logsumexp", "argmax", "argmin", "all", "any", "cumsum", "var_mean"}
+_NEW_OF_SIZE = {"new_zeros", "new_ones", "new_full", "new_empty"}
+_PLACED_BY_INDEX = {"index_copy", "index_copy_", "index_add", "index_add_", "scatter", "scatter_",
+                    "scatter_add", "scatter_add_", "index_select", "gather"}
 _LAYOUT_ONLY = {"view", "reshape", "permute", "transpose", "contiguous", "flatten", "unflatten",
                 "squeeze", "unsqueeze", "float", "to", "type_as", "einsum", "movedim"}
 
@@ -134,6 +137,9 @@ def _find_exit(gm: fx.GraphModule, path: list[fx.Node]) -> fx.Node:
     folded = _grid_exit(gm, node) if v.dim() > 3 else None
     if folded is None:
         on_grid = ", and no [batch, tokens, channels] tensor is folded into it" if v.dim() > 3 else ""
+        if v.dim() == 2:
+            on_grid = (" (a [tokens, channels] tensor without a batch axis: samples computed one "
+                       "by one, e.g. as a list)")
         raise Unrewritable(f"the last computed tensor before the output ({node.name}, shape "
                            f"{tuple(v.shape)}) is not [batch, tokens, channels]{on_grid}")
     return folded
@@ -390,8 +396,12 @@ class _Propagation:
             return self.matmul(node)
         if name in _REDUCTIONS:
             return self.reduction(node)
+        if name in _PLACED_BY_INDEX:
+            return self.placed_by_index(node, name)
         if name in _LIKE:
             return self.ax(node.args[0])
+        if name in _NEW_OF_SIZE:
+            return None     # x.new_zeros(size): only x's dtype and device, no token values
         if name in _POINTWISE_NAMES or name in _DATA_FIRST_ONLY:
             return self.pointwise(node, name)
         self.fail(node, "this op on image tokens is not known to be token-wise")
@@ -486,6 +496,21 @@ class _Propagation:
             self.fail(node, "reduction with several outputs")
         keep = _arg(node, 2, "keepdim", False)
         return TokenAxis(t.dim if keep else t.dim - sum(d < t.dim for d in dims), t.layout)
+
+    def placed_by_index(self, node: fx.Node, name: str):
+        """index_copy(buf, dim, index, x) and kin (index_add, scatter, index_select, gather)
+        along a token axis: the positions come from a tensor (MiniMax-H3 writes its video
+        tokens into a joint [text | audio | video] sequence at `video_indices`, an input), so
+        which token sits where is data. Not followed, with that reason; along another axis,
+        not followed either (not known to be token-wise)."""
+        d = _arg(node, 1, "dim")
+        carrier = next(a for a in node.all_input_nodes if isinstance(self.ax(a), TokenAxis))
+        if not isinstance(d, int) or _normal_dim(d, self.ndim(node, carrier)) != self.ax(carrier).dim:
+            self.fail(node, "this op on image tokens is not known to be token-wise")
+        index = _arg(node, 2, "index")
+        where = f"given by {index.name}" if isinstance(index, fx.Node) else "given by a tensor"
+        self.fail(node, f"{name} along the token axis moves image tokens to or from positions {where}: "
+                  "which token sits where is data, which the token analysis does not follow")
 
     # -- repeats of other axes (grouped-query attention: K/V heads repeated for the query heads)
     def repeat_interleave(self, node: fx.Node):
@@ -591,7 +616,8 @@ class _Propagation:
         d = _normal_dim(_arg(node, 1, "dim"), self.ndim(node, node.args[0]))
         sizes = _arg(node, 2, "sizes")
         if d == t.dim:
-            self.fail(node, "unflatten splits the token axis")
+            self.fail(node, f"unflatten splits the token axis into {tuple(sizes)} (groups of tokens, "
+                      "e.g. frames, on their own axis), which the token analysis does not follow")
         return TokenAxis(t.dim + (len(sizes) - 1 if d < t.dim else 0), t.layout)
 
     def permute(self, node: fx.Node, name: str):

@@ -3,7 +3,8 @@
 grouped-query attention (`repeat_interleave`, `repeat`, `expand` on the head axis),
 attention of queries without image tokens to image keys (TO_IMAGE; `sdpa(q, q, q)`), the
 exit of a model whose head computes on the latent grid (the tokens folded back before it), and
-the exit of a model computing sequence-first [tokens, batch, channels].
+the exit of a model computing sequence-first [tokens, batch, channels]. Last, ops that place
+image tokens by a runtime index, which must fall back with that reason.
 
 Each rule has: a tiny module written here that uses the op token-wise, checked with the
 oracle (full step == eager, partial steps == full step); the structure of its rewritten
@@ -564,3 +565,26 @@ def test_sequence_first_exit_of_diffusers_class():
     model, kwargs = TINY["ErnieImageTransformer2DModel"].build(1)
     ctl = oracle(model, dict(kwargs, return_dict=False))
     assert ctl.stats()["num_image_tokens"] == 24
+
+
+# --------------------------------------------------------------------------- tokens placed by a runtime index
+class TokensPlacedByIndex(SelfAttentionDiT):
+    """Not rewritable: the image tokens are written into a joint sequence [N + T, D] at
+    positions given by an input (MiniMax-H3's `video_indices`), so which row holds which
+    token is data; the blocks then run on the joint sequence."""
+
+    def forward(self, hidden_states, image_rows):
+        b, c, h, w = hidden_states.shape
+        x = self.embed(hidden_states).flatten(2).transpose(1, 2)                  # [B, N, D]
+        joint = x.new_zeros(b, x.shape[1] + 3, x.shape[2]).index_copy(1, image_rows, x)
+        for layer, mlp in enumerate(self.mlp):
+            joint = joint + self.attend(F.layer_norm(joint, joint.shape[-1:]), layer)
+        x = joint.index_select(1, image_rows)
+        out = self.out(x).reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        return (out.reshape(b, c, h, w),)
+
+
+def test_tokens_placed_by_a_runtime_index_are_not_rewritten():
+    rows = torch.randperm(27)[:24]
+    assert_not_rewritten(TokensPlacedByIndex(), dict(hidden_states=torch.randn(1, 4, 8, 12), image_rows=rows),
+                         "index_copy", "positions given by")
