@@ -137,9 +137,9 @@ def _find_exit(gm: fx.GraphModule, path: list[fx.Node]) -> fx.Node:
     folded = _grid_exit(gm, node) if v.dim() > 3 else None
     if folded is None:
         on_grid = ", and no [batch, tokens, channels] tensor is folded into it" if v.dim() > 3 else ""
-        if v.dim() == 2:
-            on_grid = (" (a [tokens, channels] tensor without a batch axis: samples computed one "
-                       "by one, e.g. as a list)")
+        if v.dim() == 2 and v.shape[0] > 1:
+            on_grid = (f" (if its {v.shape[0]} rows are image tokens, they have no batch axis: "
+                       "samples computed one by one, e.g. as a list)")
         raise Unrewritable(f"the last computed tensor before the output ({node.name}, shape "
                            f"{tuple(v.shape)}) is not [batch, tokens, channels]{on_grid}")
     return folded
