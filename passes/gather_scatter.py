@@ -1,5 +1,6 @@
 """gather_scatter: select the active image tokens at the entry, scatter them over the
 output cache (the last computed exit of every token) at the exit, and write them into it.
+The entry's token axis is 1 ([B, N, C]) or 0 (sequence-first [N, B, C]); the exit's is 1.
 
     before                                   after
     h   = transpose(...)      [B, N, C]      h   = transpose(...)                       [B, N, C]
@@ -32,7 +33,7 @@ def gather_scatter(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:
 
     anchor = plan.entry if plan.entry.op != "placeholder" else idx
     with graph.inserting_after(anchor):
-        gathered = graph.call_function(torch.index_select, (plan.entry, 1, idx))
+        gathered = graph.call_function(torch.index_select, (plan.entry, plan.entry_dim, idx))
     gathered.name = "gathered_" + plan.entry.name
     gathered.meta[ENTRY_GATHER] = True
     plan.entry.replace_all_uses_with(gathered, delete_user_cb=lambda u: u is not gathered)

@@ -160,6 +160,7 @@ class TokenPlan:
     num_image_tokens: int
     entry: fx.Node
     exit: fx.Node
+    entry_dim: int = 1                                # token axis of the entry: 1 [B, N, C], 0 [N, B, C]
     axes: dict = field(default_factory=dict)          # Node -> TokenAxis | tuple | None
     attention: list = field(default_factory=list)     # AttentionSite
     literals: list = field(default_factory=list)      # ShapeLiteral | SplitSizes | SegmentSlice | SqueezeDims

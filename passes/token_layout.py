@@ -11,7 +11,9 @@ image-token region at all (no tensor output, no `hidden_states` input). Nothing 
              lies on the latent grid (Kandinsky: [B, F, H, W, C]), the [B, N, C] tensor
              folded into the grid before it
     entry  : the first tensor derived from the `hidden_states` input shaped [B, N, C]
-             (after patch and position embedding; for FLUX the packed input itself)
+             (after patch and position embedding; for FLUX the packed input itself), or
+             sequence-first [N, B, C] (ErnieImage; its exit is the [B, N, C] tensor the last
+             computed [N, B, C] one is transposed into)
     axes   : forward propagation, op by op, of TokenAxis(dim, layout) from the entry to the
              exit; joint sequences appear where text is concatenated on the token axis
     attention: each sdpa is SELF (queries and keys hold image tokens), CROSS (queries only)
@@ -76,6 +78,9 @@ _DATA_FIRST_ONLY = {"to", "type_as", "type", "float", "half", "bfloat16", "doubl
 _LIKE = {"empty_like", "zeros_like", "ones_like", "full_like", "rand_like", "randn_like"}
 _REDUCTIONS = {"sum", "mean", "amax", "amin", "max", "min", "std", "var", "norm", "prod",
                "logsumexp", "argmax", "argmin", "all", "any", "cumsum", "var_mean"}
+_NEW_OF_SIZE = {"new_zeros", "new_ones", "new_full", "new_empty"}
+_PLACED_BY_INDEX = {"index_copy", "index_copy_", "index_add", "index_add_", "scatter", "scatter_",
+                    "scatter_add", "scatter_add_", "index_select", "gather"}
 _LAYOUT_ONLY = {"view", "reshape", "permute", "transpose", "contiguous", "flatten", "unflatten",
                 "squeeze", "unsqueeze", "float", "to", "type_as", "einsum", "movedim"}
 
@@ -103,8 +108,9 @@ def _shape_args(node: fx.Node) -> list:
 
 
 # --------------------------------------------------------------------------- exit / entry
-def _find_exit(gm: fx.GraphModule) -> fx.Node:
-    """The exit [B, N, C] of the first output (see the module docstring)."""
+def _output_path(gm: fx.GraphModule) -> list[fx.Node]:
+    """The first output and the layout-only ops (unpatchify) it is computed through, back to
+    the last computed tensor: [output tensor, ..., last computed tensor]."""
     out = next(n for n in gm.graph.nodes if n.op == "output")
     results = out.args[0] if out.args else None
     results = list(results) if isinstance(results, (tuple, list)) else [results]
@@ -114,19 +120,51 @@ def _find_exit(gm: fx.GraphModule) -> fx.Node:
     first = results[0]
     if not _is_tensor_node(first):
         raise Unrewritable("the graph's first output is not a tensor")
-    node = first
-    while (node.op in ("call_method", "call_function") and op_name(node) in _LAYOUT_ONLY
-           and sum(_is_tensor_node(a) for a in node.args) == 1):
-        node = next(a for a in node.args if _is_tensor_node(a))
+    path = [first]
+    while (path[-1].op in ("call_method", "call_function") and op_name(path[-1]) in _LAYOUT_ONLY
+           and sum(_is_tensor_node(a) for a in path[-1].args) == 1):
+        path.append(next(a for a in path[-1].args if _is_tensor_node(a)))
+    return path
+
+
+def _find_exit(gm: fx.GraphModule, path: list[fx.Node]) -> fx.Node:
+    """The exit [B, N, C] of the output `path` (see the module docstring); a sequence-first
+    one is replaced by `_batch_first_exit` once the batch is known."""
+    node = path[-1]
     v = value(node)
     if v.dim() == 3:
         return node
     folded = _grid_exit(gm, node) if v.dim() > 3 else None
     if folded is None:
         on_grid = ", and no [batch, tokens, channels] tensor is folded into it" if v.dim() > 3 else ""
+        if v.dim() == 2 and v.shape[0] > 1:
+            on_grid = (f" (if its {v.shape[0]} rows are image tokens, they have no batch axis: "
+                       "samples computed one by one, e.g. as a list)")
         raise Unrewritable(f"the last computed tensor before the output ({node.name}, shape "
                            f"{tuple(v.shape)}) is not [batch, tokens, channels]{on_grid}")
     return folded
+
+
+def _batch_first_exit(path: list[fx.Node], batch):
+    """The exit of a model computing sequence-first (ErnieImage):
+
+        h   = linear(x)                        [N + T, B, C]   (text after the image)
+        img = h[:N]                            [N, B, C]       <- last computed tensor
+        t   = img.transpose(0, 1)              [B, N, C]       <- the exit
+        out = unpatchify(t)
+
+    That is the [B, N, C] tensor the last computed [N, B, C] tensor is transposed into on the
+    way to the output (nearest first); None when the last computed tensor is not
+    sequence-first or no such tensor follows it. The ops in between are token-wise on
+    gathered tokens (the token analysis checks them)."""
+    last = tuple(value(path[-1]).shape)
+    if batch is None or len(last) != 3 or last[0] == batch or last[1] != batch:
+        return None
+    for node in reversed(path[:-1]):
+        shape = tuple(value(node).shape)
+        if shape == (batch, last[0], last[2]):
+            return node
+    return None
 
 
 _GRID_FOLDS = {"view", "reshape", "unflatten"}
@@ -199,7 +237,10 @@ def _derived(gm: fx.GraphModule, source: fx.Node, until: fx.Node) -> list[fx.Nod
     return out
 
 
-def _entry_candidates(gm: fx.GraphModule, source: fx.Node, exit_node: fx.Node) -> list[fx.Node]:
+def _entry_candidates(gm: fx.GraphModule, source: fx.Node, exit_node: fx.Node) -> list[tuple[fx.Node, int]]:
+    """The tensors derived from `source` that may hold the N image tokens of the exit, in
+    graph order, each with its token axis: [B, N, C] (axis 1) or sequence-first [N, B, C]
+    (axis 0, ErnieImage's blocks)."""
     if value(source).dim() == 0:
         return []
     batch = value(source).shape[0]
@@ -209,8 +250,12 @@ def _entry_candidates(gm: fx.GraphModule, source: fx.Node, exit_node: fx.Node) -
         if n is exit_node:
             break
         v = value(n)
-        if isinstance(v, torch.Tensor) and v.dim() == 3 and v.shape[0] == batch and v.shape[1] == tokens:
-            out.append(n)
+        if not (isinstance(v, torch.Tensor) and v.dim() == 3):
+            continue
+        if v.shape[0] == batch and v.shape[1] == tokens:
+            out.append((n, 1))
+        elif v.shape[0] == tokens and v.shape[1] == batch:
+            out.append((n, 0))
     return out[:MAX_ENTRY_CANDIDATES]
 
 
@@ -218,10 +263,10 @@ def _entry_candidates(gm: fx.GraphModule, source: fx.Node, exit_node: fx.Node) -
 class _Propagation:
     """Labels token axes from `entry` forward; records literals, tables and attention."""
 
-    def __init__(self, gm: fx.GraphModule, entry: fx.Node, exit_node: fx.Node):
+    def __init__(self, gm: fx.GraphModule, entry: fx.Node, exit_node: fx.Node, entry_dim: int = 1):
         self.gm = gm
         n_img = value(exit_node).shape[1]
-        self.plan = TokenPlan(num_image_tokens=n_img, entry=entry, exit=exit_node)
+        self.plan = TokenPlan(num_image_tokens=n_img, entry=entry, exit=exit_node, entry_dim=entry_dim)
         self.axes: dict = {}
         self.visited = 0
 
@@ -265,7 +310,7 @@ class _Propagation:
         started = False
         for node in self.gm.graph.nodes:
             if node is plan.entry:
-                self.axes[node] = TokenAxis(1, Layout.image(plan.num_image_tokens))
+                self.axes[node] = TokenAxis(plan.entry_dim, Layout.image(plan.num_image_tokens))
                 started = True
                 if node is plan.exit:
                     break
@@ -351,8 +396,12 @@ class _Propagation:
             return self.matmul(node)
         if name in _REDUCTIONS:
             return self.reduction(node)
+        if name in _PLACED_BY_INDEX:
+            return self.placed_by_index(node, name)
         if name in _LIKE:
             return self.ax(node.args[0])
+        if name in _NEW_OF_SIZE:
+            return None     # x.new_zeros(size): only x's dtype and device, no token values
         if name in _POINTWISE_NAMES or name in _DATA_FIRST_ONLY:
             return self.pointwise(node, name)
         self.fail(node, "this op on image tokens is not known to be token-wise")
@@ -447,6 +496,21 @@ class _Propagation:
             self.fail(node, "reduction with several outputs")
         keep = _arg(node, 2, "keepdim", False)
         return TokenAxis(t.dim if keep else t.dim - sum(d < t.dim for d in dims), t.layout)
+
+    def placed_by_index(self, node: fx.Node, name: str):
+        """index_copy(buf, dim, index, x) and kin (index_add, scatter, index_select, gather)
+        along a token axis: the positions come from a tensor (MiniMax-H3 writes its video
+        tokens into a joint [text | audio | video] sequence at `video_indices`, an input), so
+        which token sits where is data. Not followed, with that reason; along another axis,
+        not followed either (not known to be token-wise)."""
+        d = _arg(node, 1, "dim")
+        carrier = next(a for a in node.all_input_nodes if isinstance(self.ax(a), TokenAxis))
+        if not isinstance(d, int) or _normal_dim(d, self.ndim(node, carrier)) != self.ax(carrier).dim:
+            self.fail(node, "this op on image tokens is not known to be token-wise")
+        index = _arg(node, 2, "index")
+        where = f"given by {index.name}" if isinstance(index, fx.Node) else "given by a tensor"
+        self.fail(node, f"{name} along the token axis moves image tokens to or from positions {where}: "
+                  "which token sits where is data, which the token analysis does not follow")
 
     # -- repeats of other axes (grouped-query attention: K/V heads repeated for the query heads)
     def repeat_interleave(self, node: fx.Node):
@@ -552,7 +616,8 @@ class _Propagation:
         d = _normal_dim(_arg(node, 1, "dim"), self.ndim(node, node.args[0]))
         sizes = _arg(node, 2, "sizes")
         if d == t.dim:
-            self.fail(node, "unflatten splits the token axis")
+            self.fail(node, f"unflatten splits the token axis into {tuple(sizes)} (groups of tokens, "
+                      "e.g. frames, on their own axis), which the token analysis does not follow")
         return TokenAxis(t.dim + (len(sizes) - 1 if d < t.dim else 0), t.layout)
 
     def permute(self, node: fx.Node, name: str):
@@ -852,15 +917,18 @@ def token_layout(gm: fx.GraphModule) -> TokenPlan:
         if isinstance(v, torch.Tensor) and any(not isinstance(s, int) for s in v.shape):
             raise Unrewritable("dynamo handed over symbolic shapes (a second resolution or batch "
                                "size); compile with dynamic=False to get one static graph per shape")
-    exit_node = _find_exit(gm)
+    path = _output_path(gm)
+    exit_node = _find_exit(gm, path)
     source = _hidden_states_input(gm)
+    batch = value(source).shape[0] if value(source).dim() else None
+    exit_node = _batch_first_exit(path, batch) or exit_node
     candidates = _entry_candidates(gm, source, exit_node)
     if not candidates:
         _no_entry(gm, source, exit_node)
     errors = []
-    for entry in candidates:
+    for entry, entry_dim in candidates:
         try:
-            return _Propagation(gm, entry, exit_node).run()
+            return _Propagation(gm, entry, exit_node, entry_dim).run()
         except Unrewritable as e:
             errors.append(e)
     # the candidate that got furthest is the real entry; its error is the reason

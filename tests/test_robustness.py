@@ -20,7 +20,7 @@ from torch import nn
 
 import jano_compile
 from jano_compile.passes import NoImageTokens, Unrewritable, token_layout
-from jano_compile.passes.token_layout import _find_exit
+from jano_compile.passes.token_layout import _output_path
 from jano_compile.rewrite import rewrite_graph
 
 from .capture import snapshot
@@ -87,22 +87,12 @@ def latte(b=1):
                            encoder_hidden_states=torch.randn(b, 5, 16), return_dict=False)
 
 
-def ernie_image(b=1):
-    model = D.ErnieImageTransformer2DModel(
-        hidden_size=32, num_attention_heads=2, num_layers=1, ffn_hidden_size=64, in_channels=4,
-        out_channels=4, patch_size=1, text_in_dim=16, rope_axes_dim=(4, 6, 6))
-    return model, (), dict(hidden_states=torch.randn(b, 4, 4, 4), timestep=_t(b),
-                           text_bth=torch.randn(b, 5, 16), text_lens=torch.full((b,), 5),
-                           return_dict=False)
-
-
 # builder, and a phrase one graph's reason must hold (None: any reason of the analysis)
 NOT_REWRITTEN = {
     "mlp": (mlp, "is not [batch, tokens, channels]"),
     "qwenimage21": (qwenimage21, "the graph returns no tensor"),
     "wan_animate": (wan_animate, None),
     "latte": (latte, "folded into the batch axis"),
-    "ernie_image": (ernie_image, "sequence-first [tokens, batch, channels]"),
 }
 
 
@@ -190,11 +180,11 @@ def _graph(inputs: dict, build) -> fx.GraphModule:
 
 
 @pytest.mark.parametrize("returns", [(), (None,)], ids=["empty", "none"])
-def test_find_exit_of_a_graph_returning_no_tensor(returns):
+def test_output_path_of_a_graph_returning_no_tensor(returns):
     x = torch.randn(1, 4, 8)
     gm = _graph({"hidden_states": x}, lambda graph, nodes: returns)
     with pytest.raises(NoImageTokens, match="the graph returns no tensor"):
-        _find_exit(gm)
+        _output_path(gm)
     with pytest.raises(NoImageTokens, match="the graph returns no tensor"):
         token_layout(gm)
     result = rewrite_graph(gm, [x])

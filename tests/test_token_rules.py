@@ -1,8 +1,10 @@
 """Token rules of issue 11 (part 2), one group per rule: complex-number RoPE
 (`view_as_complex`, a complex per-token table, `view_as_real`, `flatten`), head repeats of
 grouped-query attention (`repeat_interleave`, `repeat`, `expand` on the head axis),
-attention of queries without image tokens to image keys (TO_IMAGE; `sdpa(q, q, q)`), and the
-exit of a model whose head computes on the latent grid (the tokens folded back before it).
+attention of queries without image tokens to image keys (TO_IMAGE; `sdpa(q, q, q)`), the
+exit of a model whose head computes on the latent grid (the tokens folded back before it), and
+the exit of a model computing sequence-first [tokens, batch, channels]. Last, ops that place
+image tokens by a runtime index, which must fall back with that reason.
 
 Each rule has: a tiny module written here that uses the op token-wise, checked with the
 oracle (full step == eager, partial steps == full step); the structure of its rewritten
@@ -494,3 +496,95 @@ def test_exit_before_the_fold_of_diffusers_class(cls):
     model, kwargs = TINY[cls].build(1)
     ctl = oracle(model, dict(kwargs, return_dict=False))
     assert ctl.stats()["num_image_tokens"] == 48
+
+
+# --------------------------------------------------------------------------- sequence-first blocks
+class SequenceFirstDiT(SelfAttentionDiT):
+    """The blocks run sequence-first, as ErnieImage's do:
+
+        x   = patches(hidden_states).transpose(0, 1)        [N, B, D]
+        s   = cat([x, text], dim=0)                         [N + T, B, D]
+        s   = s + attend(s.permute(1, 0, 2)).permute(1, 0, 2)   (attention batch-first)
+        img = linear(s)[:N]                                 [N, B, 4C]  <- last computed tensor
+        out = unpatchify(img.transpose(0, 1))               [B, N, 4C] <- the exit
+    """
+
+    def __init__(self, text_tokens=5, **kw):
+        super().__init__(**kw)
+        self.text = nn.Parameter(torch.randn(text_tokens, 1, self.embed.out_channels))
+
+    def to_batch_first(self, img: torch.Tensor) -> torch.Tensor:
+        """[N, B, C] -> [B, N, C]"""
+        return img.transpose(0, 1)
+
+    def forward(self, hidden_states):
+        b, c, h, w = hidden_states.shape
+        x = self.embed(hidden_states).flatten(2).permute(2, 0, 1)          # [N, B, D]
+        n = x.shape[0]
+        s = torch.cat([x, self.text.expand(-1, b, -1)], dim=0)            # [N + T, B, D]
+        for layer, mlp in enumerate(self.mlp):
+            s = s + self.attend(F.layer_norm(s, s.shape[-1:]).permute(1, 0, 2), layer).permute(1, 0, 2)
+            s = s + mlp(F.gelu(s))
+        img = self.to_batch_first(self.out(s)[:n])                        # [B, N, 4C]
+        out = img.reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        return (out.reshape(b, c, h, w),)
+
+
+class SequenceFirstReshapedToBatch(SequenceFirstDiT):
+    """Near miss: the head reshapes [N, B, C] to [B, N, C] instead of transposing it. With
+    B = 2, row 0 of the result holds tokens 0..N/2-1 of both samples: tokens and batch mix."""
+
+    def to_batch_first(self, img):
+        return img.reshape(img.shape[1], img.shape[0], img.shape[2])
+
+
+def test_sequence_first_exit_is_rewritten_and_exact():
+    ctl = oracle(SequenceFirstDiT(), dict(hidden_states=torch.randn(2, 4, 8, 12)))
+    assert ctl.stats()["num_image_tokens"] == 24
+
+
+def test_sequence_first_exit_is_the_batch_first_tensor():
+    snap = snapshot(SequenceFirstDiT().eval(), torch.randn(1, 4, 8, 12))
+    (report,), (after,) = snap.reports, snap.after
+    assert report.rewritten, report.reason
+    exit_node = next(n for n in after.graph.nodes if n.name == report.exit)
+    assert exit_node.target == "transpose" and tuple(value(exit_node).shape) == (1, 24, 16)
+    (gather,) = [n for n in after.graph.nodes if n.target is torch.index_select and n.args[0].name == report.entry]
+    assert gather.args[1] == 0, "the entry [N, B, D] is gathered on its token axis 0"
+    assert report.attention[0]["layout"] == "[image 24 | text 5]"
+
+
+def test_sequence_first_reshaped_to_batch_is_not_rewritten():
+    assert_not_rewritten(SequenceFirstReshapedToBatch(), dict(hidden_states=torch.randn(2, 4, 8, 12)),
+                         "reshape", "splits or merges the token axis")
+
+
+def test_sequence_first_exit_of_diffusers_class():
+    """ErnieImage: [image | text] sequence-first, the output layer's image rows transposed."""
+    torch.manual_seed(0)
+    model, kwargs = TINY["ErnieImageTransformer2DModel"].build(1)
+    ctl = oracle(model, dict(kwargs, return_dict=False))
+    assert ctl.stats()["num_image_tokens"] == 24
+
+
+# --------------------------------------------------------------------------- tokens placed by a runtime index
+class TokensPlacedByIndex(SelfAttentionDiT):
+    """Not rewritable: the image tokens are written into a joint sequence [N + T, D] at
+    positions given by an input (MiniMax-H3's `video_indices`), so which row holds which
+    token is data; the blocks then run on the joint sequence."""
+
+    def forward(self, hidden_states, image_rows):
+        b, c, h, w = hidden_states.shape
+        x = self.embed(hidden_states).flatten(2).transpose(1, 2)                  # [B, N, D]
+        joint = x.new_zeros(b, x.shape[1] + 3, x.shape[2]).index_copy(1, image_rows, x)
+        for layer, mlp in enumerate(self.mlp):
+            joint = joint + self.attend(F.layer_norm(joint, joint.shape[-1:]), layer)
+        x = joint.index_select(1, image_rows)
+        out = self.out(x).reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        return (out.reshape(b, c, h, w),)
+
+
+def test_tokens_placed_by_a_runtime_index_are_not_rewritten():
+    rows = torch.randperm(27)[:24]
+    assert_not_rewritten(TokensPlacedByIndex(), dict(hidden_states=torch.randn(1, 4, 8, 12), image_rows=rows),
+                         "index_copy", "positions given by")
