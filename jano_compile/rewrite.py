@@ -20,8 +20,8 @@ from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from jano_compile.passes import (NoImageTokens, PassConfig, Unrewritable, dense_variant, rewrite_passes,
                                  skip_tail, token_layout)
-from jano_compile.passes.plan import (CROSS, SELF, TO_IMAGE, AttentionSite, SegmentSlice, ShapeLiteral,
-                                      SplitSizes, SqueezeDims, TokenPlan)
+from jano_compile.passes.plan import (CROSS, SELF, TO_IMAGE, AttentionSite, GroupCount, SegmentSlice,
+                                      ShapeLiteral, SplitSizes, SqueezeDims, TokenPlan)
 from jano_compile.passes.signature import GraphSignature, graph_signature
 from jano_compile.passes.token_layout import value
 
@@ -52,6 +52,8 @@ def _describe_literal(edit) -> str:
         return f"slice of {seg.kind} segment of {edit.layout} -> gathered bounds"
     if isinstance(edit, SqueezeDims):
         return f"squeeze() -> squeeze({edit.dims})"
+    if isinstance(edit, GroupCount):
+        return f"unflatten sizes[{edit.position}]: frames of {edit.layout} -> n groups of one token"
     return repr(edit)
 
 

@@ -107,6 +107,49 @@ class TableGather:
     layout: Layout
 
 
+@dataclass(frozen=True)
+class FrameGroups:
+    """Image tokens split into `frames` equal groups of consecutive tokens (frames): axis
+    `dim` runs over the groups, axis dim + 1 within a group ([B, S, H, D] -> [B, T, S/T, H, D]).
+    Rewritten, every gathered token is its own group: [B, n, 1, H, D]."""
+    dim: int
+    layout: Layout
+    frames: int
+
+
+@dataclass(frozen=True)
+class FrameRows:
+    """The groups of `FrameGroups` folded into axis 0 behind the batch ([B*T, S/T, H, D]);
+    axis `dim` runs within a group. Rewritten: [B*n, 1, H, D], one row per gathered token."""
+    dim: int
+    layout: Layout
+    frames: int
+    batch: int
+
+
+@dataclass(frozen=True)
+class GroupCount:
+    """`node` is unflatten whose sizes at `position` count the frames of the image tokens
+    (`FrameGroups`): that size becomes the gathered count n, and the group size after it,
+    if any, 1 (sizes (T, -1) -> (n, 1); (B, T) -> (B, n))."""
+    node: fx.Node
+    position: int
+    layout: Layout
+
+
+@dataclass(frozen=True)
+class FrameKeys:
+    """Argument `arg` of attention `node` holds keys or values per frame, [B*T, L, H, D]
+    (`batch` B, `frames` T), for queries in `FrameRows`: they are gathered per query token
+    by its frame (token i lies in frame i // `group_size`) -> [B*n, L, H, D]."""
+    node: fx.Node
+    arg: fx.Node
+    layout: Layout
+    frames: int
+    batch: int
+    group_size: int
+
+
 SELF = "self"            # queries and keys hold image tokens (maybe joint with text)
 CROSS = "cross"          # queries hold image tokens, keys and values do not (text)
 TO_IMAGE = "to_image"    # queries hold no image token (audio, text), keys and values do
@@ -163,8 +206,9 @@ class TokenPlan:
     entry_dim: int = 1                                # token axis of the entry: 1 [B, N, C], 0 [N, B, C]
     axes: dict = field(default_factory=dict)          # Node -> TokenAxis | tuple | None
     attention: list = field(default_factory=list)     # AttentionSite
-    literals: list = field(default_factory=list)      # ShapeLiteral | SplitSizes | SegmentSlice | SqueezeDims
+    literals: list = field(default_factory=list)      # ShapeLiteral | SplitSizes | SegmentSlice | SqueezeDims | GroupCount
     tables: list = field(default_factory=list)        # TableGather
+    frame_keys: list = field(default_factory=list)    # FrameKeys
 
 
 class Unrewritable(Exception):

@@ -17,7 +17,11 @@ image-token region at all (no tensor output, no `hidden_states` input). Nothing 
     axes   : forward propagation, op by op, of TokenAxis(dim, layout) from the entry to the
              exit; joint sequences appear where text is concatenated on the token axis
     attention: each sdpa is SELF (queries and keys hold image tokens), CROSS (queries only)
-             or TO_IMAGE (keys only: another stream, e.g. LTX-2's audio, reads the image)
+             or TO_IMAGE (keys only: another stream, e.g. LTX-2's audio, reads the image);
+             a per-frame cross-attention (tokens split into T frames folded into the batch,
+             [B*T, S/T, H, D], keys per frame [B*T, L, H, D]; WanAnimate's face adapter) is
+             followed through FrameGroups / FrameRows: each gathered token becomes its own
+             frame group and its keys are those of its frame
 
 Example (SD3, N = 64, text 5):
 
@@ -40,9 +44,10 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .input_roles import input_roles
-from .plan import (CROSS, IMAGE, SELF, TEXT, TO_IMAGE, AttentionSite, Layout, NoImageTokens,
-                   Segment, SegmentSlice, ShapeLiteral, SplitSizes, SqueezeDims, TableGather,
-                   TokenAxis, TokenPlan, Unrewritable)
+from .plan import (CROSS, IMAGE, SELF, TEXT, TO_IMAGE, AttentionSite, FrameGroups, FrameKeys,
+                   FrameRows, GroupCount, Layout, NoImageTokens, Segment, SegmentSlice,
+                   ShapeLiteral, SplitSizes, SqueezeDims, TableGather, TokenAxis, TokenPlan,
+                   Unrewritable)
 
 MAX_ENTRY_CANDIDATES = 6
 
@@ -347,6 +352,8 @@ class _Propagation:
     # -- dispatch
     def visit(self, node: fx.Node):
         name = op_name(node)
+        if any(isinstance(self.ax(a), (FrameGroups, FrameRows)) for a in node.all_input_nodes):
+            return self.in_frames(node, name)
         if node.target is operator.getitem:
             return self.getitem(node)
         if node.target is operator.setitem:
@@ -616,12 +623,107 @@ class _Propagation:
         d = _normal_dim(_arg(node, 1, "dim"), self.ndim(node, node.args[0]))
         sizes = _arg(node, 2, "sizes")
         if d == t.dim:
-            self.fail(node, f"unflatten splits the token axis into {tuple(sizes)} (groups of tokens, "
-                      "e.g. frames, on their own axis), which the token analysis does not follow")
+            return self.split_into_frames(node, t, sizes)
         return TokenAxis(t.dim + (len(sizes) - 1 if d < t.dim else 0), t.layout)
+
+    # -- per-frame cross-attention (WanAnimate's face adapter): frames folded into the batch
+    def split_into_frames(self, node: fx.Node, t: TokenAxis, sizes) -> FrameGroups:
+        """q.unflatten(1, (T, -1))  [B, S, H, D] -> [B, T, S/T, H, D]: image tokens in T frames
+        of S/T consecutive tokens. Followed to a per-frame cross-attention (`frame_attention`);
+        the sizes become (n, 1): each gathered token is its own frame group."""
+        if len(sizes) != 2 or not t.layout.is_image_only:
+            self.fail(node, f"unflatten splits the token axis into {tuple(sizes)}, which the token "
+                      "analysis follows only as image tokens in frames (two sizes, no text)")
+        frames = self.tensor(node, node).shape[t.dim]
+        self.plan.literals.append(GroupCount(node, 0, t.layout))
+        return FrameGroups(t.dim, t.layout, frames)
+
+    def in_frames(self, node: fx.Node, name: str):
+        """Ops on image tokens split into frames: layout changes that keep the frame rows
+        whole, the attention, and the fold back to [B, S, ...]; anything else fails."""
+        if node.target is F.scaled_dot_product_attention:
+            return self.frame_attention(node)
+        x = node.args[0] if node.args else None
+        s = self.ax(x)
+        others = [a for a in node.all_input_nodes if a is not x and self.ax(a) is not None]
+        if s is None or (others and name not in _DATA_FIRST_ONLY):
+            self.fail(node, "image tokens split into frames meet other token-carrying tensors here, "
+                      "which the token analysis does not follow")
+        if name in _DATA_FIRST_ONLY or name == "contiguous":
+            return s
+        if name == "flatten":
+            return self.flatten_frames(node, s)
+        if name == "unflatten" and isinstance(s, FrameRows):
+            return self.unfold_frames(node, s)
+        if name in ("transpose", "swapaxes", "permute", "movedim") and isinstance(s, FrameRows):
+            order = self.permutation(node, name)
+            if order[0] != 0:
+                self.fail(node, f"{name} moves the frame rows off axis 0")
+            return FrameRows(order.index(s.dim), s.layout, s.frames, s.batch)
+        self.fail(node, f"this op on image tokens split into {s.frames} frames is not followed "
+                  "(only a per-frame cross-attention and the fold back are)")
+
+    def flatten_frames(self, node: fx.Node, s):
+        """[B, T, S/T, ..] flatten(0, 1) -> [B*T, S/T, ..] (frames into the batch); [B, T, S/T, C]
+        flatten(1, 2) -> [B, S, C] (frames back into tokens); [B*T, S/T, H, D] flatten(2, 3)
+        merges axes that are not the frames'."""
+        ndim = self.ndim(node, node.args[0])
+        start = _normal_dim(_arg(node, 1, "start_dim", 0), ndim)
+        end = _normal_dim(_arg(node, 2, "end_dim", -1), ndim)
+        if isinstance(s, FrameGroups) and (start, end) == (0, 1) and s.dim == 1:
+            batch = self.tensor(node, node.args[0]).shape[0]
+            return FrameRows(1, s.layout, s.frames, batch)
+        if isinstance(s, FrameGroups) and (start, end) == (s.dim, s.dim + 1):
+            return TokenAxis(s.dim, s.layout)
+        if isinstance(s, FrameRows) and start > s.dim:
+            return s
+        if isinstance(s, FrameRows) and end < s.dim and start > 0:
+            return FrameRows(s.dim - (end - start), s.layout, s.frames, s.batch)
+        self.fail(node, f"flatten({start}, {end}) of image tokens split into {s.frames} frames merges "
+                  "a frame axis with another")
+
+    def unfold_frames(self, node: fx.Node, s: FrameRows) -> FrameGroups:
+        """[B*T, S/T, C] unflatten(0, (B, T)) -> [B, T, S/T, C]: sizes (B, n) once rewritten."""
+        d = _normal_dim(_arg(node, 1, "dim"), self.ndim(node, node.args[0]))
+        shape = tuple(self.tensor(node, node).shape)
+        if d != 0 or s.dim != 1 or shape[:2] != (s.batch, s.frames):
+            self.fail(node, f"unflatten of frame rows into {shape[:2]} is not (batch {s.batch}, "
+                      f"frames {s.frames}) in front of the tokens of a frame")
+        self.plan.literals.append(GroupCount(node, 1, s.layout))
+        return FrameGroups(1, s.layout, s.frames)
+
+    def frame_attention(self, node: fx.Node) -> FrameRows:
+        """sdpa(q [B*T, H, S/T, D], k, v [B*T, H, L, D]): each frame's queries attend to that
+        frame's keys, which hold no image token (WanAnimate: face features per frame). Exact
+        for any subset: every query row reads only its own frame's keys, so those are gathered
+        per query token by its frame (`FrameKeys`): q [B*n, H, 1, D], k, v [B*n, H, L, D]."""
+        args = _attention_args(node)
+        q, k, v, mask = args["query"], args["key"], args["value"], args.get("attn_mask")
+        rows = self.ax(q)
+        if not isinstance(rows, FrameRows):
+            self.fail(node, "keys or values hold image tokens split into frames, the queries do not")
+        if self.ax(k) is not None or self.ax(v) is not None:
+            self.fail(node, "attention within frames whose keys hold image tokens: a gathered token "
+                      "reads the keys of its whole frame, and no per-layer cache completes frames")
+        if args.get("is_causal") or isinstance(mask, fx.Node):
+            self.fail(node, "attention within frames with a mask or causal")
+        if rows.dim != self.ndim(node, q) - 2:
+            self.fail(node, "the tokens of a frame are not the sequence axis of attention")
+        group_size = rows.layout.full_length // rows.frames
+        for kv in dict.fromkeys((k, v)):
+            if self.tensor(node, kv).shape[0] != rows.batch * rows.frames:
+                self.fail(node, f"keys {kv.name} have no row per frame ({rows.batch} x {rows.frames})")
+            self.plan.frame_keys.append(FrameKeys(node, kv, rows.layout, rows.frames, rows.batch,
+                                                  group_size))
+        return rows
 
     def permute(self, node: fx.Node, name: str):
         t = self.token_axis(node, node.args[0])
+        return TokenAxis(self.permutation(node, name).index(t.dim), t.layout)
+
+    def permutation(self, node: fx.Node, name: str) -> list[int]:
+        """The axis order of `node` (transpose, swapaxes, permute, movedim): output axis i is
+        input axis order[i]."""
         ndim = self.ndim(node, node.args[0])
         if name in ("transpose", "swapaxes"):
             dims = [_arg(node, 1, "dim0"), _arg(node, 2, "dim1")]
@@ -644,7 +746,7 @@ class _Propagation:
             order.insert(dims[1], dims[0])
         if sorted(order) != list(range(ndim)):
             self.fail(node, f"{name} with dims {order} is not a permutation of {ndim} dims")
-        return TokenAxis(order.index(t.dim), t.layout)
+        return order
 
     def unsqueeze(self, node: fx.Node):
         t = self.token_axis(node, node.args[0])

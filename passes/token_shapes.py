@@ -12,6 +12,13 @@ its value: a head dim or a text length may equal the token count.
     q[:, :, 6:] = rope(q[:, :, 6:])              q[:, :, 6:] = ...   (CogVideoX, in place)
     expand(f, 3, 8, 8, -1) on the token axis     expand(f, -1, ...)
     q * cos      cos: [1, 71, 1, D] table        q * index_select(cos, 1, rows)   [1, n + 7, 1, D]
+
+Per-frame cross-attention (WanAnimate's face adapter; T frames of S/T tokens, keys per frame):
+
+    q.unflatten(1, (T, -1)).flatten(0, 1)        q.unflatten(1, (n, 1)).flatten(0, 1)   [B*n, 1, H, D]
+    sdpa(q, k, v)   k: [B*T, L, H, D]            k.unflatten(0, (B, T))
+                                                  .index_select(1, rows // (S/T)).flatten(0, 1)
+    out.unflatten(0, (B, T)).flatten(1, 2)       out.unflatten(0, (B, n)).flatten(1, 2)  [B, n, C]
 """
 from __future__ import annotations
 
@@ -20,8 +27,9 @@ import operator
 import torch
 import torch.fx as fx
 
-from .plan import SegmentSlice, ShapeLiteral, SplitSizes, SqueezeDims, TokenPlan
-from .token_inputs import gathered_length, layout_rows, segment_bounds
+from .plan import (FrameKeys, GroupCount, SegmentSlice, ShapeLiteral, SplitSizes, SqueezeDims,
+                   TokenPlan)
+from .token_inputs import gathered_length, layout_rows, num_active, segment_bounds
 from .token_layout import value
 
 
@@ -73,9 +81,42 @@ def _rewrite_literal(graph: fx.Graph, edit) -> None:
                      *node.args[2:])          # setitem keeps its value
         if node.target is operator.getitem and edit.position > 0:
             _make_contiguous(graph, node)
+    elif isinstance(edit, GroupCount):
+        _set_group_count(graph, node, edit.position)
     elif isinstance(edit, SqueezeDims):
         node.args = (node.args[0], edit.dims)
         node.kwargs = {k: v for k, v in node.kwargs.items() if k != "dim"}
+
+
+def _set_group_count(graph: fx.Graph, node: fx.Node, position: int) -> None:
+    """unflatten(x, dim, sizes): sizes[position] (a frame count) becomes n, the group size
+    after it, if any, 1: (T, -1) -> (n, 1), (B, T) -> (B, n)."""
+    in_args = len(node.args) > 2
+    sizes = list(node.args[2] if in_args else node.kwargs["sizes"])
+    sizes[position] = num_active(graph)
+    if position + 1 < len(sizes):
+        sizes[position + 1] = 1
+    if in_args:
+        node.args = (*node.args[:2], tuple(sizes), *node.args[3:])
+    else:
+        node.kwargs = {**node.kwargs, "sizes": tuple(sizes)}
+
+
+def _gather_frame_keys(graph: fx.Graph, edit: FrameKeys, frame_of: dict) -> None:
+    """k [B*T, L, H, D] -> k.unflatten(0, (B, T)).index_select(1, rows // (S/T)).flatten(0, 1)
+    [B*n, L, H, D]: each gathered query token reads the keys of its own frame."""
+    key = (edit.layout, edit.group_size)
+    if key not in frame_of:       # before the first of these attentions
+        rows = layout_rows(graph, edit.layout)
+        with graph.inserting_before(edit.node):
+            frame_of[key] = graph.call_function(
+                torch.div, (rows, edit.group_size), {"rounding_mode": "floor"})
+    with graph.inserting_before(edit.node):
+        per_frame = graph.call_method("unflatten", (edit.arg, 0, (edit.batch, edit.frames)))
+        picked = graph.call_function(torch.index_select, (per_frame, 1, frame_of[key]))
+        keys = graph.call_method("flatten", (picked, 0, 1))
+    keys.name = f"{edit.arg.name}_by_frame"
+    edit.node.replace_input_with(edit.arg, keys)
 
 
 def _make_contiguous(graph: fx.Graph, node: fx.Node) -> None:
@@ -101,4 +142,7 @@ def token_shapes(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:
             g.name = f"{table.arg.name}_rows"
             gathered[key] = g
         table.node.replace_input_with(table.arg, gathered[key])
+    frame_of: dict = {}
+    for edit in plan.frame_keys:
+        _gather_frame_keys(graph, edit, frame_of)
     return gm

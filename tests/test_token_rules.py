@@ -3,8 +3,9 @@
 grouped-query attention (`repeat_interleave`, `repeat`, `expand` on the head axis),
 attention of queries without image tokens to image keys (TO_IMAGE; `sdpa(q, q, q)`), the
 exit of a model whose head computes on the latent grid (the tokens folded back before it), and
-the exit of a model computing sequence-first [tokens, batch, channels]. Last, ops that place
-image tokens by a runtime index, which must fall back with that reason.
+the exit of a model computing sequence-first [tokens, batch, channels], a cross-attention
+per frame (the tokens split into frames folded into the batch, keys per frame). Last, ops
+that place image tokens by a runtime index, which must fall back with that reason.
 
 Each rule has: a tiny module written here that uses the op token-wise, checked with the
 oracle (full step == eager, partial steps == full step); the structure of its rewritten
@@ -565,6 +566,74 @@ def test_sequence_first_exit_of_diffusers_class():
     model, kwargs = TINY["ErnieImageTransformer2DModel"].build(1)
     ctl = oracle(model, dict(kwargs, return_dict=False))
     assert ctl.stats()["num_image_tokens"] == 24
+
+
+# --------------------------------------------------------------------------- per-frame cross-attention
+class FrameCrossAttentionDiT(SelfAttentionDiT):
+    """SelfAttentionDiT plus WanAnimate's face adapter: the N tokens split into `frames`
+    frames folded into the batch, q [B*T, H, N/T, Dh], attending to per-frame features
+    `face` [B, T, L, D] as k, v [B*T, H, L, Dh]; folded back to [B, N, D]."""
+
+    def __init__(self, frames=3, **kw):
+        super().__init__(**kw)
+        dim = self.embed.out_channels
+        self.frames = frames
+        self.to_q = nn.Linear(dim, dim)
+        self.to_kv = nn.Linear(dim, 2 * dim)
+
+    def per_frame(self, t: torch.Tensor) -> torch.Tensor:
+        """[B, N, D] -> [B*T, H, N/T, Dh]"""
+        t = t.unflatten(2, (self.heads, -1)).unflatten(1, (self.frames, -1)).flatten(0, 1)
+        return t.transpose(1, 2)
+
+    def frame_keys(self, x: torch.Tensor, face: torch.Tensor):
+        """k, v [B*T, H, L, Dh] from the features of each frame."""
+        k, v = self.to_kv(face).flatten(0, 1).chunk(2, dim=-1)
+        return heads_first(k, self.heads), heads_first(v, self.heads)
+
+    def forward(self, hidden_states, face):
+        b, c, h, w = hidden_states.shape
+        x = self.embed(hidden_states).flatten(2).transpose(1, 2)        # [B, N, D]
+        for layer, mlp in enumerate(self.mlp):
+            x = x + self.attend(F.layer_norm(x, x.shape[-1:]), layer)
+            k, v = self.frame_keys(x, face)
+            out = F.scaled_dot_product_attention(self.per_frame(self.to_q(x)), k, v)
+            x = x + out.transpose(1, 2).flatten(2).unflatten(0, (b, self.frames)).flatten(1, 2)
+            x = x + mlp(F.gelu(x))
+        out = self.out(x).reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        return (out.reshape(b, c, h, w),)
+
+
+class FrameSelfAttention(FrameCrossAttentionDiT):
+    """Not rewritable: the keys are the frame's own image tokens (attention within each
+    frame), so a gathered token would need its whole frame's keys."""
+
+    def frame_keys(self, x, face):
+        k, v = self.to_kv(x).chunk(2, dim=-1)
+        return self.per_frame(k), self.per_frame(v)
+
+
+def frame_inputs(batch: int) -> dict:
+    return dict(hidden_states=torch.randn(batch, 4, 8, 12), face=torch.randn(batch, 3, 5, 32))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_cross_attention_per_frame_is_rewritten_and_exact(batch):
+    ctl = oracle(FrameCrossAttentionDiT(), frame_inputs(batch))
+    assert ctl.stats()["num_image_tokens"] == 24
+
+
+def test_self_attention_per_frame_is_not_rewritten():
+    assert_not_rewritten(FrameSelfAttention(), frame_inputs(1), "scaled_dot_product_attention",
+                         "attention within frames whose keys hold image tokens")
+
+
+def test_cross_attention_per_frame_of_diffusers_class():
+    """WanAnimate's face adapter: 72 tokens in 3 frames attend to 3 face features each."""
+    torch.manual_seed(0)
+    model, kwargs = TINY["WanAnimateTransformer3DModel"].build(2)
+    ctl = oracle(model, dict(kwargs, return_dict=False))
+    assert ctl.stats()["num_image_tokens"] == 72
 
 
 # --------------------------------------------------------------------------- tokens placed by a runtime index
