@@ -95,10 +95,8 @@ NOT_REWRITTEN = {
 }
 
 
-def test_cosmos_which_crashed_the_analysis_is_rewritten_and_exact():
-    """Cosmos raised AttributeError inside the analysis (a dtype-only use of the token
-    tensor); with the grouped-query head repeat rule it is rewritten and matches eager."""
-    model, args, kwargs = cosmos()
+def assert_rewritten_and_exact(model, args, kwargs):
+    """Compiled with jano (eager lowering): rewritten, and its output equals eager."""
     model.eval()
     with torch.no_grad():
         reference = model(*args, **kwargs)[0]
@@ -106,20 +104,19 @@ def test_cosmos_which_crashed_the_analysis_is_rewritten_and_exact():
         torch.testing.assert_close(f(*args, **kwargs)[0], reference, atol=1e-4, rtol=1e-4)
     stats = jano_compile.controller(f).stats()
     assert stats["rewritten"], stats["fallback_reason"]
+
+
+def test_cosmos_which_crashed_the_analysis_is_rewritten_and_exact():
+    """Cosmos raised AttributeError inside the analysis (a dtype-only use of the token
+    tensor); with the grouped-query head repeat rule it is rewritten and matches eager."""
+    assert_rewritten_and_exact(*cosmos())
 
 
 def test_wan_animate_which_fell_back_is_rewritten_and_exact():
     """WanAnimate fell back (its entry first found on `pose_hidden_states`, then the face
     adapter's split of the tokens into frames); with the per-frame cross-attention rule it is
     rewritten and matches eager."""
-    model, args, kwargs = wan_animate()
-    model.eval()
-    with torch.no_grad():
-        reference = model(*args, **kwargs)[0]
-        f = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager"})
-        torch.testing.assert_close(f(*args, **kwargs)[0], reference, atol=1e-4, rtol=1e-4)
-    stats = jano_compile.controller(f).stats()
-    assert stats["rewritten"], stats["fallback_reason"]
+    assert_rewritten_and_exact(*wan_animate())
 
 
 def _first(out):

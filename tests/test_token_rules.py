@@ -59,6 +59,14 @@ def oracle(model: nn.Module, kwargs: dict):
     return ctl
 
 
+def image_tokens_of_class(cls: str, batch: int = 1) -> int:
+    """The oracle on the tiny instance of diffusers class `cls` (benchmarks/coverage_models);
+    returns how many image tokens the rewritten graph holds."""
+    torch.manual_seed(0)
+    model, kwargs = TINY[cls].build(batch)
+    return oracle(model, dict(kwargs, return_dict=False)).stats()["num_image_tokens"]
+
+
 def assert_not_rewritten(model: nn.Module, kwargs: dict, op: str, why: str):
     """The near miss: compiled, runs equal to eager, not rewritten, and the reason names
     `op` and says `why`."""
@@ -169,10 +177,7 @@ def test_view_as_complex_over_tokens_is_not_rewritten():
 
 def test_view_as_complex_rope_of_diffusers_class():
     """NucleusMoE-Image: complex RoPE on a joint [text | image] sequence."""
-    torch.manual_seed(0)
-    model, kwargs = TINY["NucleusMoEImageTransformer2DModel"].build(1)
-    ctl = oracle(model, dict(kwargs, return_dict=False))
-    assert ctl.stats()["num_image_tokens"] == 24
+    assert image_tokens_of_class("NucleusMoEImageTransformer2DModel") == 24
 
 
 # --------------------------------------------------------------------------- head repeats
@@ -237,10 +242,7 @@ def test_repeat_along_tokens_is_not_rewritten(op):
 
 def test_repeat_interleave_heads_of_diffusers_class():
     """Krea2: repeat_interleave of K/V heads (num_key_value_heads < num_attention_heads)."""
-    torch.manual_seed(0)
-    model, kwargs = TINY["Krea2Transformer2DModel"].build(1)
-    ctl = oracle(model, dict(kwargs, return_dict=False))
-    assert ctl.stats()["num_image_tokens"] == 24
+    assert image_tokens_of_class("Krea2Transformer2DModel") == 24
 
 
 # --------------------------------------------------------------------------- attention to image keys
@@ -493,10 +495,7 @@ def test_two_token_tensors_folded_into_the_grid_are_not_rewritten():
 @pytest.mark.parametrize("cls", ["Kandinsky5Transformer3DModel", "Kandinsky6Transformer3DModel"])
 def test_exit_before_the_fold_of_diffusers_class(cls):
     """Kandinsky 5 and 6: blocks on [B, N, C], the output layer on [B, F, H, W, C]."""
-    torch.manual_seed(0)
-    model, kwargs = TINY[cls].build(1)
-    ctl = oracle(model, dict(kwargs, return_dict=False))
-    assert ctl.stats()["num_image_tokens"] == 48
+    assert image_tokens_of_class(cls) == 48
 
 
 # --------------------------------------------------------------------------- sequence-first blocks
@@ -562,10 +561,7 @@ def test_sequence_first_reshaped_to_batch_is_not_rewritten():
 
 def test_sequence_first_exit_of_diffusers_class():
     """ErnieImage: [image | text] sequence-first, the output layer's image rows transposed."""
-    torch.manual_seed(0)
-    model, kwargs = TINY["ErnieImageTransformer2DModel"].build(1)
-    ctl = oracle(model, dict(kwargs, return_dict=False))
-    assert ctl.stats()["num_image_tokens"] == 24
+    assert image_tokens_of_class("ErnieImageTransformer2DModel") == 24
 
 
 # --------------------------------------------------------------------------- per-frame cross-attention
@@ -630,10 +626,7 @@ def test_self_attention_per_frame_is_not_rewritten():
 
 def test_cross_attention_per_frame_of_diffusers_class():
     """WanAnimate's face adapter: 72 tokens in 3 frames attend to 3 face features each."""
-    torch.manual_seed(0)
-    model, kwargs = TINY["WanAnimateTransformer3DModel"].build(2)
-    ctl = oracle(model, dict(kwargs, return_dict=False))
-    assert ctl.stats()["num_image_tokens"] == 72
+    assert image_tokens_of_class("WanAnimateTransformer3DModel", 2) == 72
 
 
 # --------------------------------------------------------------------------- tokens placed by a runtime index
