@@ -21,6 +21,7 @@ import torch
 from .analyzer import RegionAnalysis, analyze, region_map, render_region_map, rerank_by_error
 from .clock import Tick
 from .config import JanoConfig
+from .periods import PERIODS, RegionPeriods, adaptive_budget
 from .schedule import Level, Phase, step_phase
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,9 @@ class AdaptiveSchedule:
     warned_no_length: bool = False
     all_full: bool = False      # the run is shorter than warm-up + cool-down
     rerank_due: bool = False    # levels_from="error": a full step ran since the last ranking
-    reranks: int = 0            # re-rankings by measured error in this generation
+    reranks: int = 0            # re-rankings (or period assignments) by measured error in this generation
+    periods: Optional[RegionPeriods] = None    # work budget: this generation's per-region periods
+    warned_budget: bool = False
 
     def set_num_inference_steps(self, num_steps: Optional[int]) -> None:
         """The length of the coming generation (places the cool-down); a run shorter than
@@ -71,7 +74,7 @@ class AdaptiveSchedule:
         new_generation = tick.generation != self.generation
         if new_generation:
             self.warmup_latents, self.analysis, self.grid, self.analysed = [], None, None, False
-            self.rerank_due, self.reranks = False, 0
+            self.rerank_due, self.reranks, self.periods = False, 0, None
             self.generation = tick.generation
         self.call_in_step = tick.call_in_step
         step = tick.step
@@ -84,6 +87,11 @@ class AdaptiveSchedule:
         phase = step_phase(step, None, self.config)
         if phase.level != Level.FULL and not self.analysed:
             self._analyze()
+        if self.config.work is not None:
+            index, phase = self._due_regions(step, phase, token_errors)
+            return Decision(step, branch, phase, index, new_generation,
+                            fill_caches=index is not None or self.partial_step_follows(step),
+                            time=tick.time)
         if phase.level == Level.FULL:
             self.rerank_due = self.config.levels_from == "error"
         elif self.rerank_due and self.analysis is not None and token_errors is not None:
@@ -100,11 +108,54 @@ class AdaptiveSchedule:
                         fill_caches=index is not None or self.partial_step_follows(step),
                         time=tick.time)
 
+    def _due_regions(self, step: int, phase: Phase, token_errors) -> tuple:
+        """Work budget: (index or None for every token, phase) of `step` under the
+        per-region periods; after a full step the periods are assigned again from the
+        errors it measured (every token's, at the horizon of its period)."""
+        if phase.level == Level.FULL or self.analysis is None or self.all_full:
+            self.rerank_due = True
+            return None, phase
+        if self.periods is None:
+            self.periods = RegionPeriods(self.analysis.grid, self.analysis.block_size, self._budget(),
+                                         prior=self.analysis.block_scores.flatten())
+        if self.rerank_due and token_errors is not None:
+            self.rerank_due = False
+            errors = token_errors()
+            if errors is not None and errors.numel() == self.analysis.num_tokens:
+                self.periods.observe(errors)
+                self.periods.token_periods = None      # assigned again below
+        if self.periods.token_periods is None:
+            self.periods.assign()
+            self.reranks = self.periods.assignments
+            self._save_region_map(f"_periods{self.reranks:02d}")
+        index = self.periods.due(step - self.config.warmup_steps)
+        if index.numel() == self.analysis.num_tokens:
+            self.rerank_due = True
+            return None, Phase.REFRESH
+        return index, (Phase.SKIP if index.numel() == 0 else Phase.ACTIVE)
+
+    def _budget(self) -> float:
+        """The per-step budget of the periodic steps for `config.work`, clamped to what
+        the periods can do (with a warning, once, when the request is out of reach)."""
+        config = self.config
+        budget = adaptive_budget(config.work, config.num_inference_steps, config.warmup_steps,
+                                 config.cooldown_steps)
+        lowest = 1 / max(PERIODS)
+        if budget < lowest and not self.warned_budget:
+            log.warning("jano: work=%g is out of reach: warm-up, cool-down and the two full steps after "
+                        "warm-up take more; every region gets the longest period (%d steps)",
+                        config.work, max(PERIODS))
+            self.warned_budget = True
+        return min(max(budget, lowest), 1.0)
+
     def partial_step_follows(self, step: int) -> bool:
         """Whether the next step after `step` that computes anything computes only some
         tokens (so it reads the K/V caches a full step at `step` writes)."""
         if self.analysis is None and self.analysed or self.all_full:
             return False
+        if self.config.work is not None:     # periods: a partial step follows unless cool-down does
+            n = self.config.num_inference_steps
+            return n is None or step < n - self.config.cooldown_steps - 1
         horizon = self.config.static_interval + self.config.warmup_steps + 1   # a refresh comes by then
         for later in range(step + 1, step + 1 + horizon):
             phase = step_phase(later, None, self.config)
@@ -145,9 +196,12 @@ class AdaptiveSchedule:
 
     def _save_region_map(self, suffix: str) -> None:
         """With `save_dir`: the levels as a PNG, `region_map_<generation><suffix>.png` (one
-        for the warm-up analysis, one per re-ranking by error)."""
+        for the warm-up analysis, one per re-ranking by error, one per period assignment:
+        red period 1, yellow 2, blue longer)."""
         if self.config.save_dir:
             os.makedirs(self.config.save_dir, exist_ok=True)
             path = os.path.join(self.config.save_dir, f"region_map_{self.generation:03d}{suffix}.png")
-            render_region_map(region_map(self.analysis, self.grid)).save(path)
+            levels = self.periods.levels().view(self.grid) if suffix.startswith("_periods") else \
+                region_map(self.analysis, self.grid)
+            render_region_map(levels).save(path)
             log.info("jano: wrote %s", path)

@@ -125,7 +125,7 @@ def analyze(latents: Sequence[torch.Tensor], grid: tuple[int, int, int],
     else:
         block_levels = levels_by_fraction(scores, block_token_counts(grid, block),
                                           config.static_fraction, config.medium_fraction)
-    token_levels = _expand_blocks(block_levels, block, grid).reshape(-1)
+    token_levels = expand_blocks(block_levels, block, grid).reshape(-1)
     analysis = RegionAnalysis(
         grid=grid, block_size=block, base_scores=base, block_scores=scores,
         block_levels=block_levels, token_levels=token_levels,
@@ -146,11 +146,11 @@ def rerank_by_error(analysis: RegionAnalysis, token_error: torch.Tensor) -> Regi
     levels keep the analysis's token fractions (so the level sizes stay about the same)."""
     start = time.perf_counter()
     grid, block = analysis.grid, analysis.block_size
-    per_block = _block_nanmean(token_error.float().reshape(grid), block)
+    per_block = block_nanmean(token_error.float().reshape(grid), block)
     scores = torch.where(torch.isnan(per_block), torch.full_like(per_block, math.inf), per_block)
     block_levels = levels_by_fraction(scores, block_token_counts(grid, block),
                                       analysis.static_fraction, analysis.medium_fraction)
-    token_levels = _expand_blocks(block_levels, block, grid).reshape(-1)
+    token_levels = expand_blocks(block_levels, block, grid).reshape(-1)
     return dataclasses.replace(
         analysis, block_scores=scores, block_levels=block_levels, token_levels=token_levels,
         active_index=torch.nonzero(token_levels >= RegionLevel.ACTIVE).flatten(),
@@ -158,7 +158,7 @@ def rerank_by_error(analysis: RegionAnalysis, token_error: torch.Tensor) -> Regi
         elapsed_s=time.perf_counter() - start)
 
 
-def _block_nanmean(values: torch.Tensor, block: tuple[int, int, int]) -> torch.Tensor:
+def block_nanmean(values: torch.Tensor, block: tuple[int, int, int]) -> torch.Tensor:
     """``[frames, h, w]`` -> ``[bf, bh, bw]``: the mean of each block's non-NaN values."""
     frames, height, width = values.shape
     bf, bh, bw = block
@@ -366,7 +366,7 @@ def _pairwise_change(points: torch.Tensor,
     return mean, num_pairs > 0
 
 
-def _expand_blocks(block_levels: torch.Tensor, block: tuple[int, int, int],
+def expand_blocks(block_levels: torch.Tensor, block: tuple[int, int, int],
                    grid: tuple[int, int, int]) -> torch.Tensor:
     """``[bf, bh, bw]`` -> ``[frames, h, w]``: every token takes its block's value."""
     full = block_levels

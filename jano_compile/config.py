@@ -96,6 +96,14 @@ class JanoConfig:
             every full step, the forecast error each token showed when it was last
             computed, per unit of time, averaged over each region; the warm-up analysis
             still sets the level sizes, and ranks the regions where no error is known).
+        work: a work budget in (0, 1]: the fraction of image-token computations of the
+            whole generation (warm-up and cool-down included when ``num_inference_steps``
+            is known). ``None`` (default): the interval schedule above. Set, it replaces
+            the intervals and levels: after warm-up each region gets a refresh period
+            from ``periods.PERIODS`` (1, 2, 4, 8 steps), chosen after every full step to
+            minimise the expected squared forecast error under the budget from the error
+            its tokens showed; the first and the last step after warm-up compute every
+            token. Needs ``reuse="forecast"``.
         save_dir: directory for the region-map PNG of each generation (and one per
             re-ranking with ``levels_from="error"``: how the levels moved); ``None`` writes none.
     """
@@ -119,6 +127,7 @@ class JanoConfig:
     reuse: str = "forecast"
     forecast_order: int = 1
     levels_from: str = "warmup"
+    work: float | None = None
     recipe: str = "forecast"
 
     def __post_init__(self) -> None:
@@ -151,6 +160,13 @@ class JanoConfig:
             _fail("levels_from", self.levels_from, f"must be one of {LEVEL_SOURCES}")
         if self.levels_from == "error" and self.reuse != "forecast":
             _fail("levels_from", self.levels_from, 'ranks by forecast error, which needs reuse="forecast"')
+        if self.work is not None:
+            if isinstance(self.work, bool) or not isinstance(self.work, (int, float)) or not 0 < self.work <= 1:
+                _fail("work", self.work, "must be None or a number in (0, 1], the fraction of "
+                      "image-token work to do (e.g. 0.5)")
+            if self.reuse != "forecast":
+                _fail("work", self.work, 'periods are chosen from measured forecast error, which needs '
+                      'reuse="forecast"')
         _check_int(self, "d_distance", 0)
         for name in ("static_thresh", "medium_thresh", "t_weight", "d_strength",
                      "static_fraction", "medium_fraction"):

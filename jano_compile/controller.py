@@ -155,6 +155,8 @@ class Controller:
             "compute_saved": 1 - sum(c.active for c in generation) / total if total else 0.0,
             "branches": sorted({c.branch for c in generation}),
             "reranks": schedule.reranks,
+            "periods": (schedule.periods.token_fractions()
+                        if schedule.periods is not None and schedule.periods.token_periods is not None else None),
         }
 
     def _not_rewritten(self, what: str) -> bool:

@@ -11,6 +11,11 @@ With ``W = warmup_steps``, ``C = cooldown_steps`` and ``n`` steps, step ``s`` (0
   ``MEDIUM`` when ``k % medium_interval == 0``, else ``ACTIVE`` when
   ``k % active_interval == 0``, else ``SKIP`` (no image token computed).
 
+Under a work budget (``config.work``, see ``periods.py``) the intervals give way to
+per-region periods: ``k == 0`` and the last step before cool-down are ``REFRESH``, every
+other adaptive step is ``ACTIVE`` here, meaning "the regions that are due", which the
+schedule turns into a full step, a partial one or a ``SKIP`` (``adaptive.py``).
+
 The defaults over 50 steps give 6 + 4 warm-up/cool-down steps, refreshes at 6, 16, 26, 36,
 medium steps at 11, 21, 31, 41 and 32 active steps.
 
@@ -66,6 +71,9 @@ def step_phase(step: int, num_steps: int | None, config: JanoConfig) -> Phase:
     if num_steps is not None and step >= num_steps - config.cooldown_steps:
         return Phase.COOLDOWN
     since_warmup = step - config.warmup_steps
+    if config.work is not None:
+        last = num_steps is not None and step == num_steps - config.cooldown_steps - 1
+        return Phase.REFRESH if since_warmup == 0 or last else Phase.ACTIVE
     if since_warmup % config.static_interval == 0:
         return Phase.REFRESH
     if since_warmup % config.medium_interval == 0:

@@ -26,7 +26,9 @@ class Stats(Mapping):
     auto_disabled           why the automatic schedule is off, if it is
     levels ... branches     this generation under the automatic schedule (None before it);
                             analysis_seconds: the last analysis or re-ranking, reranks:
-                            re-rankings by measured error (levels_from="error")
+                            re-rankings by measured error (levels_from="error") or period
+                            assignments (work=...); periods: {period in steps: fraction of
+                            image tokens} under a work budget
     """
     graphs: int
     compiles: int
@@ -51,6 +53,7 @@ class Stats(Mapping):
     compute_saved: Optional[float] = None
     branches: Optional[list] = None
     reranks: Optional[int] = None
+    periods: Optional[dict] = None
 
     def __getitem__(self, key: str):
         if key not in self._keys():
