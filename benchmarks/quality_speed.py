@@ -82,6 +82,10 @@ JANO_SETTINGS = {
                                              levels_from="error"),
     "forecast, regions 6/3/2 by error": dict(static_interval=6, medium_interval=3, active_interval=2,
                                              levels_from="error"),
+    # a work budget: per-region periods from {1, 2, 4, 8} chosen from measured forecast error
+    # (periods.py); 0.4 is the default's work (period 3 over 50 steps), 0.5 about half
+    "forecast, work 0.4 (periods by error)": dict(work=0.4),
+    "forecast, work 0.5 (periods by error)": dict(work=0.5),
     "paper: hold, reference schedule": dict(recipe="paper"),
     "paper, faster (quantile 60/20)": dict(recipe="paper", static_fraction=0.6, medium_fraction=0.2),
 }

@@ -24,7 +24,7 @@ def jano_backend(gm: fx.GraphModule, example_inputs, mode=None, options=None):
     """torch.compile backend. `options` are validated here (dynamo runs a string backend at
     the first call, so a bad key fails there, wrapped by dynamo, with our message)."""
     opts = parse_options(mode, options)
-    rewritten, report, tail, dense, full = rewrite_graph(gm, example_inputs, opts.pass_config())
+    rewritten, report, tail, full_variant = rewrite_graph(gm, example_inputs, opts.pass_config())
     if opts.dump_dir:
         write_dump(opts.dump_dir, report, gm, rewritten)
     params = param_positions(example_inputs)
@@ -37,7 +37,7 @@ def jano_backend(gm: fx.GraphModule, example_inputs, mode=None, options=None):
         return CompiledGraph(report, None, LoweredUnrewritten(gm, opts, example_inputs), **common)
     log.info("jano: %s", report)
     sig = report.signature
-    runner = GraphRunner(sig, opts, rewritten, tail=tail, dense=dense, full=full,
+    runner = GraphRunner(sig, opts, rewritten, tail=tail, full_variant=full_variant,
                          static_positions=frozenset(params))
     return CompiledGraph(report, runner, None, grid_hint=_grid_hint(gm, sig.num_image_tokens), **common)
 

@@ -10,9 +10,10 @@ the same inputs and returns the user outputs.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import logging
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.fx as fx
@@ -108,8 +109,9 @@ class RewriteResult(NamedTuple):
     graph: Optional[fx.GraphModule]     # the rewritten graph; None when left as it is
     report: GraphReport
     skip_tail: Optional[fx.GraphModule] = None
-    dense: Optional[fx.GraphModule] = None   # full steps whose caches no later step reads
-    full: Optional[fx.GraphModule] = None    # full steps at a static length that fill the caches
+    # full_variant(fill_caches): the full-step variant a runner asks for, built on demand (it
+    # needs one: the dense one, or the cache-filling one under static shapes); None inside
+    full_variant: Optional[Callable[[bool], Optional[fx.GraphModule]]] = None
 
 
 def _tail(work: fx.GraphModule, report: GraphReport) -> Optional[fx.GraphModule]:
@@ -158,8 +160,7 @@ def rewrite_graph(gm: fx.GraphModule, example_inputs, config: PassConfig = PassC
     except Exception as e:  # noqa: BLE001 - a pass bug (SignatureError too) must not break the model
         log.warning("jano: rewrite of %s failed", name, exc_info=True)
         return RewriteResult(None, GraphReport(name, False, f"internal error in the rewrite: {_describe_error(e)}"))
-    dense, full = (_full_variant(work, name, fill) for fill in (False, True))
-    return RewriteResult(work, report, _tail(work, report), dense, full)
+    return RewriteResult(work, report, _tail(work, report), functools.partial(_full_variant, work, name))
 
 
 def _full_variant(work: fx.GraphModule, name: str, fill_caches: bool) -> Optional[fx.GraphModule]:

@@ -16,7 +16,8 @@ Which lowered variant a step runs:
 
 (*) Writing the K/V caches costs a full step about 1% on a GPU (one copy of K and V per
 layer), while one more static graph costs a compile (~16 s at FLUX.1-dev width, 5 + 10
-blocks, H100) and a capture per branch: static shapes do without the dense variant.
+blocks, H100) and a capture per branch: static shapes do without the dense variant. Each
+runner builds only the full-step variant its mode runs (`rewrite_graph` hands it a builder).
 
 With `static_calls` every call runs through a `StaticCall` (static_call.py): on CUDA one
 captured CUDA graph per (variant, length, branch), replayed each step.
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.fx as fx
@@ -81,8 +82,9 @@ class GraphRunner:
     calls (the parameters)."""
 
     def __init__(self, signature: GraphSignature, options: Options, rewritten: fx.GraphModule,
-                 tail: Optional[fx.GraphModule] = None, dense: Optional[fx.GraphModule] = None,
-                 full: Optional[fx.GraphModule] = None, static_positions: frozenset = frozenset()):
+                 tail: Optional[fx.GraphModule] = None,
+                 full_variant: Optional[Callable[[bool], Optional[fx.GraphModule]]] = None,
+                 static_positions: frozenset = frozenset()):
         self.signature = signature
         self.options = options
         self.mode = RunMode.resolve(options, signature.index_device)
@@ -91,8 +93,11 @@ class GraphRunner:
         self.lowered = LoweredRewrite(rewritten, options, signature)
         self.tail = LoweredRewrite(tail, options, signature, n) if tail is not None else None
         static = self.mode.static_shapes
-        self.dense = LoweredRewrite(dense, options, signature, n) if dense is not None and not static else None
-        self.full = LoweredRewrite(full, options, signature, n) if full is not None and static else None
+        # the one full-step variant this mode runs (built now, before any lowering touches
+        # the rewritten graph): cache-filling at a static length, or dense
+        variant = full_variant(static) if full_variant is not None else None
+        variant = LoweredRewrite(variant, options, signature, n) if variant is not None else None
+        self.dense, self.full = (None, variant) if static else (variant, None)
         self.static: dict[int, LoweredRewrite] = {}      # index length -> static partial graph
         self._full_index: Optional[torch.Tensor] = None
         self._on_device: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}

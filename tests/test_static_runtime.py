@@ -46,6 +46,24 @@ def test_static_lengths_agree_with_the_eager_model(family):
     assert ctl.stats()["static_graphs"] == len(expected) == 4
 
 
+@pytest.mark.parametrize("static", [False, True])
+def test_a_runner_builds_only_the_full_step_variant_its_mode_runs(static, monkeypatch):
+    """Static shapes run the cache-filling variant, dynamic ones the dense variant; the
+    other is never built (each is a deep copy and a pass)."""
+    import jano_compile.rewrite as rewrite
+    built = []
+    original = rewrite.dense_variant
+    monkeypatch.setattr(rewrite, "dense_variant", lambda gm, fill: built.append(fill) or original(gm, fill))
+    model, kwargs, n = flux(b=1, h=4, w=4)
+    f = torch.compile(model, backend="jano", options={"lowering": "eager", "static_shapes": static})
+    with torch.no_grad():
+        f(**kwargs, return_dict=False)
+    (graph,) = jano_compile.controller(f)._graphs.values()
+    assert built == [static]
+    assert (graph.runner.full is not None, graph.runner.dense is not None) == (static, not static)
+    torch._dynamo.reset()
+
+
 def test_a_static_call_runs_on_its_buffers_and_knows_when_inputs_moved():
     """Activations are copied into its buffers at every call (the results follow the new
     values); a static input with a new storage, a buffer of another shape or another
