@@ -3,6 +3,10 @@ the seeds quality_speed.py reports): uniform refresh period, warm-up, cool-down 
 jano's eager lowering, PSNR against the full model.
 
     python benchmarks/forecast_calibration.py [--seeds 1000,1001,1002,1003] [--steps 50]
+    python benchmarks/forecast_calibration.py --work 0.4,0.5 --period-sets 1-2-4-8,1-2-3-6
+
+With `--work`: the work-budget schedule (per-region periods from measured forecast error,
+periods.py) instead of uniform periods, over work values and sets of periods.
 """
 from __future__ import annotations
 
@@ -28,6 +32,9 @@ def main(argv=None):
     p.add_argument("--periods", default="2,3,4")
     p.add_argument("--cooldowns", default="1,2")
     p.add_argument("--orders", default="1,2")
+    p.add_argument("--work", default="", help="comma-separated work budgets: the work-budget schedule")
+    p.add_argument("--period-sets", default="1-2-4-8", help="with --work: sets of periods, e.g. 1-2-4-8,1-2-3-6")
+    p.add_argument("--forecast-kv", action="store_true", help="extrapolate skipped tokens' K/V too")
     args = p.parse_args(argv)
     ints = lambda text: [int(x) for x in text.split(",")]   # noqa: E731
     seeds = ints(args.seeds)
@@ -37,13 +44,20 @@ def main(argv=None):
     with torch.no_grad():
         references = {s: model.sample([s % model.num_classes], args.steps, torch.Generator().manual_seed(s))
                       for s in seeds}
-        grid = list(itertools.product(ints(args.warmups), ints(args.periods), ints(args.cooldowns), ints(args.orders)))
-        print("| warm-up | period | cool-down | order | token work | PSNR mean (worst) |\n|---|---|---|---|---|---|")
-        for warmup, period, cooldown, order in tqdm(grid, desc="settings", leave=False):
+        if args.work:
+            sets = [tuple(int(p) for p in text.split("-")) for text in args.period_sets.split(",")]
+            schedules = [(dict(work=float(w), periods=ps), f"work {w}, periods {'/'.join(map(str, ps))}")
+                         for w in args.work.split(",") for ps in sets]
+        else:
+            schedules = [(dict(static_interval=p, medium_interval=p, active_interval=p), str(p))
+                         for p in ints(args.periods)]
+        grid = list(itertools.product(ints(args.warmups), schedules, ints(args.cooldowns), ints(args.orders)))
+        print("| warm-up | schedule | cool-down | order | token work | PSNR mean (worst) |\n|---|---|---|---|---|---|")
+        for warmup, (schedule, period), cooldown, order in tqdm(grid, desc="settings", leave=False):
             torch._dynamo.reset()
-            options = dict(warmup_steps=warmup, cooldown_steps=cooldown, static_interval=period,
-                           medium_interval=period, active_interval=period, forecast_order=order,
-                           num_inference_steps=args.steps, lowering="eager")
+            options = dict(warmup_steps=warmup, cooldown_steps=cooldown, forecast_order=order,
+                           num_inference_steps=args.steps, lowering="eager", forecast_kv=args.forecast_kv,
+                           **schedule)
             f = torch.compile(copy.deepcopy(model.transformer), backend="jano", dynamic=False, options=options)
             ctl = jano_compile.controller(f)
             quality, work = [], []

@@ -82,10 +82,14 @@ JANO_SETTINGS = {
                                              levels_from="error"),
     "forecast, regions 6/3/2 by error": dict(static_interval=6, medium_interval=3, active_interval=2,
                                              levels_from="error"),
-    # a work budget: per-region periods from {1, 2, 4, 8} chosen from measured forecast error
-    # (periods.py); 0.4 is the default's work (period 3 over 50 steps), 0.5 about half
-    "forecast, work 0.4 (periods by error)": dict(work=0.4),
-    "forecast, work 0.5 (periods by error)": dict(work=0.5),
+    # a work budget: per-region periods chosen from measured forecast error (periods.py); 0.4 is
+    # the default's work (period 3 over 50 steps), 0.5 about half; periods 1/2/3/6 beat 1/2/4/8 on
+    # the calibration seeds (forecast_calibration.py --work), with and without K/V forecast
+    "forecast, work 0.4 (periods by error)": dict(work=0.4, periods=(1, 2, 3, 6)),
+    "forecast, work 0.4 (periods by error, K/V forecast)": dict(work=0.4, periods=(1, 2, 3, 6), forecast_kv=True),
+    "forecast, work 0.5 (periods by error, K/V forecast)": dict(work=0.5, periods=(1, 2, 3, 6), forecast_kv=True),
+    "forecast, regions 4/2/2 by error, K/V forecast": dict(static_interval=4, medium_interval=2, active_interval=2,
+                                                           levels_from="error", forecast_kv=True),
     "paper: hold, reference schedule": dict(recipe="paper"),
     "paper, faster (quantile 60/20)": dict(recipe="paper", static_fraction=0.6, medium_fraction=0.2),
 }

@@ -117,7 +117,7 @@ class AdaptiveSchedule:
             return None, phase
         if self.periods is None:
             self.periods = RegionPeriods(self.analysis.grid, self.analysis.block_size, self._budget(),
-                                         prior=self.analysis.block_scores.flatten())
+                                         prior=self.analysis.block_scores.flatten(), periods=self._periods())
         if self.rerank_due and token_errors is not None:
             self.rerank_due = False
             errors = token_errors()
@@ -140,13 +140,16 @@ class AdaptiveSchedule:
         config = self.config
         budget = adaptive_budget(config.work, config.num_inference_steps, config.warmup_steps,
                                  config.cooldown_steps)
-        lowest = 1 / max(PERIODS)
+        lowest = 1 / max(self._periods())
         if budget < lowest and not self.warned_budget:
             log.warning("jano: work=%g is out of reach: warm-up, cool-down and the two full steps after "
                         "warm-up take more; every region gets the longest period (%d steps)",
-                        config.work, max(PERIODS))
+                        config.work, max(self._periods()))
             self.warned_budget = True
         return min(max(budget, lowest), 1.0)
+
+    def _periods(self) -> tuple:
+        return tuple(sorted(self.config.periods or PERIODS))
 
     def partial_step_follows(self, step: int) -> bool:
         """Whether the next step after `step` that computes anything computes only some

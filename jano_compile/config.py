@@ -91,6 +91,10 @@ class JanoConfig:
             differences). Read when the graph is rewritten: set it as an option, presets
             do not change it.
         forecast_order: 1 (linear) or 2 (quadratic), for ``reuse="forecast"``.
+        forecast_kv: ``reuse="forecast"`` only: the keys and values of tokens a step does not
+            compute are extrapolated too (order 1, over each token's last two computations)
+            instead of held; costs one more K/V cache. Matters only where steps compute part
+            of the tokens (region schedules, ``work=``). Read when the graph is rewritten.
         levels_from: what ranks the regions into levels: ``"warmup"`` (the analysis of the
             warm-up latents, the paper) or ``"error"`` (``reuse="forecast"`` only: after
             every full step, the forecast error each token showed when it was last
@@ -104,6 +108,8 @@ class JanoConfig:
             minimise the expected squared forecast error under the budget from the error
             its tokens showed; the first and the last step after warm-up compute every
             token. Needs ``reuse="forecast"``.
+        periods: the refresh periods (steps) a region may get under ``work``; ``None``:
+            ``periods.PERIODS``.
         save_dir: directory for the region-map PNG of each generation (and one per
             re-ranking with ``levels_from="error"``: how the levels moved); ``None`` writes none.
     """
@@ -126,13 +132,17 @@ class JanoConfig:
     save_dir: str | None = None
     reuse: str = "forecast"
     forecast_order: int = 1
+    forecast_kv: bool = False
     levels_from: str = "warmup"
     work: float | None = None
+    periods: tuple[int, ...] | None = None
     recipe: str = "forecast"
 
     def __post_init__(self) -> None:
         if isinstance(self.block_size, (list, tuple)):
             object.__setattr__(self, "block_size", tuple(self.block_size))
+        if isinstance(self.periods, list):
+            object.__setattr__(self, "periods", tuple(self.periods))
         if isinstance(self.save_dir, os.PathLike):
             object.__setattr__(self, "save_dir", os.fspath(self.save_dir))
         for name in ("static_thresh", "medium_thresh", "t_weight", "d_strength",
@@ -156,6 +166,10 @@ class JanoConfig:
         _check_int(self, "forecast_order", 1)
         if self.forecast_order > MAX_FORECAST_ORDER:
             _fail("forecast_order", self.forecast_order, f"must be <= {MAX_FORECAST_ORDER}")
+        if not isinstance(self.forecast_kv, bool):
+            _fail("forecast_kv", self.forecast_kv, "must be True or False")
+        if self.forecast_kv and self.reuse != "forecast":
+            _fail("forecast_kv", self.forecast_kv, 'extrapolates K/V like the outputs, which needs reuse="forecast"')
         if self.levels_from not in LEVEL_SOURCES:
             _fail("levels_from", self.levels_from, f"must be one of {LEVEL_SOURCES}")
         if self.levels_from == "error" and self.reuse != "forecast":
@@ -167,6 +181,9 @@ class JanoConfig:
             if self.reuse != "forecast":
                 _fail("work", self.work, 'periods are chosen from measured forecast error, which needs '
                       'reuse="forecast"')
+        if self.periods is not None and (not isinstance(self.periods, tuple) or not self.periods
+                                         or not all(_is_int(p) and p >= 1 for p in self.periods)):
+            _fail("periods", self.periods, "must be None or a non-empty tuple of positive ints (steps)")
         _check_int(self, "d_distance", 0)
         for name in ("static_thresh", "medium_thresh", "t_weight", "d_strength",
                      "static_fraction", "medium_fraction"):

@@ -54,13 +54,14 @@ class Options:
     schedule: Mapping[str, Any] = field(default_factory=dict)   # JanoConfig fields given
 
     def pass_config(self):
-        """What the rewrite needs of the schedule settings: `reuse` and `forecast_order` as
-        given, else the recipe's (family presets do not set them)."""
+        """What the rewrite needs of the schedule settings: `reuse`, `forecast_order` and
+        `forecast_kv` as given, else the recipe's (family presets do not set them)."""
         from jano_compile.passes import PassConfig
 
         from .config import resolve_config
         config = resolve_config(None, self.schedule)
-        return PassConfig(reuse=config.reuse, forecast_order=config.forecast_order)
+        return PassConfig(reuse=config.reuse, forecast_order=config.forecast_order,
+                          forecast_kv=config.forecast_kv)
 
     def inductor_patches(self) -> dict:
         """Inductor config patches: what `mode` selects, then the explicit settings."""

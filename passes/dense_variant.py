@@ -8,6 +8,7 @@ callables, not calling conventions.
                                                    -                        (fill_caches=False)
     o = attention(q, k_all, v_all)                 o = attention(q, k, v)
     full = index_copy(pred, 1, idx, out)           full = out
+    (kv_forecast) k_all = index_copy(pred_k, ..)   k_all = k;  k_prev, kv_time written whole or left
     index_copy_(h0, 1, idx, out) ...               index_copy_(h0, 1, idx, out) ... (as before)
 
 `fill_caches=False` suits a full step whose K/V caches no later step reads (the next
@@ -22,13 +23,18 @@ import copy
 import torch
 import torch.fx as fx
 
+from .kv_forecast import KV_COMPLETE
 from .signature import ENTRY_GATHER, EXIT_SCATTER, ROLE, Role, placeholders, state_writes
+
+#: states that hold every token's keys and values (and, with kv_forecast, the previous ones
+#: and their times): all written whole or all left alone
+_KV_STATES = (Role.K_CACHE, Role.V_CACHE, Role.KV_PREV, Role.KV_TIME)
 
 
 def dense_variant(gm: fx.GraphModule, fill_caches: bool = False) -> fx.GraphModule:
     dense = copy.deepcopy(gm)
     graph = dense.graph
-    kv = {n.name for n in placeholders(graph) if n.meta.get(ROLE) in (Role.K_CACHE, Role.V_CACHE)}
+    kv = {n.name for n in placeholders(graph) if n.meta.get(ROLE) in _KV_STATES}
     for write in state_writes(graph):
         if write.args[0].name not in kv:
             continue
@@ -41,7 +47,7 @@ def dense_variant(gm: fx.GraphModule, fill_caches: bool = False) -> fx.GraphModu
     for node in list(graph.nodes):
         if node.meta.get(ENTRY_GATHER):
             node.replace_all_uses_with(node.args[0])
-        elif node.meta.get(EXIT_SCATTER):
+        elif node.meta.get(EXIT_SCATTER) or node.meta.get(KV_COMPLETE):
             node.replace_all_uses_with(node.args[3])
     graph.eliminate_dead_code()
     graph.lint()

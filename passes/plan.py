@@ -188,13 +188,17 @@ REUSE_MODES = ("hold", "forecast")
 class PassConfig:
     """How the rewrite treats the tokens a step does not compute: `reuse="hold"` keeps
     their last output (the paper), `"forecast"` extrapolates it with Newton divided
-    differences of `forecast_order` (1 or 2) over each token's own computation times."""
+    differences of `forecast_order` (1 or 2) over each token's own computation times;
+    `forecast_kv` extrapolates their keys and values too (order 1; "forecast" only)."""
     reuse: str = "hold"
     forecast_order: int = 1
+    forecast_kv: bool = False
 
     def __post_init__(self):
         if self.reuse not in REUSE_MODES:
             raise ValueError(f"reuse must be one of {REUSE_MODES}, got {self.reuse!r}")
+        if self.forecast_kv and self.reuse != "forecast":
+            raise ValueError('forecast_kv needs reuse="forecast"')
 
 
 @dataclass

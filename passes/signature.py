@@ -46,6 +46,8 @@ class Role(str, enum.Enum):
     HISTORY_TIME = "history_time"   #: fp32 [N] the step time of each token's history slot j
     FORECAST_ERROR = "forecast_error"   #: fp32 [N] how far each token's forecast was off when
                                         #: it was last computed, per unit of time
+    KV_PREV = "kv_prev"             #: a K/V cache's rows as computed one computation before
+    KV_TIME = "kv_time"             #: fp32 [R] the step time of each K/V row's slot j (0, 1)
 
 
 class SignatureError(Exception):
