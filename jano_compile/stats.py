@@ -19,7 +19,8 @@ class Stats(Mapping):
     active_fraction         image tokens the last call recomputed, as a fraction
     num_image_tokens        N of the last full step of a rewritten graph
     cache_bytes             every branch's state tensors
-    forecast_bytes          of which the forecast history (outputs and their step times)
+    forecast_bytes          of which the forecast history (outputs and their step times; with
+                            forecast_kv, the previous K/V and their times)
     rewritten               every graph holding image tokens was rewritten
     fallback_reason         why not (never empty when `rewritten` is False)
     mode                    "auto" (the schedule) or "manual" (set_active / refresh)

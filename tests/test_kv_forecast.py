@@ -48,8 +48,10 @@ def test_the_oracle_holds_with_forecast_kv(family):
     ctl, _ = check_oracle(family, 2, torch.float32, subsets, options={"forecast_kv": True}, **size)
     store = ctl.store
     (graph_key,) = {key for key, _ in store._states}
-    assert len(store.tensors_of(graph_key, Role.KV_PREV)) == len(store.tensors_of(graph_key, Role.K_CACHE)) + \
-        len(store.tensors_of(graph_key, Role.V_CACHE))
+    caches = store.tensors_of(graph_key, Role.K_CACHE) + store.tensors_of(graph_key, Role.V_CACHE)
+    previous = store.tensors_of(graph_key, Role.KV_PREV)
+    assert sorted(t.shape for t in previous) == sorted(t.shape for t in caches)
+    assert ctl.stats()["forecast_bytes"] >= sum(t.numel() * t.element_size() for t in previous)
 
 
 def _recording_sdpa(calls: list, replace=None):
