@@ -37,19 +37,21 @@ PERIODS: tuple[int, ...] = (1, 2, 4, 8)
 EMA_ALPHA = 0.5
 
 
-def cycle_error(period: int) -> float:
-    """g(p): the mean over one cycle of p steps of the squared horizon j^2 (j = 0 at the
-    computed step), the factor of a block's squared error rate in its expected error."""
-    return (period - 1) * (2 * period - 1) / 6
+def cycle_error(period: int, power: float = 1.0) -> float:
+    """g(p): the mean over one cycle of p steps of the squared horizon factor j^(2 power)
+    (j = 0 at the computed step, error 0 there), the factor of a block's squared error in
+    its expected error; power 1: (p - 1)(2p - 1) / 6."""
+    return sum(j ** (2 * power) for j in range(1, period)) / period
 
 
 def assign_periods(error: torch.Tensor, block_tokens: torch.Tensor, budget: float,
-                   periods: Sequence[int] = PERIODS) -> torch.Tensor:
+                   periods: Sequence[int] = PERIODS, power: float = 1.0) -> torch.Tensor:
     """Periods ``[blocks]`` long for the blocks' error rates ``error`` ``[blocks]`` (finite,
     >= 0) and token counts ``block_tokens`` ``[blocks]``, doing at most ``budget`` (a
     fraction of all tokens per step, averaged over a cycle) where that is reachable:
     ``budget >= 1`` gives every block the shortest period, a budget below the longest
-    period's work gives every block the longest."""
+    period's work gives every block the longest. ``power``: the error at horizon j is
+    ``error * j ** power`` (``cycle_error``)."""
     periods = sorted(periods)
     error = error.double().flatten()
     tokens = block_tokens.double().flatten()
@@ -70,7 +72,7 @@ def assign_periods(error: torch.Tensor, block_tokens: torch.Tensor, budget: floa
             return None
         longer, shorter = periods[at], periods[at - 1]
         added = counts[block] * (1 / shorter - 1 / longer)
-        saved = counts[block] * weight[block] * (cycle_error(longer) - cycle_error(shorter))
+        saved = counts[block] * weight[block] * (cycle_error(longer, power) - cycle_error(shorter, power))
         return (-saved / added, block, added)
 
     heap = [m for m in (move(b) for b in range(len(choice))) if m is not None]
@@ -133,6 +135,16 @@ class ErrorEstimate:
         return torch.where(known, self.value, fill)
 
 
+def neighbour_mean(values: torch.Tensor) -> torch.Tensor:
+    """``[bf, bh, bw]``: each block's mean over the finite values of its 3 x 3 neighbourhood
+    in its frame (itself included); NaN where none is finite."""
+    finite = torch.isfinite(values)
+    ones = torch.ones(1, 1, 1, 3, 3, dtype=values.dtype)
+    total = torch.nn.functional.conv3d(torch.where(finite, values, 0.0)[None, None], ones, padding=(0, 1, 1))
+    count = torch.nn.functional.conv3d(finite.to(values.dtype)[None, None], ones, padding=(0, 1, 1))
+    return torch.where(count > 0, total / count.clamp(min=1), math.nan)[0, 0]
+
+
 def adaptive_budget(work: float, num_steps: Optional[int], warmup: int, cooldown: int) -> float:
     """The budget of the steps with per-region periods (a fraction of their tokens per
     step) that makes the whole generation do ``work``: warm-up, cool-down and the first
@@ -157,6 +169,9 @@ class RegionPeriods:
     budget: float
     prior: Optional[torch.Tensor] = None      # [blocks] the warm-up analysis's scores
     periods: tuple = PERIODS
+    alpha: float = EMA_ALPHA
+    horizon_power: float = 1.0                # the error at horizon j steps grows as j ** power
+    smooth: float = 0.0                       # weight of the 3 x 3 neighbours' mean in an observation
     estimate: ErrorEstimate = field(init=False)
     block_periods: Optional[torch.Tensor] = None
     token_periods: Optional[torch.Tensor] = None
@@ -164,15 +179,31 @@ class RegionPeriods:
 
     def __post_init__(self):
         self.block_tokens = block_token_counts(self.grid, self.block)
-        self.estimate = ErrorEstimate(self.block_tokens.numel())
+        self.estimate = ErrorEstimate(self.block_tokens.numel(), self.alpha)
+        # per block, the last two steps k (after warm-up) it was computed at: k = 0 is
+        # full and follows a full warm-up step
+        self.computed_at = torch.zeros(2, self.block_tokens.numel(), dtype=torch.long)
+        self.computed_at[1] = -1
+
+    def horizon(self) -> torch.Tensor:
+        """``[blocks]`` the steps between each block's last two computations: the horizon
+        of the error its tokens showed at the last."""
+        return self.computed_at[0] - self.computed_at[1]
 
     def observe(self, token_error: torch.Tensor) -> None:
-        """Each image token's last measured error rate ``[tokens]`` (NaN unmeasured)."""
-        self.estimate.observe(block_nanmean(token_error.double().reshape(self.grid), self.block))
+        """Each image token's last measured error rate ``[tokens]`` (NaN unmeasured), per
+        unit of time, as measured at each block's ``horizon()``: taken as an error per
+        horizon ** horizon_power."""
+        rate = block_nanmean(token_error.double().reshape(self.grid), self.block)
+        rate = rate * self.horizon().double().view(rate.shape) ** (1 - self.horizon_power)
+        if self.smooth:
+            rate = (1 - self.smooth) * rate + self.smooth * neighbour_mean(rate)
+        self.estimate.observe(rate.flatten())
 
     def assign(self) -> None:
         error = self.estimate.filled(self.prior)
-        self.block_periods = assign_periods(error, self.block_tokens, self.budget, self.periods)
+        self.block_periods = assign_periods(error, self.block_tokens, self.budget, self.periods,
+                                            self.horizon_power)
         self.token_periods = expand_blocks(self.block_periods.view(self.block_tokens.shape),
                                            self.block, self.grid).reshape(-1)
         self.assignments += 1
@@ -181,6 +212,10 @@ class RegionPeriods:
         """Sorted positions ``[n]`` of the tokens due at step ``k`` after warm-up."""
         if self.token_periods is None:
             self.assign()
+        if k > self.computed_at[0].max():          # once per step (branches share it)
+            hit = k % self.block_periods.flatten() == 0
+            self.computed_at = torch.where(hit, torch.stack([torch.full_like(self.computed_at[0], k),
+                                                             self.computed_at[0]]), self.computed_at)
         return due(self.token_periods, k)
 
     def work(self) -> float:
