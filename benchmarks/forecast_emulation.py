@@ -130,8 +130,6 @@ class Setting:
             parts.append(f"alpha {v['alpha']:g}")
         if "horizon_power" in v:
             parts.append(f"error ~ horizon^{v['horizon_power']:g}")
-        if v.get("smooth"):
-            parts.append(f"smooth {v['smooth']:g}")
         if v.get("signed"):
             parts.append("signed sigma horizon (NaN rates)")
         return f" ({', '.join(parts)})" if parts else " (as built)"
@@ -554,15 +552,11 @@ def work_settings() -> list[Setting]:
 def variant_settings() -> list[Setting]:
     """Estimator variants of periods.RegionPeriods, run on the calibration seeds to choose."""
     out = []
-    grid = [(periods, power, alpha, 0.0) for periods in ((1, 2, 4, 8), (1, 2, 4), (1, 2, 3, 6))
+    grid = [(periods, power, alpha) for periods in ((1, 2, 4, 8), (1, 2, 4), (1, 2, 3, 6))
             for power in (0.0, 0.5, 1.0, 2.0) for alpha in (0.5, 1.0)]
-    # second round: more smoothing over time (alpha 0.3) or over space (3 x 3 neighbours)
-    grid += [((1, 2, 4, 8), power, 0.3, 0.0) for power in (0.5, 1.0)]
-    grid += [((1, 2, 4, 8), power, 0.5, 0.5) for power in (0.5, 1.0)]
-    grid += [((1, 2, 4), 1.0, 1.0, 0.5), ((1, 2, 4), 0.5, 0.5, 0.5)]
-    for periods, power, alpha, smooth in grid:
-        variant = (("periods", periods), ("horizon_power", power), ("alpha", alpha)) + \
-            ((("smooth", smooth),) if smooth else ())
+    grid += [((1, 2, 4, 8), power, 0.3) for power in (0.5, 1.0)]     # second round: smoother in time
+    for periods, power, alpha in grid:
+        variant = (("periods", periods), ("horizon_power", power), ("alpha", alpha))
         out += [Setting("work", 3, 1, budget=w, cooldown=1, variant=variant) for w in WORKS]
     return out
 
@@ -735,12 +729,15 @@ def main(argv=None):
     p.add_argument("--plot", default="docs/forecast_emulation.png")
     p.add_argument("--json", default=None, help="also write the rows as JSON here")
     p.add_argument("--quick", action="store_true", help="a few settings only (smoke test)")
-    p.add_argument("--only", choices=("all", "work", "variants", "round2"), default="all",
+    p.add_argument("--only", choices=("all", "work", "variants"), default="all",
                    help="work: the work-budget rows and their uniform comparisons; variants: the estimator "
                         "variants (for the calibration seeds) with the built schedule and uniform rows")
     p.add_argument("--seeds", choices=("all", "cal", "held"), default="all",
                    help="run only the calibration or the held-out seeds (the tables need both)")
     p.add_argument("--replot", default=None, metavar="JSON", help="only rewrite the tables and plot from a --json file")
+    p.add_argument("--merge", default=None, metavar="JSON",
+                   help="with --replot: rows of this --json file (say of --only work) replace the rows with the same "
+                        "key, and rows of families no longer run (budget) are dropped")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: this tiny model at batch 12 runs about as fast on one "
                         "thread, and 2 threads on a shared 2-core machine ran 10x slower)")
@@ -749,6 +746,11 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.replot:
         saved = json.loads(Path(args.replot).read_text())
+        if args.merge:
+            extra = json.loads(Path(args.merge).read_text())
+            keys = {r["key"] for r in extra["rows"]}
+            saved["rows"] = [r for r in saved["rows"] if r["key"] not in keys and r["family"] != "budget"] + extra["rows"]
+            saved["title"] += f"; rows of `--only work` merged in ({extra['seconds'] / 60:.1f} min)"
         write_markdown(Path(args.out), render(saved["rows"], saved["title"], saved["seconds"]))
         plot(saved["rows"], Path(args.plot), saved["title"])
         return
@@ -761,7 +763,7 @@ def main(argv=None):
     classes = [s % model.num_classes for s in seeds]
     settings = {"all": main_settings() + shift_settings(), "work": work_settings(),
                 "variants": [s for s in work_settings() if s.family == "uniform" or not s.variant]
-                + variant_settings(), "round2": variant_settings()[-30:]}[args.only]
+                + variant_settings()}[args.only]
     if args.quick:
         settings = [Setting("uniform", 3, 1, (2,)), Setting("errrank", 3, 1, (4, 2, 2)),
                     Setting("errrank", 3, 1, (4, 2, 2), estimator="raw"), Setting("work", 3, 1, budget=0.4, cooldown=1)]
