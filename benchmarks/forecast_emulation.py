@@ -2,6 +2,7 @@
 
     python benchmarks/forecast_emulation.py [--out docs/forecast_emulation.md] [--plot docs/forecast_emulation.png]
                                             [--threads 1] [--json rows.json] [--replot rows.json] [--quick]
+                                            [--only work] [--seeds cal|held|all] [--variants]
 
 Every step runs the full bundled model eagerly (v_full [B, N, C]); a schedule decides which
 image tokens count as computed at that step. A computed token takes v_full and enters its
@@ -27,10 +28,22 @@ Schedules (W full warm-up steps, C full cool-down steps, k = step - W):
              stripes, a checkerboard for p=2); every step computes one group
   errrank    per-level periods with levels re-ranked every step by the measured forecast
              error (per analysis block, EMA over the observations), same 40/30 quantiles
-  budget     each block gets a period from {1, 2, 4, 8} minimising expected squared
-             forecast error under a work budget (Lagrangian), re-assigned every step
+  work       the runtime's work budget, JanoConfig(work=w): the schedule is
+             jano_compile's own AdaptiveSchedule (adaptive.py `_due_regions`, periods.py
+             RegionPeriods / ErrorEstimate / assign_periods / adaptive_budget), one per
+             seed (a generation of batch 1), fed the warm-up latents and, when it asks
+             (after each full step), every token's latest forecast error rate as the
+             compiled graph records it (passes/forecast.py: mean over channels of
+             |fresh - forecast| / |sigma_now - sigma_last|). First and last adaptive steps
+             full; blocks with k % p_b == 0 computed; all due: full; none due: no call.
+             Variants: RegionPeriods keyword arguments (alpha, horizon_power, periods).
 
-Forecast error estimate (errrank, budget, and reported for every forecasting row): on a
+The old "budget" family (per-block periods re-assigned every step from the
+horizon-profile-normalised error below, its own Lagrangian) is replaced by "work": the
+runtime cannot see errors every step nor a horizon profile, and one budget schedule in the
+tables should be the one users get.
+
+Forecast error estimate (errrank, and reported for every forecasting row): on a
 computed token whose forecast used order e over horizon h = s - (its last computed step),
 rate = |forecast - v_full|_2 / phi_e(h), where phi_e(h) is the mean error of an order-e
 forecast at horizon h relative to horizon 1, measured on the calibration seeds' full runs
@@ -57,16 +70,18 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
+from jano_compile.adaptive import AdaptiveSchedule
 from jano_compile.analyzer import analyze, block_token_counts, levels_by_fraction
+from jano_compile.clock import Tick
 from jano_compile.config import resolve_config
 from jano_compile.metrics import psnr, ssim
 from jano_compile.models import bundled
 from jano_compile.models.bundled import flow_sigmas
+from jano_compile.periods import PERIODS, RegionPeriods
 
 CAL_SEEDS = (1000, 1001, 1002, 1003)
 HELD_OUT_SEEDS = tuple(range(8))
 EMA_ALPHA = 0.5
-BUDGET_PERIODS = (1, 2, 4, 8)
 ORACLE_HORIZON = 2
 STEPS = 50
 MARK_BEGIN = "<!-- results:begin (written by benchmarks/forecast_emulation.py) -->"
@@ -78,16 +93,18 @@ QUOTED = [("jano compiled default (quality_speed.py, FLOP work)", 0.53, 32.5, 28
 
 @dataclass(frozen=True)
 class Setting:
-    family: str                    # jano | periods | uniform | staggered | errrank | budget
+    family: str                    # jano | periods | uniform | staggered | errrank | work
     warmup: int
     order: int                     # 0 = hold
     periods: tuple = ()            # (static, medium, active) or (p,)
-    budget: float = 0.0
+    budget: float = 0.0            # work: JanoConfig.work
     axis: str = "sigma"            # sigma | step
     cooldown: int = 2
     shift: float = 1.0
     estimator: str = "norm"        # errrank: "norm" (rate / horizon profile) or "raw" (error as seen)
-    anchor: str = "start"          # periods count from the first adaptive step, or back from the last
+    anchor: str = "start"          # periods count from the first adaptive step ("start"), back from the
+                                   # last ("end"), or from the first with the last computed too ("both")
+    variant: tuple = ()            # work: ((RegionPeriods keyword, value), ...) over the built defaults
 
     @property
     def reuse(self) -> str:
@@ -101,11 +118,25 @@ class Setting:
                 "uniform": f"uniform {p}, aligned",
                 "staggered": f"uniform {p}, staggered",
                 "errrank": f"periods {p} (levels by {'raw ' if self.estimator == 'raw' else ''}forecast error)",
-                "budget": f"error budget {self.budget:.2f} (periods {{1,2,4,8}})"}[self.family]
+                "work": f"work {self.budget:.2f}" + self.variant_label}[self.family]
+
+    @property
+    def variant_label(self) -> str:
+        v = dict(self.variant)
+        parts = []
+        if "periods" in v:
+            parts.append("periods " + "/".join(map(str, v["periods"])))
+        if "alpha" in v:
+            parts.append(f"alpha {v['alpha']:g}")
+        if "horizon_power" in v:
+            parts.append(f"error ~ horizon^{v['horizon_power']:g}")
+        if v.get("signed"):
+            parts.append("signed sigma horizon (NaN rates)")
+        return f" ({', '.join(parts)})" if parts else " (as built)"
 
     @property
     def label(self) -> str:
-        return self.schedule + (", end-aligned" if self.anchor == "end" else "")
+        return self.schedule + {"start": "", "end": ", end-aligned", "both": ", last adaptive step full"}[self.anchor]
 
     @property
     def key(self) -> str:
@@ -230,7 +261,15 @@ class Emulator:
         self.warm: list[torch.Tensor] = []
         self.levels: Optional[torch.Tensor] = None          # [B, N] 0 static .. 2 active
         self.analysis_scores: Optional[torch.Tensor] = None  # [B, nb]
-        self.block_period: Optional[torch.Tensor] = None     # [B, nb] (budget)
+        self.schedules: list[AdaptiveSchedule] = []         # work: the runtime's schedule, one per seed
+        self.signed = False
+        if setting.family == "work":
+            variant = dict(setting.variant)
+            self.signed = bool(variant.pop("signed", False))
+            config = resolve_config("flux", {"warmup_steps": setting.warmup, "cooldown_steps": setting.cooldown,
+                                             "num_inference_steps": steps, "work": setting.budget})
+            self.schedules = [VariantSchedule(config, variant) for _ in range(batch)]
+        self.token_rate = torch.full((batch, self.N), float("nan"), dtype=torch.float64)   # graph's forecast_error
         self.est = torch.full((B, self.nb), float("nan"), dtype=torch.float64)
         self.est_log: dict[int, torch.Tensor] = {}
         self.obs_log = torch.full((steps, B, self.nb), float("nan"), dtype=torch.float64)
@@ -257,39 +296,16 @@ class Emulator:
             out.append(block_levels.flatten()[self.block_of])
         return torch.stack(out)
 
-    def _assign_budget(self) -> torch.Tensor:
-        """Per block a period in BUDGET_PERIODS minimising rate^2 * g(p) + lam / p, with lam
-        bisected so that the mean work 1/p (token weighted) meets the budget."""
-        k = self.cfg.order
-        P = torch.tensor(BUDGET_PERIODS, dtype=torch.float64)
-        phi = self.profile[k]      # mean error at horizon j relative to j = 1, this order
-        # expected squared error per step over a period: offsets 0 (computed) .. p - 1
-        g = torch.tensor([sum(float(phi[min(j, HORIZON_MAX)]) ** 2 for j in range(1, p)) / p
-                          for p in BUDGET_PERIODS], dtype=torch.float64)
-        rate = torch.nan_to_num(self.est, nan=1e6)                                    # [B, nb]
-        cost = rate[..., None] ** 2 * g                                               # [B, nb, P]
-        weights = self.block_counts / self.block_counts.sum()
-        lo = torch.full((rate.shape[0], 1, 1), -40.0, dtype=torch.float64)
-        hi = torch.full_like(lo, 40.0)
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            choice = (cost + torch.exp(mid) / P).argmin(-1)
-            work = ((1.0 / P)[choice] * weights).sum(-1)[:, None, None]
-            over = work > self.cfg.budget
-            lo, hi = torch.where(over, mid, lo), torch.where(over, hi, mid)
-        return P[(cost + torch.exp(hi) / P).argmin(-1)].long()
-
     def due(self, s: int) -> torch.Tensor:
         cfg, B = self.cfg, self.V.shape[1]
         if s < cfg.warmup or s >= self.n - cfg.cooldown:
             return torch.ones(B, self.N, dtype=torch.bool)
-        k = s - cfg.warmup if cfg.anchor == "start" else (self.n - cfg.cooldown - 1) - s
+        last = self.n - cfg.cooldown - 1
+        k = (last - s) if cfg.anchor == "end" else s - cfg.warmup
         if cfg.family == "uniform":
-            return torch.full((B, self.N), k % cfg.periods[0] == 0)
+            return torch.full((B, self.N), k % cfg.periods[0] == 0 or (cfg.anchor == "both" and s == last))
         if cfg.family == "staggered":
             return (self.stripe == k % cfg.periods[0]).expand(B, self.N).clone()
-        if cfg.family == "budget":
-            return (k % self.block_period == 0)[:, self.block_of]
         periods = (12, 4, 1) if cfg.family == "jano" else cfg.periods
         # level L computed when some level L' <= L is due (nested, as schedule.step_phase)
         lowest_due = next((L for L, p in enumerate(periods) if k % p == 0), 3)
@@ -308,10 +324,8 @@ class Emulator:
             self.est_log[s] = self.est.clone()
             if cfg.family == "errrank":
                 self.levels = self._levels_from_estimate()
-            elif cfg.family == "budget":
-                self.block_period = self._assign_budget()
         t = self.sig[s] if cfg.axis == "sigma" else torch.tensor(float(s))
-        mask = self.due(s)
+        mask = self._decide_work(s, hidden_states) if cfg.family == "work" else self.due(s)
         pred, used = forecast(self.V, self.T, self.cnt, t, cfg.order)
         # forecast error observed on computed tokens, relative to the mean error at that
         # horizon and order (horizon_profile), so blocks seen at different horizons compare
@@ -325,6 +339,7 @@ class Emulator:
         count = torch.zeros_like(total).index_add_(1, self.block_of, seen.double())
         obs = torch.where(count > 0, total / count.clamp(min=1), float("nan"))
         self.obs_log[s] = obs
+        self._record_rate(s, mask, pred, v)
         self.est = torch.where(torch.isnan(self.est), obs,
                                torch.where(torch.isnan(obs), self.est,
                                            (1 - EMA_ALPHA) * self.est + EMA_ALPHA * obs))
@@ -338,6 +353,43 @@ class Emulator:
         self.computed[s] = mask.sum(1).float()
         self.step += 1
         return (out.to(hidden_states.dtype),)
+
+    def _decide_work(self, s: int, hidden_states: torch.Tensor) -> torch.Tensor:
+        """[B, N] computed tokens at step s: each seed's AdaptiveSchedule decides, reading
+        the graph's error state (token_rate) when it asks for it. Logs the per-block
+        estimate in force (what the periods were assigned from) as est_log[s]."""
+        sigma = float(self.sig[s])
+        mask = torch.zeros(len(self.schedules), self.N, dtype=torch.bool)
+        for b, schedule in enumerate(self.schedules):
+            decision = schedule.decide(Tick(1, s, 0, sigma), None, lambda b=b: self.token_rate[b].clone())
+            if schedule.wants_latents(decision):
+                schedule.record_latents(hidden_states[b:b + 1], self.grid)
+            mask[b] = True if decision.index is None else \
+                torch.zeros(self.N, dtype=torch.bool).index_fill_(0, decision.index, True)
+            if s >= self.cfg.warmup and schedule.periods is not None:
+                self.est_log[s][b] = schedule.periods.estimate.filled(schedule.periods.prior)
+            elif s >= self.cfg.warmup:
+                self.est_log[s][b] = float("nan")
+        return mask
+
+    def _record_rate(self, s: int, mask: torch.Tensor, pred: torch.Tensor, v: torch.Tensor) -> None:
+        """The graph's forecast_error state (passes/forecast.py forecast_error_rate): each
+        computed token's mean over channels of |fresh - forecast| per unit of sigma since
+        its last computation; NaN where never computed before. `signed`: the runtime's
+        sign (sigma falls, so every rate is NaN). For the work family, obs_log[s] is
+        the block mean of these rates (what the schedule can observe)."""
+        horizon = (self.sig[s] - self.T[0]).double() if self.cfg.axis == "sigma" else float(s) - self.S[0].double()
+        if not self.signed:
+            horizon = horizon.abs()
+        error = (v - pred).abs().mean(-1).double()
+        rate = torch.where((self.cnt >= 1) & (horizon > 0), error / horizon, float("nan"))
+        self.token_rate = torch.where(mask, rate, self.token_rate)
+        if self.cfg.family == "work":
+            seen = mask & torch.isfinite(rate)
+            total = torch.zeros(rate.shape[0], self.nb, dtype=torch.float64).index_add_(
+                1, self.block_of, torch.where(seen, rate, 0.0))
+            count = torch.zeros_like(total).index_add_(1, self.block_of, seen.double())
+            self.obs_log[s] = torch.where(count > 0, total / count.clamp(min=1), float("nan"))
 
     # ---- after the run
     def work(self) -> dict:
@@ -376,11 +428,31 @@ class Emulator:
                 rhos.append(spearman(self.est_log[s][b], torch.nanmean(oracle[s:, b], dim=0)))
                 seen.append(spearman(self.est_log[s][b], torch.nanmean(self.obs_log[s:, b], dim=0)))
             target_w = torch.nanmean(oracle[cfg.warmup:, b], dim=0)
-            out["rho_running"].append(statistics.fmean(r for r in rhos if not math.isnan(r)))
-            out["rho_observed"].append(statistics.fmean(r for r in seen if not math.isnan(r)))
+            out["rho_running"].append(nanmean(rhos))
+            out["rho_observed"].append(nanmean(seen))
             out["rho_warmup_err"].append(spearman(self.est_log[cfg.warmup][b], target_w))
             out["rho_analysis"].append(spearman(self.analysis_scores[b], target_w))
-        return {k: statistics.fmean(v) for k, v in out.items()}
+        return {k: nanmean(v) for k, v in out.items()}
+
+
+def nanmean(values) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return statistics.fmean(finite) if finite else float("nan")
+
+
+class VariantSchedule(AdaptiveSchedule):
+    """The runtime's AdaptiveSchedule; with a variant, its RegionPeriods gets the variant's
+    keyword arguments (built once the analysis exists, as `_due_regions` would build it)."""
+
+    def __init__(self, config, variant: dict):
+        super().__init__(config)
+        self.variant = variant
+
+    def _analyze(self) -> None:
+        super()._analyze()
+        if self.variant and self.analysis is not None:
+            self.periods = RegionPeriods(self.analysis.grid, self.analysis.block_size, self._budget(),
+                                         prior=self.analysis.block_scores.flatten(), **self.variant)
 
 
 # ------------------------------------------------------------------------------ running
@@ -410,18 +482,25 @@ def run_setting(model, setting: Setting, seeds, references, steps, profile) -> d
     cal = [i for i, s in enumerate(seeds) if s in CAL_SEEDS]
     held = [i for i, s in enumerate(seeds) if s in HELD_OUT_SEEDS]
     pick = lambda xs, idx: [xs[i] for i in idx]  # noqa: E731
+    mean = lambda xs: statistics.fmean(xs) if xs else float("nan")  # noqa: E731
+    low = lambda xs: min(xs) if xs else float("nan")  # noqa: E731
     row = dict(key=setting.key, family=setting.family, estimator=setting.estimator, schedule=setting.label,
+               work_option=setting.budget if setting.family == "work" else None,
                anchor=setting.anchor, warmup=setting.warmup,
                cooldown=setting.cooldown, reuse=setting.reuse, order=setting.order, axis=setting.axis,
                shift=setting.shift,
                work=float(w["work"][held].mean()), work_adaptive=float(w["work_adaptive"][held].mean()),
                calls=float(w["calls"][held].mean()), work_cal=float(w["work"][cal].mean()) if cal else None,
-               psnr_mean=statistics.fmean(pick(p, held)), psnr_worst=min(pick(p, held)),
-               ssim_mean=statistics.fmean(pick(q, held)), ssim_worst=min(pick(q, held)),
-               cal_psnr_mean=statistics.fmean(pick(p, cal)) if cal else None,
-               cal_psnr_worst=min(pick(p, cal)) if cal else None)
+               calls_cal=float(w["calls"][cal].mean()) if cal else None,
+               psnr_mean=mean(pick(p, held)), psnr_worst=low(pick(p, held)),
+               ssim_mean=mean(pick(q, held)), ssim_worst=low(pick(q, held)),
+               cal_psnr_mean=mean(pick(p, cal)) if cal else None,
+               cal_psnr_worst=low(pick(p, cal)) if cal else None)
     if setting.order > 0:
-        row.update(emu.spearman_stats(held))
+        if held:
+            row.update(emu.spearman_stats(held))
+        if cal:
+            row.update({f"{k}_cal": v for k, v in emu.spearman_stats(cal).items()})
     return row
 
 
@@ -439,17 +518,46 @@ def main_settings() -> list[Setting]:
             out += [Setting("periods", W, order, P) for P in LEVEL_PERIODS]
             out += [Setting(fam, W, order, (p,)) for fam in ("uniform", "staggered") for p in (2, 3, 4)]
         out += [Setting("errrank", W, 1, P, estimator=e) for P in LEVEL_PERIODS for e in ("norm", "raw")]
-        out += [Setting("budget", W, 1, budget=b) for b in (0.5, 0.4, 0.3)]
     out += [Setting("errrank", 3, 2, P) for P in LEVEL_PERIODS]
     # phase: count periods back from the last adaptive step, so that it is computed
     out += [Setting("uniform", W, 1, (p,), anchor="end") for W in (7, 4, 3) for p in (2, 3, 4)]
     out += [Setting("uniform", 4, 1, (2,))]
     out += [Setting("periods", W, 1, P, anchor="end") for W in (7, 3) for P in ((4, 2, 2), (8, 4, 2))]
-    out += [Setting("budget", 3, 2, budget=b) for b in (0.5, 0.4, 0.3)]
     # time axis: step index instead of sigma (identical up to rounding at shift 1)
     for order in (1, 2):
         out += [Setting("uniform", 3, order, (p,), axis="step") for p in (2, 3)]
         out += [Setting("periods", 3, order, (4, 2, 2), axis="step")]
+    return out + work_settings()
+
+
+WORKS = (0.35, 0.4, 0.45, 0.5, 0.55)
+#: The estimator variant chosen on the calibration seeds (variant_settings), now periods.py's defaults.
+CHOSEN: tuple = ()
+
+
+def work_settings() -> list[Setting]:
+    """The runtime's work budget at its default W3 C1, as built (and the chosen variant),
+    with uniform aligned periods at the same W/C for comparison at equal token work, and
+    the schedule as it runs with the runtime's sign of the sigma horizon (every rate NaN)."""
+    out = [Setting("work", 3, 1, budget=w, cooldown=1) for w in WORKS]
+    out += [Setting("work", 3, 1, budget=w, cooldown=1, variant=(("signed", True),)) for w in (0.4, 0.5)]
+    # two variants from the calibration round (variant_settings): best mean PSNR, best Spearman
+    for variant in ((("periods", (1, 2, 3, 6)), ("horizon_power", 0.5), ("alpha", 1.0)),
+                    (("periods", (1, 2, 4)), ("horizon_power", 1.0), ("alpha", 1.0))):
+        out += [Setting("work", 3, 1, budget=w, cooldown=1, variant=variant) for w in WORKS]
+    out += [Setting("uniform", 3, 1, (p,), cooldown=1, anchor=a) for a in ("start", "both") for p in (2, 3, 4)]
+    return out
+
+
+def variant_settings() -> list[Setting]:
+    """Estimator variants of periods.RegionPeriods, run on the calibration seeds to choose."""
+    out = []
+    grid = [(periods, power, alpha) for periods in ((1, 2, 4, 8), (1, 2, 4), (1, 2, 3, 6))
+            for power in (0.0, 0.5, 1.0, 2.0) for alpha in (0.5, 1.0)]
+    grid += [((1, 2, 4, 8), power, 0.3) for power in (0.5, 1.0)]     # second round: smoother in time
+    for periods, power, alpha in grid:
+        variant = (("periods", periods), ("horizon_power", power), ("alpha", alpha))
+        out += [Setting("work", 3, 1, budget=w, cooldown=1, variant=variant) for w in WORKS]
     return out
 
 
@@ -469,7 +577,8 @@ def fmt_row(r: dict, spearman_cols: bool = False) -> str:
              f"{r['work']:.0%}", f"{r['work_adaptive']:.0%}", f"{r['calls']:.0%}",
              f"{r['psnr_mean']:.1f} ({r['psnr_worst']:.1f})", f"{r['ssim_mean']:.4f} ({r['ssim_worst']:.4f})"]
     if spearman_cols:
-        cells += [f"{r[k]:.2f}" if k in r else "" for k in ("rho_running", "rho_observed", "rho_analysis")]
+        cells += [f"{r[k]:.2f}" if k in r else "" for k in ("rho_running", "rho_observed", "rho_analysis",
+                                                             "rho_running_cal")]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -479,9 +588,20 @@ HEADER = ("| schedule | W/C | skipped tokens | time axis | token work | work aft
 
 def table(rows: list[dict], spearman_cols: bool = False) -> str:
     head = HEADER + (" Spearman: running estimate vs later oracle error | the same vs errors the schedule observed "
-                     "| warm-up analysis score vs later oracle error |" if spearman_cols else "")
+                     "| warm-up analysis score vs later oracle error | running estimate vs later oracle error, "
+                     "calibration seeds |" if spearman_cols else "")
     sep = "|" + "---|" * head.count(" | ") + "---|"
     return "\n".join([head, sep] + [fmt_row(r, spearman_cols) for r in rows])
+
+
+def summary_line(r: dict) -> str:
+    """One line per row for subset runs: held-out and calibration numbers side by side."""
+    f = lambda x, spec: "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)  # noqa: E731
+    return (f"{r['key']}: held work {f(r['work'], '.1%')} calls {f(r['calls'], '.0%')} "
+            f"PSNR {f(r['psnr_mean'], '.2f')} ({f(r['psnr_worst'], '.2f')}) rho {f(r.get('rho_running'), '.2f')} | "
+            f"cal work {f(r['work_cal'], '.1%')} calls {f(r.get('calls_cal'), '.0%')} "
+            f"PSNR {f(r['cal_psnr_mean'], '.2f')} ({f(r['cal_psnr_worst'], '.2f')}) "
+            f"rho {f(r.get('rho_running_cal'), '.2f')}")
 
 
 def choose(rows: list[dict], max_work: float, key: str, max_calls: float = 1.0) -> Optional[dict]:
@@ -509,7 +629,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     colours = {"jano": "tab:red", "periods": "tab:orange", "uniform": "tab:green", "staggered": "tab:olive",
-               "errrank": "tab:purple", "budget": "tab:blue"}
+               "errrank": "tab:purple", "work": "tab:blue"}
     markers = {0: "x", 1: "o", 2: "^"}
     fig, axes = plt.subplots(1, 2, figsize=(13, 6.2), sharey=True)
     for ax, key, label in ((axes[0], "psnr_mean", "PSNR mean (dB)"), (axes[1], "psnr_worst", "PSNR worst seed (dB)")):
@@ -569,10 +689,11 @@ def render(rows: list[dict], title: str, seconds: float) -> str:
                 ("uniform", "Uniform period, aligned (whole-step skips; exact, no stale K/V)"),
                 ("staggered", "Uniform period, staggered by block stripes (upper bound: K/V fresh)"),
                 ("errrank", "Per-level periods, levels re-ranked every step by measured forecast error"),
-                ("budget", "Per-block periods from {1,2,4,8} under a work budget, from measured forecast error")]
+                ("work", "The runtime's work budget (JanoConfig.work; adaptive.py + periods.py, errors read after "
+                         "full steps)")]
     for fam, heading in families:
         sub = [r for r in main if r["family"] == fam and r["axis"] == "sigma"]
-        parts += [f"### {heading}", "", table(sub, spearman_cols=fam in ("errrank", "budget", "periods")), ""]
+        parts += [f"### {heading}", "", table(sub, spearman_cols=fam in ("errrank", "work", "periods")), ""]
     steps_axis = [r for r in main if r["axis"] == "step"]
     twins = [r2 for r in steps_axis for r2 in main
              if r2["axis"] == "sigma" and r2["key"] == r["key"].replace("| step |", "| sigma |")]
@@ -589,7 +710,7 @@ def render(rows: list[dict], title: str, seconds: float) -> str:
               "| family | estimator | rows | running estimate vs later oracle error | estimate frozen at end of warm-up "
               "| warm-up analysis score | running estimate vs errors the schedule observed |",
               "|---|---|---|---|---|---|---|"]
-    for fam in ("uniform", "staggered", "periods", "errrank", "budget"):
+    for fam in ("uniform", "staggered", "periods", "errrank", "work"):
         for est in ("norm", "raw"):
             rho = [r for r in main if r["family"] == fam and "rho_running" in r and r["axis"] == "sigma"
                    and r.get("estimator", "norm") == est]
@@ -608,7 +729,15 @@ def main(argv=None):
     p.add_argument("--plot", default="docs/forecast_emulation.png")
     p.add_argument("--json", default=None, help="also write the rows as JSON here")
     p.add_argument("--quick", action="store_true", help="a few settings only (smoke test)")
+    p.add_argument("--only", choices=("all", "work", "variants"), default="all",
+                   help="work: the work-budget rows and their uniform comparisons; variants: the estimator "
+                        "variants (for the calibration seeds) with the built schedule and uniform rows")
+    p.add_argument("--seeds", choices=("all", "cal", "held"), default="all",
+                   help="run only the calibration or the held-out seeds (the tables need both)")
     p.add_argument("--replot", default=None, metavar="JSON", help="only rewrite the tables and plot from a --json file")
+    p.add_argument("--merge", default=None, metavar="JSON",
+                   help="with --replot: rows of this --json file (say of --only work) replace the rows with the same "
+                        "key, and rows of families no longer run (budget) are dropped")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: this tiny model at batch 12 runs about as fast on one "
                         "thread, and 2 threads on a shared 2-core machine ran 10x slower)")
@@ -617,6 +746,11 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.replot:
         saved = json.loads(Path(args.replot).read_text())
+        if args.merge:
+            extra = json.loads(Path(args.merge).read_text())
+            keys = {r["key"] for r in extra["rows"]}
+            saved["rows"] = [r for r in saved["rows"] if r["key"] not in keys and r["family"] != "budget"] + extra["rows"]
+            saved["title"] += f"; rows of `--only work` merged in ({extra['seconds'] / 60:.1f} min)"
         write_markdown(Path(args.out), render(saved["rows"], saved["title"], saved["seconds"]))
         plot(saved["rows"], Path(args.plot), saved["title"])
         return
@@ -624,16 +758,19 @@ def main(argv=None):
     self_test()
     torch.manual_seed(0)
     model = bundled()
-    seeds = list(CAL_SEEDS) + list(HELD_OUT_SEEDS)
+    seeds = {"all": list(CAL_SEEDS) + list(HELD_OUT_SEEDS), "cal": list(CAL_SEEDS),
+             "held": list(HELD_OUT_SEEDS)}[args.seeds]
     classes = [s % model.num_classes for s in seeds]
-    settings = main_settings() + shift_settings()
+    settings = {"all": main_settings() + shift_settings(), "work": work_settings(),
+                "variants": [s for s in work_settings() if s.family == "uniform" or not s.variant]
+                + variant_settings()}[args.only]
     if args.quick:
         settings = [Setting("uniform", 3, 1, (2,)), Setting("errrank", 3, 1, (4, 2, 2)),
-                    Setting("errrank", 3, 1, (4, 2, 2), estimator="raw"), Setting("budget", 3, 1, budget=0.4)]
+                    Setting("errrank", 3, 1, (4, 2, 2), estimator="raw"), Setting("work", 3, 1, budget=0.4, cooldown=1)]
     rows = []
     with torch.no_grad():
         references, profiles = {}, {}
-        cal = [i for i, s in enumerate(seeds) if s in CAL_SEEDS]
+        cal = [i for i, s in enumerate(seeds) if s in CAL_SEEDS] or list(range(len(seeds)))
         for shift in sorted({s.shift for s in settings} | {1.0}):
             recorder = Recorder(model)
             references[shift] = model.sample(classes, STEPS, noise=noise_for(model, seeds), shift=shift,
@@ -647,10 +784,17 @@ def main(argv=None):
         batch_db = psnr(single, references[1.0][-1])
         oracle = run_setting(model, Setting("uniform", STEPS, 0, (1,), cooldown=0), seeds, references[1.0], STEPS,
                              profiles[1.0])
-        assert oracle["psnr_worst"] > 100, oracle
+        assert all(x > 100 for x in (oracle["psnr_worst"], oracle["cal_psnr_worst"])
+                   if x is not None and not math.isnan(x)), oracle
         for setting in tqdm(settings, desc="schedules"):
             rows.append(run_setting(model, setting, seeds, references[setting.shift], STEPS, profiles[setting.shift]))
+            print(summary_line(rows[-1]), flush=True)
     seconds = time.perf_counter() - start
+    if args.only != "all" or args.seeds != "all":
+        if args.json:
+            Path(args.json).write_text(json.dumps(dict(seconds=seconds, rows=rows), indent=1))
+        print(f"\n{len(rows)} settings in {seconds / 60:.1f} min (subset: no tables written)")
+        return
     title = (f"bundled model, {STEPS} Euler steps, held-out seeds {HELD_OUT_SEEDS[0]}..{HELD_OUT_SEEDS[-1]}, "
              f"calibration seeds {CAL_SEEDS[0]}..{CAL_SEEDS[-1]}, torch {torch.__version__}, "
              f"batched reference vs batch-1 run {'> 100' if batch_db > 100 else f'{batch_db:.1f}'} dB")

@@ -56,9 +56,10 @@ def forecast_error_rate(step_time: torch.Tensor, pred_active: torch.Tensor, fres
                         last_time: torch.Tensor) -> torch.Tensor:
     """[n] fp32: mean over batch and channels of |fresh - forecast| of the computed tokens
     ([B, n, C] each), per unit of time since each one's last computation (`last_time` [n];
-    NaN where it was never computed or the time did not move)."""
+    NaN where it was never computed or the time did not move). Time may fall (a sigma
+    clock: 1 -> 0) or rise (the step index): the horizon is its absolute change."""
     error = (fresh.to(pred_active.dtype) - pred_active).abs().mean(dim=(0, 2))
-    horizon = step_time - last_time
+    horizon = (step_time - last_time).abs()
     return torch.where(horizon > 0, error / horizon, torch.full_like(error, math.nan))
 
 

@@ -92,6 +92,18 @@ def test_the_graph_records_each_tokens_forecast_error_per_unit_of_time():
     torch.testing.assert_close(error, expected, atol=1e-5, rtol=1e-4)
 
 
+def test_the_error_rate_is_per_unit_of_time_whichever_way_time_runs():
+    """A sigma clock falls (1 -> 0), the step index rises: both give a finite rate per unit
+    of |time| since the last computation; no previous computation, or no time passed, NaN."""
+    from jano_compile.passes.forecast import forecast_error_rate
+    pred = torch.zeros(1, 3, 2)
+    fresh = torch.full((1, 3, 2), 0.5)
+    for now, last in ((0.8, torch.tensor([0.9, math.nan, 0.8])), (3.0, torch.tensor([2.9, math.nan, 3.0]))):
+        rate = forecast_error_rate(torch.tensor(now), pred, fresh, last)
+        torch.testing.assert_close(rate[0], torch.tensor(5.0))
+        assert torch.isnan(rate[1:]).all()
+
+
 def test_levels_from_error_runs_in_the_compiled_schedule():
     """End to end on a tiny FLUX (random weights: no quality claim): the schedule re-ranks
     after its full steps, partial steps happen, and the run stays within a few percent of
