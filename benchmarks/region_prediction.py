@@ -93,7 +93,7 @@ def oracle_rates(velocity: torch.Tensor, sigmas: torch.Tensor, horizon: int) -> 
 def budget_estimate(args) -> None:
     """The work-budget estimate in the compiled run against (a) the next observation and (b)
     a schedule-independent oracle: the full model's own forecast error rates at a fixed
-    horizon over the steps from the estimate's first step to the cool-down."""
+    horizon over the steps from s to the cool-down, for every adaptive step s once."""
     from jano_compile.analyzer import block_nanmean
     from jano_compile.models.bundled import flow_sigmas
     warnings.simplefilter("ignore")
@@ -141,14 +141,16 @@ def budget_estimate(args) -> None:
             rates = oracle_rates(torch.stack(velocities), sigmas, args.oracle_horizon)
             end = args.steps - config.cooldown_steps
             nexts, oracles = [], []
-            for k, (step, before, seen, after) in enumerate(observations):
-                if torch.isfinite(before).any():
-                    known = torch.isfinite(before) & torch.isfinite(seen)
+            for step, before, seen, after in observations:
+                known = torch.isfinite(before) & torch.isfinite(seen)
+                if known.sum() > 2:
                     nexts.append(spearman(before[known], seen[known]))
-                later = rates[step:end].nanmean(0)
-                target = block_nanmean(later.reshape(grid), block).flatten()
-                if step < end - 1:
-                    oracles.append(spearman(after, target))
+            # every adaptive step s once: the estimate in force at s (the last one built
+            # before s's decision) against the oracle over steps s .. cool-down
+            for s_ in range(observations[0][0], end - 1):
+                after = [a for step, _, _, a in observations if step <= s_][-1]
+                later = rates[s_:end].nanmean(0)
+                oracles.append(spearman(after, block_nanmean(later.reshape(grid), block).flatten()))
             found["next"].append(statistics.fmean(nexts))
             found["oracle"].append(statistics.fmean(oracles))
             print(f"seed {seed}: PSNR {quality[-1]:.2f}; Spearman vs next observation {found['next'][-1]:.2f} "
