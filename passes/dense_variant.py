@@ -10,6 +10,9 @@ callables, not calling conventions.
     full = index_copy(pred, 1, idx, out)           full = out
     index_copy_(h0, 1, idx, out) ...               index_copy_(h0, 1, idx, out) ... (as before)
 
+The token caches of token-mixing ops (passes/token_mixing.py) are completion caches like
+K/V: written whole or left as they are, the same way.
+
 `fill_caches=False` suits a full step whose K/V caches no later step reads (the next
 computed step is full again, as in the forecast recipe): the caches stay as they were.
 Only valid when `active_index` holds every token in order: the runtime calls it so, and
@@ -22,13 +25,13 @@ import copy
 import torch
 import torch.fx as fx
 
-from .signature import ENTRY_GATHER, EXIT_SCATTER, ROLE, Role, placeholders, state_writes
+from .signature import COMPLETION_ROLES, ENTRY_GATHER, EXIT_SCATTER, ROLE, placeholders, state_writes
 
 
 def dense_variant(gm: fx.GraphModule, fill_caches: bool = False) -> fx.GraphModule:
     dense = copy.deepcopy(gm)
     graph = dense.graph
-    kv = {n.name for n in placeholders(graph) if n.meta.get(ROLE) in (Role.K_CACHE, Role.V_CACHE)}
+    kv = {n.name for n in placeholders(graph) if n.meta.get(ROLE) in COMPLETION_ROLES}
     for write in state_writes(graph):
         if write.args[0].name not in kv:
             continue
