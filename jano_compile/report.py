@@ -21,6 +21,7 @@ class GraphReport:
     attention: list = field(default_factory=list)   # {"node", "kind", "layout", "how"}
     literals: list = field(default_factory=list)    # {"node", "what"}
     tables: list = field(default_factory=list)      # {"node", "table", "dim", "layout"}
+    mixing: list = field(default_factory=list)      # {"node", "operands", "how"}: ops that mix tokens
     signature: Optional[GraphSignature] = None      # calling convention of the rewritten graph
     skip_steps: Optional[str] = None      # how a step that computes no image token runs, or why not
 
@@ -69,6 +70,8 @@ class GraphReport:
         rows += [("literal", r["node"], r["what"]) for r in self.literals]
         rows += [("table", t["node"], f'{t["table"]} gathered on dim {t["dim"]} {t["layout"]}')
                  for t in self.tables]
+        rows += [("mixing", m["node"], f'{", ".join(m["operands"])} completed from caches; {m["how"]}')
+                 for m in self.mixing]
         width = max([len(r[1]) for r in rows] + [4])
         lines.append(f"  {'kind':10s} {'node':{width}s} detail")
         lines += [f"  {k:10s} {n:{width}s} {d}" for k, n, d in rows]

@@ -21,8 +21,9 @@ from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from jano_compile.passes import (NoImageTokens, PassConfig, Unrewritable, dense_variant, rewrite_passes,
                                  skip_tail, token_layout)
-from jano_compile.passes.plan import (CROSS, SELF, TO_IMAGE, AttentionSite, GroupCount, SegmentSlice,
-                                      ShapeLiteral, SplitSizes, SqueezeDims, TokenPlan)
+from jano_compile.passes.plan import (CROSS, SELF, TO_IMAGE, AttentionSite, ConstantPad, GridShape, GroupCount,
+                                      MixingSite, PointwiseConv, SegmentSlice, ShapeLiteral, SplitSizes,
+                                      SqueezeDims, TokenPlan)
 from jano_compile.passes.signature import GraphSignature, graph_signature
 from jano_compile.passes.token_layout import value
 
@@ -55,7 +56,19 @@ def _describe_literal(edit) -> str:
         return f"squeeze() -> squeeze({edit.dims})"
     if isinstance(edit, GroupCount):
         return f"unflatten sizes[{edit.position}]: frames of {edit.layout} -> n groups of one token"
+    if isinstance(edit, GridShape):
+        return f"sizes from {edit.first} on the token grid -> grid axis 0 holds n, the others 1"
+    if isinstance(edit, ConstantPad):
+        return "constant pad of other axes -> cat of constant blocks"
+    if isinstance(edit, PointwiseConv):
+        return "1x1 convolution on the token grid -> linear over channels"
     return repr(edit)
+
+
+def _describe_mixing(site: MixingSite) -> dict:
+    how = ("its active tokens gathered from the full result" if site.output is not None
+           else "its result holds no image token")
+    return {"node": site.node.name, "operands": [o.arg.name for o in site.operands], "how": how}
 
 
 _ATTENTION_HOW = {SELF: "Q gathered, K/V completed from cache",
@@ -78,6 +91,7 @@ def _report(name: str, plan: TokenPlan, signature: GraphSignature) -> GraphRepor
         literals=[{"node": e.node.name, "what": _describe_literal(e)} for e in plan.literals],
         tables=[{"node": t.node.name, "table": t.arg.name, "dim": t.dim, "layout": str(t.layout)}
                 for t in plan.tables],
+        mixing=[_describe_mixing(m) for m in plan.mixing],
         signature=signature)
 
 

@@ -15,12 +15,15 @@ from .kv_forecast import kv_forecast
 from .plan import NoImageTokens, PassConfig, TokenPlan, Unrewritable
 from .skip_tail import skip_tail
 from .token_layout import token_layout
+from .token_mixing import token_mixing
 from .token_shapes import token_shapes
 
 # Order matters: gather_scatter creates the `active_index` input and the exit scatter that
-# the others read; forecast replaces the scatter's held cache; kv_forecast reads the step
-# time forecast declares.
-REWRITE_PASSES = (gather_scatter, kv_cache, token_shapes)
+# the others read; kv_cache and token_mixing complete what reads every token (their caches
+# follow the output cache among the states); token_shapes then rewrites the literals left on
+# the gathered path; forecast replaces the scatter's held cache; kv_forecast reads the
+# step time forecast declares.
+REWRITE_PASSES = (gather_scatter, kv_cache, token_mixing, token_shapes)
 
 
 def rewrite_passes(config: PassConfig = PassConfig()) -> tuple:
@@ -32,5 +35,5 @@ def rewrite_passes(config: PassConfig = PassConfig()) -> tuple:
 
 
 __all__ = ["REWRITE_PASSES", "InputRoles", "NoImageTokens", "PassConfig", "TokenPlan", "Unrewritable",
-           "dense_variant", "forecast", "gather_scatter", "input_roles", "kv_cache", "kv_forecast", "rewrite_passes", "skip_tail",
-           "token_layout", "token_shapes"]
+           "dense_variant", "forecast", "gather_scatter", "input_roles", "kv_cache", "kv_forecast", "rewrite_passes",
+           "skip_tail", "token_layout", "token_mixing", "token_shapes"]

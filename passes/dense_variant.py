@@ -11,6 +11,10 @@ callables, not calling conventions.
     (kv_forecast) k_all = index_copy(pred_k, ..)   k_all = k;  k_prev, kv_time written whole or left
     index_copy_(h0, 1, idx, out) ...               index_copy_(h0, 1, idx, out) ... (as before)
 
+The token caches of token-mixing ops (passes/token_mixing.py) and kv_forecast's previous
+K/V and their times are completion states like K/V: written whole or left as they are, the
+same way (signature.COMPLETION_ROLES).
+
 `fill_caches=False` suits a full step whose K/V caches no later step reads (the next
 computed step is full again, as in the forecast recipe): the caches stay as they were.
 Only valid when `active_index` holds every token in order: the runtime calls it so, and
@@ -24,17 +28,13 @@ import torch
 import torch.fx as fx
 
 from .kv_forecast import KV_COMPLETE
-from .signature import ENTRY_GATHER, EXIT_SCATTER, ROLE, Role, placeholders, state_writes
-
-#: states that hold every token's keys and values (and, with kv_forecast, the previous ones
-#: and their times): all written whole or all left alone
-_KV_STATES = (Role.K_CACHE, Role.V_CACHE, Role.KV_PREV, Role.KV_TIME)
+from .signature import COMPLETION_ROLES, ENTRY_GATHER, EXIT_SCATTER, ROLE, placeholders, state_writes
 
 
 def dense_variant(gm: fx.GraphModule, fill_caches: bool = False) -> fx.GraphModule:
     dense = copy.deepcopy(gm)
     graph = dense.graph
-    kv = {n.name for n in placeholders(graph) if n.meta.get(ROLE) in _KV_STATES}
+    kv = {n.name for n in placeholders(graph) if n.meta.get(ROLE) in COMPLETION_ROLES}
     for write in state_writes(graph):
         if write.args[0].name not in kv:
             continue

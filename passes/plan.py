@@ -150,6 +150,74 @@ class FrameKeys:
     group_size: int
 
 
+@dataclass(frozen=True)
+class GridFactor:
+    """One factor of a tensor axis: grid axis `axis` of a `TokenGrid` (None: another axis,
+    batch or channels) of full size `size` (> 1)."""
+    axis: Optional[int]
+    size: int
+
+
+@dataclass(frozen=True)
+class TokenGrid:
+    """Image tokens unflattened into a grid of `sizes` (row-major: token i sits at
+    unravel_index(i, sizes); every size > 1), laid out over a tensor's axes: `dims[d]` lists
+    the factors axis d holds, outermost first (Sana's Mix-FFN conv input [B, C, H, W]:
+    ((), (C,), (g0,), (g1,)); SanaVideo's frames folded into the batch [B*F, C, H, W]:
+    ((B, g0), (C,), (g1,), (g2,))). Rewritten, grid axis 0 holds the n gathered tokens
+    and every other grid axis 1: [B, C, n, 1]."""
+    sizes: tuple[int, ...]
+    dims: tuple[tuple[GridFactor, ...], ...]
+    layout: Layout
+
+
+@dataclass(frozen=True)
+class GridShape:
+    """`node` (view, reshape, unflatten) gives the sizes of axes that hold grid factors:
+    `sizes[i]` (the argument at position `first` + i) is (product of its other factors,
+    whether it holds grid axis 0, the one that carries the n gathered tokens); None where
+    the argument stays."""
+    node: fx.Node
+    first: int
+    sizes: tuple
+
+
+@dataclass(frozen=True)
+class ConstantPad:
+    """`node` is F.pad(x, pads, "constant", value) of a tensor holding image tokens, padding
+    other axes only (Sana's value padded by a ones channel); it becomes a cat with constant
+    blocks: constant_pad_nd reads every size as an int, which fixes the token count n."""
+    node: fx.Node
+
+
+@dataclass(frozen=True)
+class PointwiseConv:
+    """`node` is a convolution with a 1-wide kernel (stride 1, no padding, one group) over
+    axes that hold image tokens on their grid: a linear map of the channels, it becomes one
+    (F.linear over channels last), since a gathered grid [B, C, n, 1] is empty when n is 0
+    and convolutions refuse empty spatial axes."""
+    node: fx.Node
+
+
+@dataclass(frozen=True)
+class MixedOperand:
+    """Operand `arg` of a token-mixing op holds image tokens on `axis` (a TokenAxis or a
+    TokenGrid): it is completed from a cache of every image token before the op."""
+    arg: fx.Node
+    axis: object
+
+
+@dataclass(frozen=True)
+class MixingSite:
+    """An op that mixes image tokens (a reduction or a contraction over the token axis, a
+    convolution over the token grid): it runs on its operands completed to all N tokens;
+    where its result holds image tokens (`output`: its TokenGrid), the active ones are
+    gathered back from it."""
+    node: fx.Node
+    operands: tuple[MixedOperand, ...]
+    output: Optional[TokenGrid] = None
+
+
 SELF = "self"            # queries and keys hold image tokens (maybe joint with text)
 CROSS = "cross"          # queries hold image tokens, keys and values do not (text)
 TO_IMAGE = "to_image"    # queries hold no image token (audio, text), keys and values do
@@ -210,9 +278,12 @@ class TokenPlan:
     entry_dim: int = 1                                # token axis of the entry: 1 [B, N, C], 0 [N, B, C]
     axes: dict = field(default_factory=dict)          # Node -> TokenAxis | tuple | None
     attention: list = field(default_factory=list)     # AttentionSite
-    literals: list = field(default_factory=list)      # ShapeLiteral | SplitSizes | SegmentSlice | SqueezeDims | GroupCount
+    # per-node edits of token_shapes: ShapeLiteral | SplitSizes | SegmentSlice | SqueezeDims |
+    # GroupCount | GridShape | ConstantPad | PointwiseConv
+    literals: list = field(default_factory=list)
     tables: list = field(default_factory=list)        # TableGather
     frame_keys: list = field(default_factory=list)    # FrameKeys
+    mixing: list = field(default_factory=list)        # MixingSite
 
 
 class Unrewritable(Exception):

@@ -42,12 +42,19 @@ class Role(str, enum.Enum):
     OUT_CACHE = "out_cache"         #: the exit tensor of every image token [B, N, C]
     K_CACHE = "k_cache"             #: keys of one self-attention layer, full sequence
     V_CACHE = "v_cache"             #: values of one self-attention layer, full sequence
+    TOKEN_CACHE = "token_cache"     #: one operand of a token-mixing op (linear attention's key
+                                    #: features or values, a convolution's input grid), every token
     HISTORY = "history"             #: fp32 exit tensor [B, N, C] as computed j calls back
     HISTORY_TIME = "history_time"   #: fp32 [N] the step time of each token's history slot j
     FORECAST_ERROR = "forecast_error"   #: fp32 [N] how far each token's forecast was off when
                                         #: it was last computed, per unit of time
     KV_PREV = "kv_prev"             #: a K/V cache's rows as computed one computation before
     KV_TIME = "kv_time"             #: fp32 [R] the step time of each K/V row's slot j (0, 1)
+
+
+# states that complete the gathered rows of a tensor to the full sequence: a full step
+# writes every row (dense_variant), a partial step the computed ones
+COMPLETION_ROLES = frozenset({Role.K_CACHE, Role.V_CACHE, Role.TOKEN_CACHE, Role.KV_PREV, Role.KV_TIME})
 
 
 class SignatureError(Exception):
@@ -59,7 +66,8 @@ class StateSpec:
     """One state tensor of a rewritten graph: an input the graph writes in place."""
     name: str
     role: Role
-    layer: Optional[int]            # self-attention layer of a K/V cache; None otherwise
+    layer: Optional[int]            # self-attention layer of a K/V cache, token-mixing op of a
+                                    # token cache; None otherwise
     token_dim: int                  # the axis that runs over the (full) token sequence
     shape: tuple[int, ...]
     dtype: torch.dtype

@@ -5,6 +5,7 @@ from it (gathered lengths, per-layout row indices). Each is created once, found 
     n            : active_index.size(0), symbolic under Inductor
     rows[layout] : [T + n] rows of a joint sequence, e.g. [text 7 | image 64] ->
                    cat(arange(0, 7), active_index + 7)
+    grid axes    : gathered sizes of axes holding the token grid, e.g. B*F -> B*n
 """
 from __future__ import annotations
 
@@ -46,18 +47,21 @@ def num_active(graph: fx.Graph) -> fx.Node:
     return node
 
 
-def _n_plus(graph: fx.Graph, const: int):
-    """Node for n + const (n itself when const is 0)."""
+def _n_with(graph: fx.Graph, op, const: int, label: str) -> fx.Node:
+    """Node for op(n, const), created once (named num_active_{label}_{const})."""
     n = num_active(graph)
-    if const == 0:
-        return n
-    name = f"num_active_plus_{const}"
+    name = f"num_active_{label}_{const}"
     node = _find(graph, name)
     if node is None:
         with _after(graph, n):
-            node = graph.call_function(operator.add, (n, const))
+            node = graph.call_function(op, (n, const))
         node.name = name
     return node
+
+
+def _n_plus(graph: fx.Graph, const: int):
+    """Node for n + const (n itself when const is 0)."""
+    return num_active(graph) if const == 0 else _n_with(graph, operator.add, const, "plus")
 
 
 def _gathered_offset(graph: fx.Graph, layout: Layout, k: int):
@@ -102,3 +106,11 @@ def layout_rows(graph: fx.Graph, layout: Layout) -> fx.Node:
         node = graph.call_function(torch.cat, (pieces,), {"dim": 0})
     node.name = name
     return node
+
+
+def grid_axis_length(graph: fx.Graph, other: int, carries_tokens: bool):
+    """Gathered length of an axis holding grid factors (plan.GridShape): `other` (the product
+    of its other factors) times n where it holds grid axis 0, else `other`."""
+    if not carries_tokens:
+        return other
+    return num_active(graph) if other == 1 else _n_with(graph, operator.mul, other, "times")

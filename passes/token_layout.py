@@ -22,6 +22,15 @@ image-token region at all (no tensor output, no `hidden_states` input). Nothing 
              [B*T, S/T, H, D], keys per frame [B*T, L, H, D]; WanAnimate's face adapter) is
              followed through FrameGroups / FrameRows: each gathered token becomes its own
              frame group and its keys are those of its frame
+    mixing : an op that mixes image tokens is a MixingSite (passes/token_mixing.py), not a
+             fallback: a sum over the token axis, a matmul contracting over it (Sana's
+             linear attention, v [B, H, D, N] @ k [B, H, N, D]), a convolution whose kernel
+             spans the token grid (Sana's Mix-FFN). Tokens unflattened into their grid are
+             followed as a TokenGrid (passes/token_grid.py) through layout ops, element-wise
+             ops, channel chunks and 1x1 convolutions until they are back on one axis.
+             What a cache of all tokens cannot complete still fails: a cumulative sum over
+             tokens, a convolution whose output is not one position per token (stride), a
+             pad of the token axis
 
 Example (SD3, N = 64, text 5):
 
@@ -43,11 +52,12 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from . import token_grid
 from .input_roles import input_roles
-from .plan import (CROSS, IMAGE, SELF, TEXT, TO_IMAGE, AttentionSite, FrameGroups, FrameKeys,
-                   FrameRows, GroupCount, Layout, NoImageTokens, Segment, SegmentSlice,
-                   ShapeLiteral, SplitSizes, SqueezeDims, TableGather, TokenAxis, TokenPlan,
-                   Unrewritable)
+from .plan import (CROSS, IMAGE, SELF, TEXT, TO_IMAGE, AttentionSite, ConstantPad, FrameGroups, FrameKeys,
+                   FrameRows, GridFactor, GridShape, GroupCount, Layout, MixedOperand, MixingSite,
+                   NoImageTokens, PointwiseConv, Segment, SegmentSlice, ShapeLiteral, SplitSizes,
+                   SqueezeDims, TableGather, TokenAxis, TokenGrid, TokenPlan, Unrewritable)
 
 MAX_ENTRY_CANDIDATES = 6
 
@@ -86,6 +96,8 @@ _REDUCTIONS = {"sum", "mean", "amax", "amin", "max", "min", "std", "var", "norm"
 _NEW_OF_SIZE = {"new_zeros", "new_ones", "new_full", "new_empty"}
 _PLACED_BY_INDEX = {"index_copy", "index_copy_", "index_add", "index_add_", "scatter", "scatter_",
                     "scatter_add", "scatter_add_", "index_select", "gather"}
+_CONVOLUTIONS = {"conv1d", "conv2d", "conv3d"}
+_ORDER_DEPENDENT = {"cumsum", "cumprod", "cummax", "cummin", "logcumsumexp"}
 _LAYOUT_ONLY = {"view", "reshape", "permute", "transpose", "contiguous", "flatten", "unflatten",
                 "squeeze", "unsqueeze", "float", "to", "type_as", "einsum", "movedim"}
 
@@ -98,6 +110,14 @@ def _arg(node: fx.Node, pos: int, name: str, default=None):
     if len(node.args) > pos:
         return node.args[pos]
     return node.kwargs.get(name, default)
+
+
+def _every(spec, want: int) -> bool:
+    """A conv's stride or padding `spec` (an int for every axis, a tuple, or "valid" /
+    "same") is `want` on every axis."""
+    if isinstance(spec, str):
+        return spec == "valid" and want == 0
+    return all(v == want for v in ([spec] if isinstance(spec, int) else spec))
 
 
 def _shape_args(node: fx.Node) -> list:
@@ -341,7 +361,12 @@ class _Propagation:
         else:
             if not started:
                 raise Unrewritable("the entry was not reached")
-        if not any(site.kind == SELF for site in plan.attention):
+        if plan.exit not in self.axes:
+            # progress 0: an entry inside a block whose tokens end in a sum over them (a
+            # linear attention's values) reaches no exit; an earlier candidate says why
+            raise Unrewritable(f"the image tokens of the entry {plan.entry.name} do not reach the exit "
+                               f"{plan.exit.name}", progress=0)
+        if not any(site.kind == SELF for site in plan.attention) and not plan.mixing:
             # progress 0: a later candidate that skips the blocks is no entry
             raise Unrewritable(f"no self-attention over image tokens between the entry "
                                f"{plan.entry.name} and the exit {plan.exit.name}", progress=0)
@@ -354,6 +379,8 @@ class _Propagation:
         name = op_name(node)
         if any(isinstance(self.ax(a), (FrameGroups, FrameRows)) for a in node.all_input_nodes):
             return self.in_frames(node, name)
+        if any(isinstance(self.ax(a), TokenGrid) for a in node.all_input_nodes):
+            return self.on_grid(node, name)
         if node.target is operator.getitem:
             return self.getitem(node)
         if node.target is operator.setitem:
@@ -401,7 +428,11 @@ class _Propagation:
             return self.einsum(node)
         if name in ("matmul", "bmm", "mm"):
             return self.matmul(node)
-        if name in _REDUCTIONS:
+        if name in _CONVOLUTIONS:
+            return self.convolution(node, name)
+        if name == "pad":
+            return self.pad(node)
+        if name in _REDUCTIONS or name in _ORDER_DEPENDENT:
             return self.reduction(node)
         if name in _PLACED_BY_INDEX:
             return self.placed_by_index(node, name)
@@ -487,6 +518,7 @@ class _Propagation:
         return t
 
     def reduction(self, node: fx.Node):
+        name = op_name(node)
         x = node.args[0]
         t = self.token_axis(node, x)
         ndim = self.ndim(node, x)
@@ -497,10 +529,14 @@ class _Propagation:
         if not all(isinstance(d, int) for d in dims):
             self.fail(node, f"reduction over dims {dims!r} (ints are needed)")
         dims = [_normal_dim(d, ndim) for d in dims]
-        if t.dim in dims:
-            self.fail(node, "reduction over image tokens")
+        if t.dim in dims and name in _ORDER_DEPENDENT:
+            self.fail(node, f"{name} over image tokens: each output token reads the tokens before it")
         if not isinstance(value(node), torch.Tensor):
             self.fail(node, "reduction with several outputs")
+        if t.dim in dims:
+            # a sum over every image token (SanaVideo's linear-attention normaliser): its
+            # result holds no image token and needs all of them
+            return self.mix(node, [(x, t)])
         keep = _arg(node, 2, "keepdim", False)
         return TokenAxis(t.dim if keep else t.dim - sum(d < t.dim for d in dims), t.layout)
 
@@ -622,6 +658,8 @@ class _Propagation:
         t = self.token_axis(node, node.args[0])
         d = _normal_dim(_arg(node, 1, "dim"), self.ndim(node, node.args[0]))
         sizes = _arg(node, 2, "sizes")
+        if d == t.dim and len(sizes) > 2 and t.layout.is_image_only:
+            return self.split_into_grid(node, t, len(sizes))
         if d == t.dim:
             return self.split_into_frames(node, t, sizes)
         return TokenAxis(t.dim + (len(sizes) - 1 if d < t.dim else 0), t.layout)
@@ -638,17 +676,26 @@ class _Propagation:
         self.plan.literals.append(GroupCount(node, 0, t.layout))
         return FrameGroups(t.dim, t.layout, frames)
 
+    def split_into_grid(self, node: fx.Node, t: TokenAxis, k: int):
+        """x.unflatten(1, (F, H, W))  [B, N, C] -> [B, F, H, W, C]: the image tokens on their
+        latent grid (SanaVideo's Mix-FFN); rewritten (n, 1, 1)."""
+        out_shape = tuple(self.tensor(node, node).shape)
+        sizes = out_shape[t.dim:t.dim + k]
+        g = token_grid.grid_of(sizes, out_shape, {t.dim + i: i for i in range(k)}, t.layout)
+        self.grid_literal(node, t.dim, g.dims[t.dim:t.dim + k])
+        return token_grid.as_token_axis(g)
+
     def in_frames(self, node: fx.Node, name: str):
         """Ops on image tokens split into frames: layout changes that keep the frame rows
-        whole, the attention, and the fold back to [B, S, ...]; anything else fails."""
+        whole, the attention, and the fold back to [B, S, ...]; anything else is followed as
+        an op on the token grid (frames x tokens of a frame; `on_grid`)."""
         if node.target is F.scaled_dot_product_attention:
             return self.frame_attention(node)
         x = node.args[0] if node.args else None
         s = self.ax(x)
         others = [a for a in node.all_input_nodes if a is not x and self.ax(a) is not None]
         if s is None or (others and name not in _DATA_FIRST_ONLY):
-            self.fail(node, "image tokens split into frames meet other token-carrying tensors here, "
-                      "which the token analysis does not follow")
+            return self.on_grid(node, name)
         if name in _DATA_FIRST_ONLY or name == "contiguous":
             return s
         if name == "flatten":
@@ -660,8 +707,7 @@ class _Propagation:
             if order[0] != 0:
                 self.fail(node, f"{name} moves the frame rows off axis 0")
             return FrameRows(order.index(s.dim), s.layout, s.frames, s.batch)
-        self.fail(node, f"this op on image tokens split into {s.frames} frames is not followed "
-                  "(only a per-frame cross-attention and the fold back are)")
+        return self.on_grid(node, name)
 
     def flatten_frames(self, node: fx.Node, s):
         """[B, T, S/T, ..] flatten(0, 1) -> [B*T, S/T, ..] (frames into the batch); [B, T, S/T, C]
@@ -716,6 +762,170 @@ class _Propagation:
             self.plan.frame_keys.append(FrameKeys(node, kv, rows.layout, rows.frames, rows.batch,
                                                   group_size))
         return rows
+
+    # -- image tokens on their grid (Sana's Mix-FFN: [B, N, C] -> [B, C, H, W] -> convs -> back)
+    def grid(self, node: fx.Node, a) -> TokenGrid:
+        """The TokenGrid of operand `a` of `node`: frames (FrameGroups, FrameRows) and a token
+        axis are grids too (frames x tokens of a frame; one axis of N tokens)."""
+        t = self.ax(a)
+        shape = tuple(self.tensor(node, a).shape)
+        if isinstance(t, TokenGrid):
+            return t
+        if isinstance(t, TokenAxis):
+            if not t.layout.is_image_only:
+                self.fail(node, f"image tokens joint with text ({t.layout}) meet the token grid")
+            return token_grid.of_token_axis(t, shape)
+        if isinstance(t, (FrameGroups, FrameRows)):
+            size = t.layout.full_length // t.frames
+            if t.frames == 1 or size == 1:
+                self.fail(node, f"image tokens in {t.frames} frames of {size} tokens are no grid")
+            if isinstance(t, FrameGroups):
+                return token_grid.grid_of((t.frames, size), shape, {t.dim: 0, t.dim + 1: 1}, t.layout)
+            rows = token_grid.grid_of((t.frames, size), shape, {t.dim: 1}, t.layout)
+            batch = (GridFactor(None, t.batch),) if t.batch > 1 else ()
+            return TokenGrid(rows.sizes, (batch + (GridFactor(0, t.frames),),) + rows.dims[1:], t.layout)
+        self.stray_tokens(node, "one tensor on the token grid")
+
+    def on_grid(self, node: fx.Node, name: str):
+        """Ops on image tokens laid out on their grid (`TokenGrid`): layout changes regroup or
+        reorder its factors; element-wise ops, channel chunks and 1x1 convolutions are
+        token-wise; a convolution with a kernel over the grid mixes tokens
+        (`convolution`). Where the tokens are back in sequence order on one axis, the result
+        is a TokenAxis again."""
+        if node.target is operator.getitem:
+            self.fail(node, "indexing of image tokens laid out on their grid")
+        if not node.args:
+            self.fail(node, "called with keyword arguments only")
+        x = node.args[0]
+        if name in _CONVOLUTIONS:
+            return self.convolution(node, name)
+        if name in _DATA_FIRST_ONLY:
+            # `out.type_as(query)`: the other argument gives the dtype only
+            return None if self.ax(x) is None else self.grid(node, x)
+        if name in _POINTWISE_NAMES:
+            return self.grid_pointwise(node)
+        g = self.grid(node, x)
+        out_shape = tuple(self.tensor(node, node).shape) if _is_tensor_node(node) else None
+        if name in ("transpose", "swapaxes", "permute", "movedim"):
+            return token_grid.permuted(g, self.permutation(node, name))
+        if name in ("view", "reshape", "flatten", "unflatten"):
+            return self.grid_reshape(node, name, g, out_shape)
+        if name in ("chunk", "split"):
+            return self.grid_chunk(node, name, g)
+        if name == "pad":
+            return self.pad(node)
+        self.fail(node, "this op on image tokens laid out on their grid is not known to be token-wise")
+
+    def grid_pointwise(self, node: fx.Node):
+        out = self.tensor(node, node)
+        operands = [a for a in list(node.args) + list(node.kwargs.values()) if isinstance(a, fx.Node)]
+        grids = {self.grid(node, a) for a in operands if self.ax(a) is not None}
+        if len(grids) != 1 or any(self.ndim(node, a) != out.dim() for a in operands if self.ax(a) is not None):
+            self.fail(node, "operands hold image tokens laid out differently on the token grid")
+        g = grids.pop()
+        for a in operands:
+            if self.ax(a) is None and isinstance(value(a), torch.Tensor):
+                v = value(a)
+                for d in token_grid.grid_dims(g):
+                    local = d - (out.dim() - v.dim())
+                    if local >= 0 and v.shape[local] != 1:
+                        self.fail(node, f"operand {a.name} varies along axis {d}, which holds the token grid")
+        resized = token_grid.resized(g, tuple(out.shape))
+        if resized is None:
+            self.fail(node, "broadcasting changes the token grid")
+        return resized
+
+    def grid_reshape(self, node: fx.Node, name: str, g: TokenGrid, out_shape):
+        new = token_grid.regroup(g, out_shape)
+        if new is None:
+            in_shape = tuple(self.tensor(node, node.args[0]).shape)
+            self.fail(node, f"{name} {in_shape} -> {out_shape} cuts an axis of the token grid {g.sizes}")
+        if name in ("view", "reshape"):
+            self.grid_literal(node, 0, new.dims)
+        elif name == "unflatten":
+            d = _normal_dim(_arg(node, 1, "dim"), len(out_shape) - len(_arg(node, 2, "sizes")) + 1)
+            self.grid_literal(node, d, new.dims[d:d + len(_arg(node, 2, "sizes"))])
+        return token_grid.as_token_axis(new)
+
+    def grid_literal(self, node: fx.Node, first: int, dims) -> None:
+        """Record the sizes of the axes holding grid factors (see plan.GridShape)."""
+        sizes = tuple((math.prod(f.size for f in fs if f.axis is None), any(f.axis == 0 for f in fs))
+                      if token_grid.holds_grid(fs) else None for fs in dims)
+        self.plan.literals.append(GridShape(node, first, sizes))
+
+    def grid_chunk(self, node: fx.Node, name: str, g: TokenGrid):
+        """chunk / split along an axis that holds no grid factor (GLU gates on channels)."""
+        ndim = self.ndim(node, node.args[0])
+        d = _arg(node, 2, "dim", 0)
+        if not isinstance(d, int) or _normal_dim(d, ndim) in token_grid.grid_dims(g):
+            self.fail(node, f"{name} along dim={d!r}, which holds the token grid")
+        outs = value(node)
+        if not isinstance(outs, (tuple, list)):
+            self.fail(node, "its result has no recorded tuple of tensors")
+        return tuple(token_grid.resized(g, tuple(o.shape)) for o in outs)
+
+    def pad(self, node: fx.Node):
+        """F.pad(x, (l_last, r_last, l_prev, r_prev, ..)): token-wise when it pads no axis that
+        holds image tokens (Sana's value padded by a ones channel); padding the token axis
+        adds positions that are no token."""
+        x = node.args[0]
+        pads, mode = _arg(node, 1, "pad"), _arg(node, 2, "mode", "constant")
+        if not isinstance(pads, (tuple, list)) or not all(isinstance(p, int) and p >= 0 for p in pads):
+            self.fail(node, f"pad with {pads!r} (ints >= 0 are needed)")
+        if mode != "constant":
+            self.fail(node, f"pad in mode {mode!r} of a tensor holding image tokens (constant pads only)")
+        self.plan.literals.append(ConstantPad(node))
+        ndim = self.ndim(node, x)
+        padded = {ndim - 1 - k for k in range(len(pads) // 2) if (pads[2 * k], pads[2 * k + 1]) != (0, 0)}
+        t = self.ax(x)
+        if isinstance(t, TokenAxis):
+            if t.dim in padded:
+                self.fail(node, "pad of the token axis")
+            return t
+        g = self.grid(node, x)
+        if padded & set(token_grid.grid_dims(g)):
+            self.fail(node, "pad of an axis that holds the token grid")
+        return token_grid.resized(g, tuple(self.tensor(node, node).shape))
+
+    def convolution(self, node: fx.Node, name: str):
+        """conv{1,2,3}d(x [B, C, *spatial], w, b, stride, padding, dilation, groups) on image
+        tokens on their grid (or on a token axis among the spatial axes). The batch axis may
+        hold grid factors (frames folded into it); the channel axis may not. A spatial axis
+        holding the grid must keep its size (stride 1, `same` padding): with a 1-wide kernel
+        there the op is token-wise, with a wider one it mixes neighbouring tokens and runs
+        on the whole grid (a MixingSite)."""
+        x, w = node.args[0], _arg(node, 1, "weight")
+        if any(self.ax(a) is not None for a in node.all_input_nodes if a is not x):
+            self.fail(node, "convolution weights depend on image tokens")
+        g = self.grid(node, x)
+        in_shape, out_shape = tuple(self.tensor(node, x).shape), tuple(self.tensor(node, node).shape)
+        if 1 in token_grid.grid_dims(g):
+            self.fail(node, "convolution over channels that hold image tokens")
+        kernel = tuple(self.tensor(node, w).shape[2:])
+        stride, padding = _arg(node, 3, "stride", 1), _arg(node, 4, "padding", 0)
+        for d in token_grid.grid_dims(g):
+            if d > 0 and out_shape[d] != in_shape[d]:
+                self.fail(node, f"{name} with stride {stride} and padding {padding!r} gives {out_shape[d]} "
+                          f"positions on axis {d} for the {in_shape[d]} of the token grid: its output is not "
+                          "one per token")
+        out = token_grid.resized(g, out_shape)
+        if not any(d > 1 for d in token_grid.grid_dims(g)):
+            return token_grid.as_token_axis(out)       # tokens on the batch axis only
+        pointwise = (all(k == 1 for k in kernel) and _arg(node, 6, "groups", 1) == 1
+                     and _every(stride, 1) and _every(padding, 0))
+        if pointwise:
+            self.plan.literals.append(PointwiseConv(node))
+            return token_grid.as_token_axis(out)
+        return self.mix(node, [(x, g)], out)
+
+    def mix(self, node: fx.Node, operands, output=None):
+        """Record a token-mixing op (plan.MixingSite): its token-holding operands are
+        completed from caches of every image token; its result holds no image token
+        (`output` None: a sum over them) or holds them on `output` (a convolution's grid)."""
+        if any(isinstance(t, TokenAxis) and not t.layout.is_image_only for _, t in operands) and output is not None:
+            self.fail(node, "a token-mixing op over a joint sequence whose result holds its tokens")
+        self.plan.mixing.append(MixingSite(node, tuple(MixedOperand(a, t) for a, t in operands), output))
+        return None if output is None else token_grid.as_token_axis(output)
 
     def permute(self, node: fx.Node, name: str):
         t = self.token_axis(node, node.args[0])
@@ -923,15 +1133,34 @@ class _Propagation:
         return TokenAxis(rhs.index(lhs[t.dim]), t.layout)
 
     def matmul(self, node: fx.Node):
+        """a @ b over the last axis of a and the second last of b:
+
+            token-wise   a [.., N, K] @ W [K, M]      tokens of a on another axis
+                         S [.., M, K] @ q [.., K, N]  tokens of b on its last axis
+            mixing       v [.., D, N] @ k [.., N, D]  contracts over the image tokens (Sana's
+                                                      linear attention): a token-mixing op
+            otherwise (q @ k^T: tokens on both sides, none contracted) not followed."""
         a, b = node.args[:2]
         ta, tb = self.ax(a), self.ax(b)
-        if tb is not None:
+        nda, ndb = self.ndim(node, a), self.ndim(node, b)
+        if nda < 2 or ndb < 2:
+            self.fail(node, "matmul of a vector holding image tokens")
+        contracted = [(x, t) for x, t, d in ((a, ta, nda - 1), (b, tb, ndb - 2))
+                      if isinstance(t, TokenAxis) and t.dim == d]
+        if contracted and len(contracted) == sum(t is not None for t in (ta, tb)):
+            return self.mix(node, contracted)
+        if ta is not None and tb is not None:
             self.fail(node, "matmul contracts over image tokens (attention written by hand is "
                       "not recognised; use F.scaled_dot_product_attention)")
+        if tb is not None:
+            tb = self.token_axis(node, b)
+            if tb.dim != ndb - 1:
+                self.fail(node, "matmul with image tokens on a batch axis of its second operand")
+            return TokenAxis(self.ndim(node, node) - 1, tb.layout)
         ta = self.token_axis(node, a)
-        if ta.dim == self.ndim(node, a) - 1:
+        if ta.dim == nda - 1:
             self.fail(node, "matmul contracts over the token axis")
-        return TokenAxis(self.ndim(node, node) - self.ndim(node, a) + ta.dim, ta.layout)
+        return TokenAxis(self.ndim(node, node) - nda + ta.dim, ta.layout)
 
     def attention(self, node: fx.Node):
         """scaled_dot_product_attention, classified by what its queries and keys hold (see

@@ -13,6 +13,14 @@ its value: a head dim or a text length may equal the token count.
     expand(f, 3, 8, 8, -1) on the token axis     expand(f, -1, ...)
     q * cos      cos: [1, 71, 1, D] table        q * index_select(cos, 1, rows)   [1, n + 7, 1, D]
 
+Tokens on their grid (Sana's Mix-FFN, grid 4 x 6; SanaVideo's frames folded into the batch):
+
+    x.unflatten(1, (4, 6))                       x.unflatten(1, (n, 1))                [B, n, 1, C]
+    g.view(B*F, H, W, C)                         g.view(B*n, 1, 1, C)
+    conv2d(g, w [D, C, 1, 1], b)                 linear(g.movedim(1, -1), w.flatten(1), b).movedim(-1, 1)
+    F.pad(v, (0, 0, 0, 1), value=1.0)            cat([v, full_like(v.narrow(2, 0, 1), 1.0)], 2)
+                                                 (constant_pad_nd and conv read sizes as ints / refuse n = 0)
+
 Per-frame cross-attention (WanAnimate's face adapter; T frames of S/T tokens, keys per frame):
 
     q.unflatten(1, (T, -1)).flatten(0, 1)        q.unflatten(1, (n, 1)).flatten(0, 1)   [B*n, 1, H, D]
@@ -27,9 +35,9 @@ import operator
 import torch
 import torch.fx as fx
 
-from .plan import (FrameKeys, GroupCount, SegmentSlice, ShapeLiteral, SplitSizes, SqueezeDims,
-                   TokenPlan)
-from .token_inputs import gathered_length, layout_rows, num_active, segment_bounds
+from .plan import (ConstantPad, FrameKeys, GridShape, GroupCount, PointwiseConv, SegmentSlice, ShapeLiteral,
+                   SplitSizes, SqueezeDims, TokenPlan)
+from .token_inputs import gathered_length, grid_axis_length, layout_rows, num_active, segment_bounds
 from .token_layout import value
 
 
@@ -83,6 +91,12 @@ def _rewrite_literal(graph: fx.Graph, edit) -> None:
             _make_contiguous(graph, node)
     elif isinstance(edit, GroupCount):
         _set_group_count(graph, node, edit.position)
+    elif isinstance(edit, GridShape):
+        _set_grid_sizes(graph, node, edit)
+    elif isinstance(edit, ConstantPad):
+        _pad_as_cat(graph, node)
+    elif isinstance(edit, PointwiseConv):
+        _conv_as_linear(graph, node)
     elif isinstance(edit, SqueezeDims):
         node.args = (node.args[0], edit.dims)
         node.kwargs = {k: v for k, v in node.kwargs.items() if k != "dim"}
@@ -100,6 +114,72 @@ def _set_group_count(graph: fx.Graph, node: fx.Node, position: int) -> None:
         node.args = (*node.args[:2], tuple(sizes), *node.args[3:])
     else:
         node.kwargs = {**node.kwargs, "sizes": tuple(sizes)}
+
+
+def _pad_as_cat(graph: fx.Graph, node: fx.Node) -> None:
+    """F.pad(x, (0, 0, 0, 1), "constant", 1.0) on [B, H, D, n] -> cat([x, ones [B, H, 1, n]], 2),
+    each constant block full_like(x.narrow(d, 0, 1), value).expand(-1, .., pad, .., -1)."""
+    x, pads = node.args[0], list(_arg_of(node, 1, "pad"))
+    fill = _arg_of(node, 3, "value", None)
+    fill = 0.0 if fill is None else fill
+    ndim = value(node).dim()
+    out = x
+    with graph.inserting_before(node):
+        for k in range(len(pads) // 2):
+            d, before, after = ndim - 1 - k, pads[2 * k], pads[2 * k + 1]
+            if (before, after) == (0, 0):
+                continue
+            like = graph.call_function(torch.full_like, (graph.call_method("narrow", (out, d, 0, 1)), fill))
+            parts = [out]
+            if before:
+                parts.insert(0, graph.call_method("expand", (like, *[before if i == d else -1 for i in range(ndim)])))
+            if after:
+                parts.append(graph.call_method("expand", (like, *[after if i == d else -1 for i in range(ndim)])))
+            out = graph.call_function(torch.cat, (parts, d))
+    node.replace_all_uses_with(out)
+    graph.erase_node(node)
+
+
+def _conv_as_linear(graph: fx.Graph, node: fx.Node) -> None:
+    """conv2d(x [B, C, n, 1], w [D, C, 1, 1], b) -> linear(x.movedim(1, -1), w.flatten(1), b).movedim(-1, 1)."""
+    x, weight, bias = node.args[0], _arg_of(node, 1, "weight"), _arg_of(node, 2, "bias")
+    with graph.inserting_before(node):
+        channels_last = graph.call_method("movedim", (x, 1, -1))
+        matrix = graph.call_method("flatten", (weight, 1))
+        mapped = graph.call_function(torch.nn.functional.linear, (channels_last, matrix, bias))
+        out = graph.call_method("movedim", (mapped, -1, 1))
+    node.replace_all_uses_with(out)
+    graph.erase_node(node)
+
+
+def _arg_of(node: fx.Node, pos: int, name: str, default=None):
+    return node.args[pos] if len(node.args) > pos else node.kwargs.get(name, default)
+
+
+def _set_grid_sizes(graph: fx.Graph, node: fx.Node, edit: GridShape) -> None:
+    """view/reshape/unflatten onto the token grid: the axes holding grid factors take their
+    gathered sizes, (B*F, H, W, C) -> (B*n, 1, 1, C); the other sizes are spelled out (a -1
+    is ambiguous when n is 0)."""
+    if node.target == "unflatten" or getattr(node.target, "__name__", "") == "unflatten":
+        in_args = len(node.args) > 2
+        sizes = list(node.args[2] if in_args else node.kwargs["sizes"])
+        full = value(node).shape[edit.first:edit.first + len(sizes)]
+        sizes = [full[i] if s == -1 else s for i, s in enumerate(sizes)]
+        for i, size in enumerate(edit.sizes):
+            if size is not None:
+                sizes[i] = grid_axis_length(graph, *size)
+        if in_args:
+            node.args = (*node.args[:2], tuple(sizes), *node.args[3:])
+        else:
+            node.kwargs = {**node.kwargs, "sizes": tuple(sizes)}
+        return
+    shape, form = _get_shape(node)
+    full = value(node).shape
+    shape = [full[i] if s == -1 else s for i, s in enumerate(shape)]
+    for i, size in enumerate(edit.sizes):
+        if size is not None:
+            shape[edit.first + i] = grid_axis_length(graph, *size)
+    _set_shape(node, shape, form)
 
 
 def _gather_frame_keys(graph: fx.Graph, edit: FrameKeys, frame_of: dict) -> None:

@@ -124,14 +124,14 @@ def test_a_module_that_is_no_dit_warns_runs_and_says_why():
 
 
 def test_set_active_on_a_model_that_was_not_rewritten_warns_once_and_runs_full():
-    model = ToyDiT(token_mean=True).eval()          # a mean over tokens: not rewritable
+    model = ToyDiT(token_cumsum=True).eval()        # a running sum over tokens: not rewritable
     f = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager"})
     ctl = jano_compile.controller(f)
     x = torch.randn(1, 4, 8, 8)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         f(x)
-    with pytest.warns(UserWarning, match="not rewritten.*mean"):
+    with pytest.warns(UserWarning, match="not rewritten.*cumsum"):
         ctl.set_active(torch.tensor([1, 2]))
     with warnings.catch_warnings():
         warnings.simplefilter("error")                  # the second time: no warning
@@ -141,7 +141,7 @@ def test_set_active_on_a_model_that_was_not_rewritten_warns_once_and_runs_full()
             out = f(x)[0]
     torch.testing.assert_close(out, model(x)[0])
     stats = ctl.stats()
-    assert stats["full_calls"] == stats["calls"] == 2 and "mean" in stats["fallback_reason"]
+    assert stats["full_calls"] == stats["calls"] == 2 and "cumsum" in stats["fallback_reason"]
 
 
 @pytest.mark.parametrize("dynamic", [None, True])

@@ -64,7 +64,7 @@ def test_toy_model_is_rewritten_and_exact():
     assert snap.reports[0].self_attention_count == 2
 
 
-@pytest.mark.parametrize("switch,why", [("token_mean", "reduction over image tokens"),
+@pytest.mark.parametrize("switch,why", [("token_cumsum", "each output token reads the tokens before it"),
                                         ("manual_attention", "matmul contracts over image tokens")])
 def test_near_miss_is_not_rewritten(switch, why):
     model = ToyDiT(**{switch: True}).eval()

@@ -4,8 +4,10 @@ grouped-query attention (`repeat_interleave`, `repeat`, `expand` on the head axi
 attention of queries without image tokens to image keys (TO_IMAGE; `sdpa(q, q, q)`), the
 exit of a model whose head computes on the latent grid (the tokens folded back before it), and
 the exit of a model computing sequence-first [tokens, batch, channels], a cross-attention
-per frame (the tokens split into frames folded into the batch, keys per frame). Last, ops
-that place image tokens by a runtime index, which must fall back with that reason.
+per frame (the tokens split into frames folded into the batch, keys per frame), ops that
+place image tokens by a runtime index, which must fall back with that reason. Last, ops that
+mix image tokens (linear attention's sum over them, a convolution over their grid): they
+run on operands completed from caches of every token (passes/token_mixing.py).
 
 Each rule has: a tiny module written here that uses the op token-wise, checked with the
 oracle (full step == eager, partial steps == full step); the structure of its rewritten
@@ -24,6 +26,7 @@ import jano_compile
 from jano_compile.passes.token_layout import value
 
 from .capture import count_calls, snapshot
+from .toy import ToyDiT
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 from coverage_models import TINY  # noqa: E402
@@ -650,3 +653,156 @@ def test_tokens_placed_by_a_runtime_index_are_not_rewritten():
     rows = torch.randperm(27)[:24]
     assert_not_rewritten(TokensPlacedByIndex(), dict(hidden_states=torch.randn(1, 4, 8, 12), image_rows=rows),
                          "index_copy", "positions given by")
+
+
+# --------------------------------------------------------------------------- ops that mix image tokens
+class LinearAttentionConvDiT(PatchDiT):
+    """Sana's blocks in small: linear attention and a Mix-FFN whose depthwise convolution
+    runs over the latent grid. Per layer:
+
+        q, k = relu(linear(x)) [B, H, Dh, N], [B, H, N, Dh]; v = linear(x) [B, H, Dh, N]
+        v1 = pad(v, (0, 0, 0, 1), value=1)     [B, H, Dh+1, N]   a ones channel (token-wise)
+        s  = v1 @ k                            [B, H, Dh+1, Dh]  sum over every token (mixing)
+        o  = s @ q                             [B, H, Dh+1, N]   per query token
+        a  = o[:, :, :-1] / o[:, :, -1:]
+        g  = x.unflatten(1, (h, w)).permute(0, 3, 1, 2)           [B, D, h, w]
+        f  = conv1x1(silu(depthwise3x3(conv1x1(g))))               the 3x3 mixes neighbours
+        x += f.flatten(2).transpose(1, 2)                          [B, N, D]
+    """
+
+    def __init__(self, heads=2, grid=(4, 6), **kw):
+        super().__init__(**kw)
+        dim = self.embed.out_channels
+        self.heads, self.grid = heads, grid
+        self.qkv = nn.ModuleList(nn.Linear(dim, 3 * dim) for _ in self.mlp)
+        self.expand = nn.ModuleList(nn.Conv2d(dim, 2 * dim, 1) for _ in self.mlp)
+        self.depthwise = nn.ModuleList(nn.Conv2d(2 * dim, 2 * dim, 3, padding=1, groups=2 * dim) for _ in self.mlp)
+        self.project = nn.ModuleList(nn.Conv2d(2 * dim, dim, 1, bias=False) for _ in self.mlp)
+
+    def attend(self, x, layer):
+        q, k, v = (t.transpose(1, 2).unflatten(1, (self.heads, -1)) for t in self.qkv[layer](x).chunk(3, dim=-1))
+        q, k = F.relu(q), F.relu(k).transpose(2, 3)
+        v = F.pad(v, (0, 0, 0, 1), mode="constant", value=1.0)
+        o = torch.matmul(torch.matmul(v, k), q)
+        o = o[:, :, :-1] / (o[:, :, -1:] + 1e-15)
+        return o.flatten(1, 2).transpose(1, 2)
+
+    def mix_ffn(self, x, layer):
+        g = x.unflatten(1, self.grid).permute(0, 3, 1, 2)
+        g = self.depthwise[layer](F.silu(self.expand[layer](g)))
+        return self.project[layer](g).flatten(2, 3).permute(0, 2, 1)
+
+    def forward(self, hidden_states):
+        b, c, h, w = hidden_states.shape
+        x = self.embed(hidden_states).flatten(2).transpose(1, 2)        # [B, N, D]
+        for layer in range(len(self.mlp)):
+            x = x + self.attend(F.layer_norm(x, x.shape[-1:]), layer)
+            x = x + self.mix_ffn(F.layer_norm(x, x.shape[-1:]), layer)
+        x = self.after_blocks(x)
+        out = self.out(x).reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        return (out.reshape(b, c, h, w),)
+
+
+class StridedGridConv(LinearAttentionConvDiT):
+    """Near miss: a convolution with stride 2 over the grid ([B, D, 4, 6] -> [B, D, 2, 3]),
+    upsampled back: each output token reads a coarser grid, not one position per token."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        dim = self.embed.out_channels
+        self.down = nn.Conv2d(dim, dim, 2, stride=2)
+
+    def after_blocks(self, x):
+        g = self.down(x.unflatten(1, self.grid).permute(0, 3, 1, 2))
+        up = g.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+        return x + up.flatten(2, 3).transpose(1, 2)
+
+
+class RunningSumOverTokens(LinearAttentionConvDiT):
+    """Near miss: a cumulative sum over the tokens: each output token reads every token
+    before it (its result holds image tokens, unlike a sum over all of them)."""
+
+    def after_blocks(self, x):
+        return x + x.cumsum(dim=1) / x.shape[1]
+
+
+def test_mean_over_tokens_is_rewritten_and_exact():
+    """tests/toy.py's `x + x.mean(dim=1, keepdim=True)` (once the near miss): x is completed
+    from a cache of every token, the mean is taken over all N, each active token adds it."""
+    ctl = oracle(ToyDiT(token_mean=True), dict(hidden_states=torch.randn(2, 4, 8, 8)))
+    assert ctl.stats()["num_image_tokens"] == 16
+
+
+def test_token_mixing_ops_are_rewritten_and_exact():
+    ctl = oracle(LinearAttentionConvDiT(), dict(hidden_states=torch.randn(2, 4, 8, 12)))
+    assert ctl.stats()["num_image_tokens"] == 24
+
+
+def test_token_mixing_ops_read_completed_caches():
+    snap = snapshot(LinearAttentionConvDiT().eval(), torch.randn(1, 4, 8, 12))
+    (report,), (after,) = snap.reports, snap.after
+    assert report.rewritten, report.reason
+    # per layer: the padded values, the key features, the depthwise conv's input grid
+    assert sorted(c["role"] for c in report.caches) == ["out_cache"] + ["token_cache"] * 6
+    assert [len(m["operands"]) for m in report.mixing] == [2, 1] * 2, report.mixing
+    contractions = [n for n in after.graph.nodes if n.target is torch.matmul and value(n).shape[-2:] == (17, 16)]
+    assert len(contractions) == 2
+    for node in contractions:
+        assert all(a.target is torch.ops.aten.index_copy_.default for a in node.args[:2])
+    assert count_calls(after, F.pad) == 0, "the ones channel is a cat (constant_pad_nd fixes n)"
+    convs = [n for n in after.graph.nodes if n.target is torch.conv2d and n.args[0].op != "placeholder"]
+    assert len(convs) == 2, "only the depthwise convs run (on the whole grid); the 1x1 convs are linear"
+    assert all(value(n).shape[-2:] == (4, 6) for n in convs)
+    assert count_calls(after, F.linear) >= 4
+
+
+def test_full_step_variants_fill_or_keep_the_token_caches():
+    """dense_variant: the full variant writes every row of the token caches (a partial step
+    after it equals it), the dense one leaves them as they were; the skip tail reads none."""
+    from jano_compile.rewrite import rewrite_graph
+    model = LinearAttentionConvDiT().eval()
+    captured = {}
+
+    def backend(gm, example_inputs):
+        captured["result"] = rewrite_graph(gm, example_inputs)
+        captured["inputs"] = example_inputs
+        return gm.forward
+
+    x = torch.randn(1, 4, 8, 12)
+    with torch.no_grad():
+        reference = model(x)[0]
+        torch.compile(model, backend=backend, dynamic=False)(x)
+        result, inputs = captured["result"], captured["inputs"]
+        sig = result.report.signature
+        n = sig.num_image_tokens
+        tokens = [i for i, s in enumerate(sig.states) if s.role.value == "token_cache"]
+        states = [s.allocate() for s in sig.states]
+        (dense,) = result.dense(*sig.call_args(inputs, torch.arange(n), states))
+        torch.testing.assert_close(dense, reference, **TOLERANCE)
+        assert all(states[i].abs().sum() == 0 for i in tokens), "the dense variant writes no token cache"
+        (full,) = result.full(*sig.call_args(inputs, torch.arange(n), states))
+        torch.testing.assert_close(full, reference, **TOLERANCE)
+        assert all(states[i].abs().sum() > 0 for i in tokens)
+        (part,) = result.graph(*sig.call_args(inputs, torch.arange(0, n, 3), states))
+        torch.testing.assert_close(part, full, **TOLERANCE)
+        assert result.skip_tail is not None
+
+
+def test_strided_conv_over_the_grid_is_not_rewritten():
+    assert_not_rewritten(StridedGridConv(), dict(hidden_states=torch.randn(1, 4, 8, 12)),
+                         "conv2d", "its output is not one per token")
+
+
+def test_running_sum_over_tokens_is_not_rewritten():
+    assert_not_rewritten(RunningSumOverTokens(), dict(hidden_states=torch.randn(1, 4, 8, 12)),
+                         "cumsum", "each output token reads the tokens before it")
+
+
+@pytest.mark.parametrize("cls, tokens", [("SanaTransformer2DModel", 24), ("SanaVideoTransformer3DModel", 48)])
+def test_token_mixing_of_diffusers_class(cls, tokens):
+    """Sana: linear attention and a depthwise conv over the 4 x 6 grid; SanaVideo: linear
+    attention with RoPE and a sum of the keys over all tokens, a conv over each frame (frames
+    folded into the batch) and one over the frames."""
+    assert image_tokens_of_class(cls) == tokens
+    torch._dynamo.reset()
+    assert image_tokens_of_class(cls, 2) == tokens

@@ -1,5 +1,6 @@
-"""A tiny DiT written here (not diffusers), with switches that make it a near miss: a mean
-over tokens, or attention written by hand. Used to check that such graphs are NOT rewritten."""
+"""A tiny DiT written here (not diffusers), with switches: a mean over tokens (a token-mixing
+op: rewritten, its operand completed from a cache), and two near misses that must NOT be
+rewritten: a cumulative sum over tokens, attention written by hand."""
 import torch.nn.functional as F
 from torch import nn
 
@@ -7,9 +8,11 @@ from torch import nn
 class ToyDiT(nn.Module):
     """hidden_states [B, C, H, W] -> patches [B, N, D] -> blocks -> [B, C, H, W]."""
 
-    def __init__(self, channels=4, dim=16, heads=2, layers=2, token_mean=False, manual_attention=False):
+    def __init__(self, channels=4, dim=16, heads=2, layers=2, token_mean=False, manual_attention=False,
+                 token_cumsum=False):
         super().__init__()
         self.heads, self.token_mean, self.manual_attention = heads, token_mean, manual_attention
+        self.token_cumsum = token_cumsum
         self.embed = nn.Conv2d(channels, dim, 2, stride=2)
         self.qkv = nn.ModuleList(nn.Linear(dim, 3 * dim) for _ in range(layers))
         self.proj = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
@@ -28,6 +31,8 @@ class ToyDiT(nn.Module):
             x = x + proj(a.transpose(1, 2).flatten(2))
             if self.token_mean:
                 x = x + x.mean(dim=1, keepdim=True)
+            if self.token_cumsum:
+                x = x + x.cumsum(dim=1) / x.shape[1]
         out = self.out(x)                                              # [B, N, 4C]
         out = out.reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5)
         return (out.reshape(b, c, h, w),)
