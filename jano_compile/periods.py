@@ -72,21 +72,23 @@ def assign_periods(error: torch.Tensor, block_tokens: torch.Tensor, budget: floa
     work = float(tokens.sum()) / periods[-1]
     weight = (error ** 2).tolist()
     counts = tokens.tolist()
+    errors = error.tolist()
 
     def move(block: int):
-        """(-ratio, block, added work) of shortening `block` one notch, or None."""
+        """(-ratio, -error, block, added work) of shortening `block` one notch, or None; equal
+        ratios (say squares that underflow to 0) go to the larger error first."""
         at = choice[block]
         if at == 0:
             return None
         longer, shorter = periods[at], periods[at - 1]
         added = counts[block] * (1 / shorter - 1 / longer)
         saved = counts[block] * weight[block] * (cycle_error(longer, power) - cycle_error(shorter, power))
-        return (-saved / added, block, added)
+        return (-saved / added, -errors[block], block, added)
 
     heap = [m for m in (move(b) for b in range(len(choice))) if m is not None]
     heapq.heapify(heap)
     while heap:
-        _, block, added = heapq.heappop(heap)
+        *_, block, added = heapq.heappop(heap)
         if work + added > allowed + 1e-9:
             continue                # this block cannot afford it; smaller or cheaper moves may
         work += added

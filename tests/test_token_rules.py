@@ -777,10 +777,10 @@ def test_full_step_variants_fill_or_keep_the_token_caches():
         n = sig.num_image_tokens
         tokens = [i for i, s in enumerate(sig.states) if s.role.value == "token_cache"]
         states = [s.allocate() for s in sig.states]
-        (dense,) = result.dense(*sig.call_args(inputs, torch.arange(n), states))
+        (dense,) = result.full_variant(False)(*sig.call_args(inputs, torch.arange(n), states))
         torch.testing.assert_close(dense, reference, **TOLERANCE)
         assert all(states[i].abs().sum() == 0 for i in tokens), "the dense variant writes no token cache"
-        (full,) = result.full(*sig.call_args(inputs, torch.arange(n), states))
+        (full,) = result.full_variant(True)(*sig.call_args(inputs, torch.arange(n), states))
         torch.testing.assert_close(full, reference, **TOLERANCE)
         assert all(states[i].abs().sum() > 0 for i in tokens)
         (part,) = result.graph(*sig.call_args(inputs, torch.arange(0, n, 3), states))
