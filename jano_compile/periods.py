@@ -4,9 +4,11 @@ forecast error.
 Every analysis block b (``analyzer``'s spatial block of tokens) gets a period p_b from
 ``PERIODS``; step k after warm-up computes the blocks with ``k % p_b == 0`` and forecasts
 the others. Each computed token shows how far its forecast was off per unit of time
-(``passes/forecast.py``: the ``forecast_error`` state); ``ErrorEstimate`` smooths those
-per block, and ``assign_periods`` picks the periods that minimise the expected squared
-forecast error under the budget:
+(``passes/forecast.py``: the ``forecast_error`` state, the mean over the batch rows, so
+batched CFG's conditional and unconditional rows, which share one index, count alike;
+split CFG's branches each keep a state, averaged where measured before the blocks are);
+``ErrorEstimate`` smooths those per block, and ``assign_periods`` picks the periods that
+minimise the expected squared forecast error under the budget:
 
     minimise   sum_b n_b e_b^2 g(p_b)          n_b tokens of block b, e_b its error rate
     subject to sum_b n_b / p_b <= budget * N   g(p) = mean over the p steps of a cycle of
