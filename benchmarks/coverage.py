@@ -257,12 +257,16 @@ def derived_grid(model, kwargs, ctl, n: int) -> str:
         from jano_compile.passes.input_roles import ROLE_NAMES
         ids = next((kwargs[name] for name in ROLE_NAMES["position_ids"] if name in kwargs), None)
         ids = ids if roles.position_ids is not None else None
-        tokens, grid = image_tokens(geometry_for(model), model, kwargs["hidden_states"], ids, graph.grid_hint, n)
+        rows = graph.latent_rows.of_arguments(kwargs) if graph.latent_rows is not None else None
+        tokens, grid = image_tokens(geometry_for(model), model, kwargs["hidden_states"], ids, graph.grid_hint, n,
+                                    rows)
     except Exception as e:  # noqa: BLE001 - recorded as the reason
         return f"none: {type(e).__name__}: {str(e)[:120]}"
-    if tokens.shape[1] != n:
-        return f"none: {tokens.shape[1]} tokens on the grid {grid}, the graph has {n}"
-    return " x ".join(str(g) for g in grid)
+    expected = n if rows is None else rows.numel()
+    if tokens.shape[1] != expected:
+        return f"none: {tokens.shape[1]} tokens on the grid {grid}, the graph has {expected}"
+    slots = f" (+ {n - expected} slots)" if expected < n else ""
+    return " x ".join(str(g) for g in grid) + slots
 
 
 def run_class(tiny: TinyModel, configs: list, capture_configs: set, seed: int = 0) -> ClassResult:

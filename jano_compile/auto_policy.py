@@ -3,6 +3,9 @@
 Per call it ticks a step clock (the pipeline's scheduler under `enable()`, else the
 timestep the model receives: see clock.py), records the latents of warm-up steps as image
 tokens (geometry.py), and asks the `AdaptiveSchedule` which tokens this step recomputes.
+Where the graph's sequence holds slots besides the latent grid's tokens (geometry.LatentRows:
+Ideogram 4's text), the schedule sees the grid's tokens only, and each call that computes
+any of them computes every slot too (geometry.SequenceSlots).
 It turns itself off, once and with a logged reason, where it cannot run: no timestep or
 hidden-states input, an unknown model family, latents that do not match the graph.
 
@@ -21,7 +24,7 @@ import torch
 from .adaptive import AdaptiveSchedule
 from .clock import SchedulerClock, TimestepClock
 from .config import resolve_config
-from .geometry import geometry_for, image_tokens
+from .geometry import SequenceSlots, geometry_for, image_tokens
 from .policy import DEFAULT_BRANCH, CallPlan
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,7 @@ class AutoPolicy:
         self._timestep_clock = TimestepClock()
         self._built_from: Optional[dict] = None
         self._geometry: Optional[tuple] = None    # (module, its TokenGeometry), found once
+        self._slots: Optional[SequenceSlots] = None   # this generation's, where the sequence has slots
 
     def set_num_inference_steps(self, num_steps: Optional[int]) -> None:
         self.num_inference_steps = num_steps
@@ -62,6 +66,10 @@ class AutoPolicy:
         if self._geometry is None or self._geometry[0] is not module:
             self._geometry = (module, geometry_for(module))
         return self._geometry[1]
+
+    def _on_grid(self, errors: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """Per-token `errors` of the graph's sequence, those of the latent grid's tokens."""
+        return errors if self._slots is None else self._slots.on_grid(errors)
 
     def plan(self, graph, args, module: Optional[torch.nn.Module], branch_name: Optional[str],
              token_errors: Optional[Callable[[], Optional[torch.Tensor]]] = None) -> Optional[CallPlan]:
@@ -88,19 +96,29 @@ class AutoPolicy:
             tick = self.scheduler_clock.tick()
         else:   # a bare loop: one device-to-host copy of the timestep per call
             tick = self._timestep_clock.tick(float(args[roles.timestep].reshape(-1)[0]))
-        decision = schedule.decide(tick, branch_name, token_errors)
+        grid_errors = None if token_errors is None else (lambda: self._on_grid(token_errors()))
+        decision = schedule.decide(tick, branch_name, grid_errors)
+        if decision.new_generation:
+            self._slots = None
         if schedule.wants_latents(decision):
             ids = args[roles.position_ids] if roles.position_ids is not None else None
             n = graph.signature.num_image_tokens
             try:
-                tokens, grid = image_tokens(geometry, module, args[roles.hidden_states], ids, graph.grid_hint, n)
+                rows = graph.latent_rows(args) if graph.latent_rows is not None else None
+                tokens, grid = image_tokens(geometry, module, args[roles.hidden_states], ids, graph.grid_hint, n,
+                                            rows)
             except Exception as e:  # noqa: BLE001 - as above
                 self._turn_off(f"the latent could not be cut into image tokens: {type(e).__name__}: {e}")
                 return None
-            if tokens.shape[1] != n:
-                self._turn_off(f"the latent holds {tokens.shape[1]} tokens but the graph {n}")
+            expected = n if rows is None else rows.numel()
+            if tokens.shape[1] != expected:
+                self._turn_off(f"the latent holds {tokens.shape[1]} tokens but the graph {expected}")
                 return None
+            self._slots = SequenceSlots(rows, n) if rows is not None and rows.numel() < n else None
             schedule.record_latents(tokens, grid)
-        return CallPlan(decision.index, decision.branch or DEFAULT_BRANCH, decision.step,
+        index = decision.index
+        if index is not None and self._slots is not None:
+            index = self._slots.sequence_index(index)
+        return CallPlan(index, decision.branch or DEFAULT_BRANCH, decision.step,
                         decision.phase.value, decision.new_generation, decision.fill_caches,
                         decision.time, exact=True)

@@ -9,7 +9,7 @@ import torch.fx as fx
 from jano_compile.passes.input_roles import input_roles
 
 from .dump import write_dump
-from .geometry import grid_from_graph
+from .geometry import grid_from_graph, latent_rows_from_graph
 from .lowering import LoweredUnrewritten
 from .options import parse_options
 from .rewrite import rewrite_graph
@@ -39,15 +39,17 @@ def jano_backend(gm: fx.GraphModule, example_inputs, mode=None, options=None):
     sig = report.signature
     runner = GraphRunner(sig, opts, rewritten, tail=tail, full_variant=full_variant,
                          static_positions=frozenset(params))
-    return CompiledGraph(report, runner, None, grid_hint=_grid_hint(gm, sig.num_image_tokens), **common)
+    return CompiledGraph(report, runner, None, grid_hint=_read_geometry(grid_from_graph, gm, sig.num_image_tokens),
+                         latent_rows=_read_geometry(latent_rows_from_graph, gm), **common)
 
 
-def _grid_hint(gm: fx.GraphModule, num_tokens: int):
-    """The token grid the graph's position table holds, if it tells (geometry.py)."""
+def _read_geometry(read, gm: fx.GraphModule, *args):
+    """What `read` (geometry.py) finds in the graph: the token grid its position table holds,
+    the mask of the latent's rows; None where it tells nothing."""
     try:
-        return grid_from_graph(gm, num_tokens)
+        return read(gm, *args)
     except Exception:  # noqa: BLE001 - only the automatic schedule needs it; it says so if missing
-        log.debug("jano: no token grid read from %s", gm, exc_info=True)
+        log.debug("jano: %s found nothing in %s", read.__name__, gm, exc_info=True)
         return None
 
 

@@ -19,6 +19,13 @@ and input channels, and each call the rest, from the rank of `hidden_states`:
                      class's table entry, else the one whose patch grid holds the graph's
                      image tokens
 
+A packed sequence may hold slots that are not the latent's (Ideogram 4 packs [padding | text |
+image] into `hidden_states` and zeroes all but the image rows with a mask of a role input):
+where the graph multiplies the latent input by such a per-token mask and reads it nowhere
+else, `latent_rows_from_graph` cuts that mask out of the graph; its rows are the grid's
+tokens, and `SequenceSlots` places the schedule's grid tokens among the graph's sequence,
+every other slot computed whenever any grid token is.
+
 Where the derivation cannot decide, `image_tokens` raises `GeometryError` with the reason
 (the automatic schedule then stays off) rather than return a wrong grid. The one table
 left, `video_layout_table()`, is keyed by class and read only when a 5-D input is
@@ -26,10 +33,12 @@ ambiguous (several of its axes could hold the channels).
 
     geometry = geometry_for(model)                                   # cheap: class and config
     tokens, grid = image_tokens(geometry, model, hidden_states, img_ids)   # per warm-up step
+    rows = latent_rows_from_graph(gm)(args)                          # packed slots: the latent's rows
 """
 from __future__ import annotations
 
 import functools
+import operator
 import re
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
@@ -37,7 +46,8 @@ from typing import Mapping, Optional, Sequence
 import torch
 import torch.fx as fx
 
-from jano_compile.passes.input_roles import input_roles
+from jano_compile.passes.input_roles import argument_name, input_roles
+from jano_compile.passes.token_layout import ancestors
 
 PACKED, IMAGE, VIDEO_CF, VIDEO_FC, VIDEO_FHWC = "packed", "image", "video_cf", "video_fc", "video_fhwc"
 #: the axis of a video's channels, per layout: [B, C, F, H, W], [B, F, C, H, W], [B, F, H, W, C]
@@ -226,6 +236,102 @@ def grid_from_graph(gm: fx.GraphModule, num_tokens: int) -> Optional[tuple[int, 
     return grids.pop() if len(grids) == 1 else None
 
 
+_PRODUCTS = {operator.mul, torch.mul, "mul"}
+
+
+@dataclass(frozen=True)
+class LatentRows:
+    """The rows of packed `hidden_states` [B, L, C] that hold the latent, as the model itself
+    says: it multiplies the latent by a per-token mask computed from its other inputs alone,
+    and reads the latent nowhere else (Ideogram 4, whose sequence is [padding | text | image]):
+
+        mask = (indicator == 2).to(float32).unsqueeze(-1)     [B, L, 1]   <- `mask`, cut out
+        h    = hidden_states * mask                           [B, L, C]   the latent's only use
+
+    A row the mask zeroes never reaches the model's output through the latent: it is a slot
+    for other inputs (text, padding), not a token of the latent grid.
+
+    mask: the graph of `mask` alone, reading the placeholders at `inputs` (positions among
+        the graph's placeholders) named `names` (the model's arguments, None where nested).
+    """
+    mask: fx.GraphModule
+    inputs: tuple[int, ...]
+    names: tuple[Optional[str], ...]
+
+    def __call__(self, args: Sequence) -> torch.Tensor:
+        """The latent's rows [n] (sorted int64, on the CPU) for a call with graph arguments `args`."""
+        return self._rows(self.mask(*[args[i] for i in self.inputs]))
+
+    def of_arguments(self, arguments: Mapping) -> torch.Tensor:
+        """The same for the model's keyword arguments (what a caller outside the graph holds)."""
+        if None in self.names or any(name not in arguments for name in self.names):
+            raise GeometryError(f"the latent's mask reads inputs {self.names}, not all model arguments given")
+        return self._rows(self.mask(*[arguments[name] for name in self.names]))
+
+    @staticmethod
+    def _rows(mask: torch.Tensor) -> torch.Tensor:
+        keep = (mask != 0).reshape(mask.shape[0], mask.shape[1], -1).any(-1)     # [B, L]
+        if not bool((keep == keep[:1]).all()):
+            raise GeometryError("the latent's mask keeps other rows in each sample of the batch")
+        rows = keep[0].nonzero().flatten().cpu()
+        if rows.numel() == 0:
+            raise GeometryError("the latent's mask keeps no row")
+        return rows
+
+
+def latent_rows_from_graph(gm: fx.GraphModule) -> Optional[LatentRows]:
+    """The mask that keeps the latent's rows of packed `hidden_states` [B, L, C] (`LatentRows`),
+    where the graph's only use of the latent is a product with a per-token factor [B or 1, L, 1]
+    computed without it; None otherwise (every row is the latent's)."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    position = input_roles(gm).hidden_states
+    latent = placeholders[position] if position is not None else None
+    shape = _static_shape(latent)
+    if shape is None or len(shape) != 3 or len(latent.users) != 1:
+        return None
+    (use,) = latent.users
+    if use.op not in ("call_function", "call_method") or use.target not in _PRODUCTS \
+            or len(use.args) != 2 or use.kwargs or use.args[0] is use.args[1]:
+        return None
+    mask = use.args[1] if use.args[0] is latent else use.args[0]
+    mask_shape = _static_shape(mask)
+    if mask_shape is None or len(mask_shape) != 3 or mask_shape[1:] != (shape[1], 1) \
+            or mask_shape[0] not in (1, shape[0]):
+        return None
+    needed = ancestors(mask)
+    graph, copies = fx.Graph(), {}
+    for node in gm.graph.nodes:
+        if node in needed:
+            copies[node] = graph.node_copy(node, lambda a: copies[a])
+    graph.output(copies[mask])
+    sources = [p for p in placeholders if p in needed]
+    return LatentRows(fx.GraphModule(gm, graph), tuple(placeholders.index(p) for p in sources),
+                      tuple(argument_name(p) for p in sources))
+
+
+@dataclass(frozen=True)
+class SequenceSlots:
+    """The latent grid's tokens among the graph's `length` tokens: grid token k is row
+    `rows[k]` of the sequence; every other row is a slot (text, padding) that each call
+    computing any grid token computes too, as FLUX computes its text tokens every step."""
+    rows: torch.Tensor
+    length: int
+
+    def sequence_index(self, grid_index: torch.Tensor) -> torch.Tensor:
+        """The sorted rows a call computes for the grid tokens at `grid_index`: those and
+        every slot; none when no grid token is due (a skipped step computes nothing)."""
+        if grid_index.numel() == 0:
+            return grid_index
+        computed = torch.ones(self.length, dtype=torch.bool)
+        computed[self.rows] = False
+        computed[self.rows[grid_index]] = True
+        return computed.nonzero().flatten()
+
+    def on_grid(self, values: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """Per-row `values` [length] of the sequence, those of the grid's tokens [n]."""
+        return values if values is None or values.numel() != self.length else values[self.rows]
+
+
 def token_layout(geometry: TokenGeometry, hidden_states: torch.Tensor,
                  num_tokens: Optional[int] = None) -> str:
     """PACKED, IMAGE, VIDEO_CF, VIDEO_FC or VIDEO_FHWC: how `hidden_states` holds the image.
@@ -282,19 +388,26 @@ def _video_grid(shape: tuple, layout: str, patch: tuple[int, int, int]) -> tuple
 def image_tokens(geometry: TokenGeometry, module, hidden_states: torch.Tensor,
                  img_ids: Optional[torch.Tensor] = None,
                  grid_hint: Optional[tuple[int, int, int]] = None,
-                 num_tokens: Optional[int] = None) -> tuple[torch.Tensor, tuple[int, int, int]]:
+                 num_tokens: Optional[int] = None,
+                 rows: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """`hidden_states` as image tokens [B, N, C'] in sequence order, and the grid (frames, h, w).
 
     Packed tokens pass through; the grid comes from `img_ids` when given, else from
     `grid_hint` (`grid_from_graph`). An image or video is cut into patches as the model's
     patch embedding does (a stride-p convolution: a border that does not fill a patch is
     dropped); C' = C * pt * ph * pw. `num_tokens`, the graph's image tokens, decides the
-    layout of a video whose config names no channels. Raises GeometryError when the grid
-    cannot be derived. `module` is not read (the geometry holds what its config says); kept
+    layout of a video whose config names no channels. `rows` (`LatentRows`): the rows of packed
+    tokens that hold the latent; the others are slots, left out (position ids covering every
+    row are cut to these rows too). Raises GeometryError when the grid cannot be derived.
+    `module` is not read (the geometry holds what its config says); kept
     for callers."""
     x = hidden_states
     layout = token_layout(geometry, x, num_tokens)
     if layout == PACKED:
+        if rows is not None:
+            if img_ids is not None and img_ids.dim() >= 2 and img_ids.shape[-2] == x.shape[1]:
+                img_ids = img_ids.index_select(-2, rows.to(img_ids.device))
+            x = x.index_select(1, rows.to(x.device))
         b, n, _ = x.shape
         if img_ids is not None and img_ids.numel():
             return x, grid_from_ids(img_ids, n)

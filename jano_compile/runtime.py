@@ -11,6 +11,7 @@ import torch
 from jano_compile.passes.input_roles import InputRoles
 
 from .controller import Controller
+from .geometry import LatentRows
 from .registry import REGISTRY
 from .report import GraphReport
 from .runner import GraphRunner
@@ -36,7 +37,8 @@ class CompiledGraph:
 
     def __init__(self, report: GraphReport, runner: Optional[GraphRunner],
                  unrewritten: Optional[Callable], param_positions: list[int], roles: InputRoles,
-                 schedule_options: Mapping, grid_hint: Optional[tuple[int, int, int]] = None):
+                 schedule_options: Mapping, grid_hint: Optional[tuple[int, int, int]] = None,
+                 latent_rows: Optional[LatentRows] = None):
         self.report = report
         self.runner = runner
         self.unrewritten = unrewritten
@@ -44,6 +46,7 @@ class CompiledGraph:
         self.roles = roles
         self.schedule_options = dict(schedule_options)
         self.grid_hint = grid_hint      # the token grid read from the graph (geometry.grid_from_graph)
+        self.latent_rows = latent_rows  # packed slots: the latent's rows (geometry.latent_rows_from_graph)
         self._orphan: Optional[Controller] = None   # for graphs that receive no parameter
 
     @property

@@ -207,7 +207,7 @@ def _grid_exit(gm: fx.GraphModule, last: fx.Node):
     grid axes) on the way to `last`; None when none is. The ops after it run on the full
     sequence (the scattered exit), as any op after an exit does. Several folded tensors
     leave the exit open: Unrewritable."""
-    needed = _ancestors(last)
+    needed = ancestors(last)
     folded = list(dict.fromkeys(n.args[0] for n in gm.graph.nodes if n in needed and _folds_tokens_into_grid(n)))
     if len(folded) > 1:
         raise Unrewritable(f"several [batch, tokens, channels] tensors ({', '.join(n.name for n in folded)}) are "
@@ -215,7 +215,7 @@ def _grid_exit(gm: fx.GraphModule, last: fx.Node):
     return folded[0] if folded else None
 
 
-def _ancestors(node: fx.Node) -> set:
+def ancestors(node: fx.Node) -> set:
     """`node` and every node it is computed from."""
     seen, todo = {node}, [node]
     while todo:

@@ -21,13 +21,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import jano_compile
-from jano_compile.geometry import (GeometryError, TokenGeometry, geometry_for, grid_from_graph, grid_from_ids,
-                                   image_tokens)
+from jano_compile.clock import SchedulerClock
+from jano_compile.geometry import (GeometryError, SequenceSlots, TokenGeometry, geometry_for, grid_from_graph,
+                                   grid_from_ids, image_tokens, latent_rows_from_graph)
 from jano_compile.passes.input_roles import input_roles
 from jano_compile.rewrite import rewrite_graph
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from coverage_models import FRAMES, GRID_H, GRID_W, TINY  # noqa: E402
+from coverage_models import FRAMES, GRID_H, GRID_W, TEXT, TINY  # noqa: E402
 
 #: The classes jano rewrites exactly (docs/coverage.md, diffusers 0.42.1).
 REWRITTEN = [
@@ -56,17 +57,15 @@ VIDEO = {"AllegroTransformer3DModel", "ChronoEditTransformer3DModel", "CogVideoX
          "Kandinsky5Transformer3DModel", "Kandinsky6Transformer3DModel"}
 TRUE_GRID = {cls: (FRAMES if cls in VIDEO else 1, GRID_H, GRID_W) for cls in REWRITTEN}
 TRUE_GRID["DiTTransformer2DModel"] = (1, GRID_H, GRID_H)      # DiT's square position table
-#: Where no grid can be derived (the automatic schedule stays off): the graph's image tokens
-#: are all of Ideogram4's hidden_states, TEXT text slots and then the 4 x 6 image.
-NO_GRID = {"Ideogram4Transformer2DModel"}
 #: One of each input layout: packed + ids (2 kinds), image, video [B, C, F, H, W] with
 #: frames patched by the config, video [B, F, C, H, W], video [B, F, H, W, C] with no
 #: channels in the config, packed tokens with the grid from the graph (meshgrid, flattened
-#: table), and classes that had no table entry.
+#: table), packed tokens with text slots (Ideogram 4: the latent's rows from the graph's
+#: mask), and classes that had no table entry.
 SUBSET = ["FluxTransformer2DModel", "Flux2Transformer2DModel", "AuraFlowTransformer2DModel",
           "HunyuanDiT2DModel", "WanTransformer3DModel", "CogVideoXTransformer3DModel",
           "Kandinsky5Transformer3DModel", "LTXVideoTransformer3DModel", "QwenImageTransformer2DModel",
-          "HunyuanVideoTransformer3DModel"]
+          "HunyuanVideoTransformer3DModel", "Ideogram4Transformer2DModel"]
 CLASSES = REWRITTEN if os.environ.get("JANO_GEOMETRY_ALL") else SUBSET
 
 
@@ -112,10 +111,13 @@ class Derived:
         self.ids = self.inputs[roles.position_ids] if roles.position_ids is not None else None
         self.geometry = geometry_for(self.model)
         self.grid_hint = grid_from_graph(self.gm, self.report.num_image_tokens)
+        latent_rows = latent_rows_from_graph(self.gm)
+        #: the rows of the graph's sequence that are the grid's tokens (all but Ideogram 4's text slots)
+        self.rows = latent_rows(self.inputs) if latent_rows is not None else torch.arange(self.report.num_image_tokens)
 
     def tokens(self, hidden_states):
         return image_tokens(self.geometry, self.model, hidden_states, self.ids, self.grid_hint,
-                            self.report.num_image_tokens)
+                            self.report.num_image_tokens, self.rows)
 
     def token_positions(self) -> torch.Tensor:
         hs = self.inputs[self.hs_position]
@@ -162,15 +164,10 @@ def probe_tokens(grid) -> list[int]:
 def test_derived_grid_holds_the_graphs_image_tokens_in_the_models_order(cls):
     d = Derived(cls)
     assert d.report.rewritten, d.report.reason
-    n = d.report.num_image_tokens
-    if cls in NO_GRID:
-        with pytest.raises(GeometryError):
-            d.tokens(d.inputs[d.hs_position])
-        return
     tokens, grid = d.tokens(d.inputs[d.hs_position])
-    assert tokens.shape[:2] == (1, n) and grid == TRUE_GRID[cls]
+    assert tokens.shape[:2] == (1, d.rows.numel()) and grid == TRUE_GRID[cls]
     for k in probe_tokens(grid):
-        assert d.changed_tokens(k) == [k], f"token {k} of grid {grid}"
+        assert d.changed_tokens(k) == [int(d.rows[k])], f"token {k} of grid {grid}"
 
 
 def test_the_order_check_catches_a_column_major_order():
@@ -317,11 +314,13 @@ SCHEDULE = dict(lowering="eager", recipe="paper", warmup_steps=3, cooldown_steps
                 medium_interval=2, num_inference_steps=10)
 
 
-def run_schedule(cls: str) -> dict:
-    """Ten calls with decreasing timesteps under the automatic schedule; the stats."""
+def run_schedule(cls: str, change_inputs=None) -> dict:
+    """Ten calls with decreasing timesteps under the automatic schedule; the stats.
+    `change_inputs`: what becomes of the tiny model's inputs first."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     model, kwargs = TINY[cls].build(1)
+    kwargs = change_inputs(kwargs) if change_inputs is not None else kwargs
     compiled = torch.compile(model, backend="jano", dynamic=False, options=SCHEDULE)
     ctl = jano_compile.controller(compiled)
     t = next(k for k in ("timestep", "timesteps", "t") if k in kwargs)
@@ -343,9 +342,126 @@ def test_automatic_schedule_runs_partial_steps(cls):
 
 
 def test_a_grid_that_cannot_be_derived_turns_the_schedule_off_not_the_model():
-    stats = run_schedule("Ideogram4Transformer2DModel")
-    assert "GeometryError" in stats["auto_disabled"]
+    """The near miss: Ideogram 4 with its image position ids shuffled (the model runs on any
+    ids): the latent's rows are found, but they form no grid in sequence order."""
+    def shuffled(kwargs):
+        ids = kwargs["position_ids"].clone()
+        ids[:, TEXT:] = ids[:, TEXT:][:, torch.randperm(GRID_H * GRID_W, generator=torch.Generator().manual_seed(0))]
+        return {**kwargs, "position_ids": ids}
+    stats = run_schedule("Ideogram4Transformer2DModel", shuffled)
+    assert "GeometryError" in stats["auto_disabled"] and "sequence order" in stats["auto_disabled"]
     assert stats["calls"] == 10 and stats["full_calls"] == 10
+
+
+# --------------------------------------------------------------------------- slots besides the grid (Ideogram 4)
+def ideogram4_layout(text_lengths, max_text=TEXT, seed=0):
+    """A tiny Ideogram 4 and its inputs in the pipeline's packed layout [padding | text | image]
+    (`Ideogram4Pipeline._prepare_ids`), one sample per text length; text slots of the latent zero."""
+    from diffusers.pipelines.ideogram4.pipeline_ideogram4 import Ideogram4Pipeline
+    torch.manual_seed(seed)
+    model, kwargs = TINY["Ideogram4Transformer2DModel"].build(len(text_lengths))
+    ids, segments, indicator = Ideogram4Pipeline._prepare_ids(list(text_lengths), GRID_H, GRID_W, max_text, "cpu")
+    hidden = torch.zeros(len(text_lengths), max_text + GRID_H * GRID_W, kwargs["hidden_states"].shape[-1])
+    hidden[:, max_text:] = torch.randn(len(text_lengths), GRID_H * GRID_W, hidden.shape[-1])
+    text = torch.randn(len(text_lengths), hidden.shape[1], kwargs["encoder_hidden_states"].shape[-1])
+    return model, dict(kwargs, hidden_states=hidden, encoder_hidden_states=text, position_ids=ids,
+                       segment_ids=segments, indicator=indicator)
+
+
+def test_ideogram4_grid_is_the_latent_rows_of_the_pipelines_packed_layout():
+    """Two prompts of other text lengths (left padding differs per sample): the image is the
+    last 4 x 6 rows of each, the same rows for a resolution and a maximum text length."""
+    model, kwargs = ideogram4_layout([3, TEXT])
+    gm, inputs, report = capture(model, kwargs)
+    assert report.rewritten and report.num_image_tokens == TEXT + GRID_H * GRID_W     # all rows rewritten
+    latent_rows = latent_rows_from_graph(gm)
+    assert latent_rows.names == ("indicator",)
+    rows = latent_rows(inputs)
+    torch.testing.assert_close(rows, torch.arange(TEXT, TEXT + GRID_H * GRID_W))
+    torch.testing.assert_close(latent_rows.of_arguments(kwargs), rows)
+    tokens, grid = image_tokens(geometry_for(model), model, kwargs["hidden_states"], kwargs["position_ids"],
+                                None, report.num_image_tokens, rows)
+    assert grid == (1, GRID_H, GRID_W)
+    torch.testing.assert_close(tokens, kwargs["hidden_states"][:, TEXT:])
+
+
+def test_latent_rows_need_the_latents_only_use_to_be_a_per_token_mask():
+    """Near misses: the latent also read unmasked, a mask over channels, a mask from the latent."""
+    x, role = torch.randn(1, 5, 4), torch.tensor([[3, 3, 2, 2, 2]])
+
+    def masked(hidden_states, indicator):
+        return hidden_states * (indicator == 2).float().unsqueeze(-1)
+
+    def also_unmasked(hidden_states, indicator):
+        return masked(hidden_states, indicator) + hidden_states
+
+    def channels(hidden_states, indicator):
+        return hidden_states * (indicator[:, :4] == 2).float().unsqueeze(1)
+
+    def from_latent(hidden_states, indicator):
+        return hidden_states * (hidden_states[..., :1] > 0).float()
+
+    kwargs = {"hidden_states": x, "indicator": role}
+    gm, inputs, _ = capture(masked, kwargs)
+    latent_rows = latent_rows_from_graph(gm)
+    torch.testing.assert_close(latent_rows(inputs), torch.tensor([2, 3, 4]))
+    for near_miss in (also_unmasked, channels, from_latent):
+        assert latent_rows_from_graph(capture(near_miss, kwargs)[0]) is None, near_miss.__name__
+    with pytest.raises(GeometryError, match="other rows in each sample"):
+        latent_rows.of_arguments({"indicator": torch.tensor([[3, 2, 2, 2, 2], [3, 3, 2, 2, 2]])})
+    with pytest.raises(GeometryError, match="keeps no row"):
+        latent_rows.of_arguments({"indicator": torch.zeros(1, 5, dtype=torch.long)})
+
+
+def test_sequence_slots_compute_every_slot_with_any_grid_token():
+    slots = SequenceSlots(torch.tensor([2, 3, 4, 5]), 7)         # rows 0, 1, 6: slots
+    assert slots.sequence_index(torch.tensor([1, 3])).tolist() == [0, 1, 3, 5, 6]
+    assert slots.sequence_index(torch.arange(4)).tolist() == list(range(7))
+    assert slots.sequence_index(torch.empty(0, dtype=torch.long)).numel() == 0     # a skipped step
+    assert slots.on_grid(torch.arange(7.0)).tolist() == [2.0, 3.0, 4.0, 5.0]
+
+
+def ideogram4_euler_loop(transformer, kwargs, steps, clock=None):
+    """The pipeline's loop on the image rows (after the text slots): the model's time runs
+    from 0 (noise) to 1 (clean), as Ideogram 4's does; `clock` is driven as `enable(pipe)`
+    drives it from the scheduler."""
+    x, slots = kwargs["hidden_states"][:, TEXT:].clone(), kwargs["hidden_states"][:, :TEXT]
+    times = torch.linspace(0.0, 1.0, steps + 1)
+    if clock is not None:
+        clock.start_generation()
+    for i in range(steps):
+        t = torch.full((x.shape[0],), float(times[i]))
+        v = transformer(**{**kwargs, "hidden_states": torch.cat([slots, x], 1), "timestep": t,
+                           "return_dict": False})[0][:, TEXT:]
+        x = x + (times[i + 1] - times[i]) * v
+        if clock is not None:
+            clock.end_step()
+    return x
+
+
+def test_automatic_schedule_runs_partial_steps_on_ideogram4():
+    """End to end (random weights: no quality claim): the schedule runs on the 4 x 6 grid,
+    each partial step computes the text slots too, and the run stays near the eager model's."""
+    model, kwargs = ideogram4_layout([5, TEXT])
+    model.eval()
+    options = dict(warmup_steps=3, cooldown_steps=1, static_interval=4, medium_interval=2, active_interval=1,
+                   num_inference_steps=12, lowering="eager")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = ideogram4_euler_loop(model, kwargs, 12)
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="jano", dynamic=False, options=options)
+        ctl = jano_compile.controller(compiled)
+        ctl.auto_policy.scheduler_clock = SchedulerClock()
+        out = ideogram4_euler_loop(compiled, kwargs, 12, ctl.auto_policy.scheduler_clock)
+    stats = ctl.stats()
+    assert stats["auto_disabled"] is None
+    assert {"active", "medium"} <= set(stats["levels"]) and stats["compute_saved"] > 0
+    assert ctl.region_map().shape == (1, GRID_H, GRID_W)
+    partial = [c for c in ctl.step_records if not c.full and c.active]
+    assert partial and all(TEXT < c.active < c.total for c in partial)
+    scale = float(plain.abs().mean())
+    assert float((out - plain).abs().mean()) < 0.05 * scale
 
 
 if __name__ == "__main__":      # the full check: one line per rewritten class
@@ -354,9 +470,9 @@ if __name__ == "__main__":      # the full check: one line per rewritten class
             d = Derived(name)
             tokens, grid = d.tokens(d.inputs[d.hs_position])
             n = d.report.num_image_tokens
-            order = all(d.changed_tokens(k) == [k] for k in probe_tokens(grid))
+            order = all(d.changed_tokens(k) == [int(d.rows[k])] for k in probe_tokens(grid))
             print(f"{name:42s} N={n:3d} grid={grid} tokens={tokens.shape[1]:3d} "
-                  f"count {'ok' if tokens.shape[1] == n else 'WRONG'} order {'ok' if order else 'WRONG'} "
+                  f"count {'ok' if tokens.shape[1] == d.rows.numel() else 'WRONG'} order {'ok' if order else 'WRONG'} "
                   f"grid {'ok' if grid == TRUE_GRID[name] else 'WRONG'} "
                   f"family={d.geometry.family}", flush=True)
         except GeometryError as e:
