@@ -7,11 +7,12 @@ Two sources, one `Tick`:
   from the model's inputs, so a call costs no device-to-host synchronisation, and timesteps
   that a bf16 pipeline rounds to equal values are still distinct steps.
 * `TimestepClock` (a bare sampling loop): reads the timestep the model receives, one
-  device-to-host copy per call on a GPU. A smaller timestep than the last starts the next
-  step, a larger one a new generation, an equal one is another branch of the same step
-  (split CFG). Schedulers whose timesteps rise within a run, solvers that call the model
-  twice per step at different timesteps (Heun, DPM-2), and timesteps rounded to equal
-  values between steps (bf16 at 100 steps) break this count.
+  device-to-host copy per call on a GPU. The first change of the timestep tells which way
+  time runs for this model (falling: sigma, 1000 -> 0; rising: Lumina2, Z-Image, Ideogram4
+  pass 1 - sigma); a later move that way starts the next step, a move back a new
+  generation, an equal timestep is another branch of the same step (split CFG). Solvers
+  that call the model twice per step at different timesteps (Heun, DPM-2), and timesteps
+  rounded to equal values between steps (bf16 at 100 steps) break this count.
 """
 from __future__ import annotations
 
@@ -37,16 +38,19 @@ class TimestepClock:
     generation: int = 0
     step: int = -1
     call_in_step: int = 0
+    direction: Optional[float] = None     # -1.0 falling, 1.0 rising: learned at the first change
 
     def tick(self, timestep: float) -> Tick:
-        if self.last_timestep is None or timestep > self.last_timestep:
+        if self.last_timestep is not None and timestep != self.last_timestep and self.direction is None:
+            self.direction = 1.0 if timestep > self.last_timestep else -1.0
+        if timestep == self.last_timestep:
+            self.call_in_step += 1
+        elif self.last_timestep is None or (timestep - self.last_timestep) * self.direction < 0:
             self.generation += 1
             self.step, self.call_in_step = 0, 0
-        elif timestep < self.last_timestep:
+        else:
             self.step += 1
             self.call_in_step = 0
-        else:
-            self.call_in_step += 1
         self.last_timestep = timestep
         return Tick(self.generation, self.step, self.call_in_step)
 

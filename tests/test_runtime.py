@@ -68,6 +68,15 @@ def test_timestep_clock_counts_steps_branches_and_generations():
     assert ticks == [Tick(1, 0, 0), Tick(1, 0, 1), Tick(1, 1, 0), Tick(1, 1, 1), Tick(1, 2, 0), Tick(2, 0, 0)]
 
 
+def test_a_rising_timestep_counts_steps_not_generations():
+    """Models that take 1 - sigma (Lumina2, Z-Image, Ideogram4): time rises within a run;
+    the first change sets the direction, a move back starts a new generation."""
+    clock = TimestepClock()
+    ticks = [clock.tick(t) for t in (0.0, 0.0, 0.3, 0.7, 0.7, 0.0, 0.5)]
+    assert ticks == [Tick(1, 0, 0), Tick(1, 0, 1), Tick(1, 1, 0), Tick(1, 2, 0), Tick(1, 2, 1),
+                     Tick(2, 0, 0), Tick(2, 1, 0)]
+
+
 def test_scheduler_clock_counts_what_the_scheduler_says():
     clock = SchedulerClock()
     clock.start_generation()
