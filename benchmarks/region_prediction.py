@@ -112,7 +112,7 @@ def budget_estimate(args) -> None:
                    forecast_kv=args.forecast_kv, num_inference_steps=args.steps, lowering="eager")
     grid = (1, *model.grid)
     sigmas = flow_sigmas(args.steps, 1.0)
-    found = {"next": [], "oracle": []}
+    found = {"next": [], "oracle": [], "prior": []}
     quality = []
     try:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -140,7 +140,8 @@ def budget_estimate(args) -> None:
             quality.append(psnr(image, reference))
             rates = oracle_rates(torch.stack(velocities), sigmas, args.oracle_horizon)
             end = args.steps - config.cooldown_steps
-            nexts, oracles = [], []
+            nexts, oracles, priors = [], [], []
+            prior = schedule_config.schedule.analysis.block_scores.flatten().double()
             for step, before, seen, after in observations:
                 known = torch.isfinite(before) & torch.isfinite(seen)
                 if known.sum() > 2:
@@ -150,9 +151,12 @@ def budget_estimate(args) -> None:
             for s_ in range(observations[0][0], end - 1):
                 after = [a for step, _, _, a in observations if step <= s_][-1]
                 later = rates[s_:end].nanmean(0)
-                oracles.append(spearman(after, block_nanmean(later.reshape(grid), block).flatten()))
+                target = block_nanmean(later.reshape(grid), block).flatten()
+                oracles.append(spearman(after, target))
+                priors.append(spearman(prior, target))
             found["next"].append(statistics.fmean(nexts))
             found["oracle"].append(statistics.fmean(oracles))
+            found["prior"].append(statistics.fmean(priors))
             print(f"seed {seed}: PSNR {quality[-1]:.2f}; Spearman vs next observation {found['next'][-1]:.2f} "
                   f"({' '.join(f'{x:.2f}' for x in nexts)}), vs oracle {found['oracle'][-1]:.2f} "
                   f"({' '.join(f'{x:.2f}' for x in oracles)})")
@@ -162,7 +166,8 @@ def budget_estimate(args) -> None:
           f"forecast_kv {args.forecast_kv}: PSNR mean {statistics.fmean(quality):.2f} (worst {min(quality):.2f}); "
           f"Spearman vs next observation {statistics.fmean(found['next']):.2f} (worst seed {min(found['next']):.2f}), "
           f"vs oracle (horizon {args.oracle_horizon}) {statistics.fmean(found['oracle']):.2f} "
-          f"(worst seed {min(found['oracle']):.2f})")
+          f"(worst seed {min(found['oracle']):.2f}); the warm-up analysis's scores vs the same oracle "
+          f"{statistics.fmean(found['prior']):.2f} (worst seed {min(found['prior']):.2f})")
 
 
 if __name__ == "__main__":
