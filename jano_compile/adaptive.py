@@ -38,6 +38,8 @@ class Decision:
     new_generation: bool
     fill_caches: bool = True    # a later step of this run reads the K/V caches
     time: Optional[float] = None   # the step's forecast time (None: the step index)
+    exact: bool = True          # `index` is one of the few fixed sets of this generation (static
+                                # shapes: one graph per exact length); False: bucketed lengths
 
 
 @dataclass
@@ -88,10 +90,11 @@ class AdaptiveSchedule:
         if phase.level != Level.FULL and not self.analysed:
             self._analyze()
         if self.config.work is not None:
+            # the due sets change with every assignment: static shapes take bucketed lengths
             index, phase = self._due_regions(step, phase, token_errors)
             return Decision(step, branch, phase, index, new_generation,
                             fill_caches=index is not None or self.partial_step_follows(step),
-                            time=tick.time)
+                            time=tick.time, exact=False)
         if phase.level == Level.FULL:
             self.rerank_due = self.config.levels_from == "error"
         elif self.rerank_due and self.analysis is not None and token_errors is not None:

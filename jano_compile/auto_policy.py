@@ -121,4 +121,4 @@ class AutoPolicy:
             index = self._slots.sequence_index(index)
         return CallPlan(index, decision.branch or DEFAULT_BRANCH, decision.step,
                         decision.phase.value, decision.new_generation, decision.fill_caches,
-                        decision.time, exact=True)
+                        decision.time, exact=decision.exact)

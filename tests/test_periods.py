@@ -174,3 +174,22 @@ def test_work_must_be_a_fraction(bad, why):
 def test_work_needs_the_forecast():
     with pytest.raises(ValueError, match="work.*reuse=\"forecast\""):
         JanoConfig(work=0.5, reuse="hold")
+
+
+def test_under_static_shapes_the_due_sets_take_bucketed_lengths():
+    """The due sets change with every assignment: static shapes pad them to buckets of N/16
+    (runner.bucket_length) instead of compiling a graph per exact length."""
+    from jano_compile.runner import BUCKETS
+    model, kwargs, n = flux(b=1, h=8, w=8)
+    model.eval()
+    from .test_adaptive import euler_loop
+    with torch.no_grad():
+        f = torch.compile(model, backend="jano", options=dict(work=0.5, num_inference_steps=16, block_size=(1, 1, 1),
+                                                                lowering="eager", static_shapes=True))
+        euler_loop(f, kwargs, steps=16)
+    ctl = jano_compile.controller(f)
+    (graph,) = ctl._graphs.values()
+    lengths = set(graph.runner.static)
+    torch._dynamo.reset()
+    assert lengths and all(length % (n // BUCKETS) == 0 for length in lengths)
+    assert ctl.stats()["compute_saved"] > 0.3
