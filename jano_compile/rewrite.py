@@ -123,8 +123,9 @@ class RewriteResult(NamedTuple):
     graph: Optional[fx.GraphModule]     # the rewritten graph; None when left as it is
     report: GraphReport
     skip_tail: Optional[fx.GraphModule] = None
-    # full_variant(fill_caches): the full-step variant a runner asks for, built on demand (it
-    # needs one: the dense one, or the cache-filling one under static shapes); None inside
+    # full_variant(fill_caches): builds the full-step variant a runner asks for (it runs one:
+    # the dense one, or the cache-filling one under static shapes); the builder returns None
+    # where the variant cannot be built, and full steps then run the rewritten graph
     full_variant: Optional[Callable[[bool], Optional[fx.GraphModule]]] = None
 
 
