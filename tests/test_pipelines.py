@@ -33,3 +33,21 @@ def test_enable_runs_the_schedule_in_a_pipeline(name, tmp_path, capsys):
     jano_compile.disable(pipe)
     assert not isinstance(pipe.transformer, torch._dynamo.eval_frame.OptimizedModule)
     assert "set_timesteps" not in vars(pipe.scheduler)
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_a_work_budget_in_a_pipeline_reads_measured_errors(name):
+    """enable() with work= and forecast_kv (SD3: split CFG, two branches): the scheduler's
+    sigma falls, and the periods still come from measured, finite errors."""
+    pipe, inputs = PIPELINES[name]()
+    with torch.no_grad():
+        ctl = jano_compile.enable(pipe, {"work": 0.5, "forecast_kv": True, "block_size": (1, 2, 2)},
+                                  lowering="eager")
+        result = pipe(**inputs, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
+    images = result.images if hasattr(result, "images") else result.frames
+    stats = ctl.stats()
+    estimate = ctl.schedule.periods.estimate
+    jano_compile.disable(pipe)
+    assert stats["rewritten"] and torch.isfinite(images).all()
+    assert estimate.observations >= 1 and torch.isfinite(estimate.value).all()
+    assert stats["periods"] is not None and 0.2 < stats["compute_saved"] < 0.8
