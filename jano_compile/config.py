@@ -278,12 +278,17 @@ PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = MappingProxyType({
 })
 
 
+#: Settings a work budget replaces (the interval schedule and how it ranks its levels).
+REPLACED_BY_WORK = ("static_interval", "medium_interval", "active_interval", "levels_from")
+
+
 def _record_given_fields(cls):
     """Wrap the dataclass `__init__`: the fields a caller passes count as explicit (the
     others may come from a family preset), and those it leaves out take the recipe's base
     value, so that ``JanoConfig(recipe="paper")`` is the paper's configuration."""
     generated_init = cls.__init__
     names = [f.name for f in dataclasses.fields(cls) if f.init]
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
 
     @functools.wraps(generated_init)
     def __init__(self, *args, **kwargs):
@@ -291,6 +296,13 @@ def _record_given_fields(cls):
         base = RECIPES.get(given.get("recipe", cls.recipe), {})
         generated_init(self, **{**base, **given})
         object.__setattr__(self, "_given", frozenset(given))
+        # fields set away from the recipe's value (dataclasses.replace passes every field
+        # as it is, so the comparison is with the value, not with being passed)
+        recipe_value = {**defaults, **base}
+        replaced = sorted(f for f in REPLACED_BY_WORK if f in given and given[f] != recipe_value[f])
+        if self.work is not None and replaced:
+            _fail("work", self.work, f"gives every region its own period, which replaces {replaced}: "
+                  "set one or the other")
 
     cls.__init__ = __init__
     return cls

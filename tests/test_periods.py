@@ -1,5 +1,6 @@
 """Work budget (`work=`): per-region refresh periods chosen from measured forecast error
 (issue 9, item 2; periods.py and adaptive.py)."""
+import dataclasses
 import itertools
 import math
 
@@ -169,6 +170,14 @@ def test_work_budget_end_to_end_on_a_tiny_flux():
 def test_work_must_be_a_fraction(bad, why):
     with pytest.raises(ValueError, match=f"JanoConfig.work.*{why}"):
         JanoConfig(work=bad)
+
+
+def test_work_and_intervals_are_one_or_the_other():
+    with pytest.raises(ValueError, match="work=0.5.*replaces \\['static_interval'\\]"):
+        JanoConfig(work=0.5, static_interval=4)
+    assert JanoConfig(work=0.5).static_interval == JanoConfig().static_interval
+    # the schedule learns the generation's length by dataclasses.replace, which passes every field
+    assert dataclasses.replace(JanoConfig(work=0.5), num_inference_steps=20).work == 0.5
 
 
 def test_work_needs_the_forecast():
