@@ -91,8 +91,9 @@ def forecast(gm: fx.GraphModule, plan: TokenPlan, order: int = 1) -> fx.GraphMod
     exit_value = value(plan.exit)
     n = plan.num_image_tokens
     step_time = declare_step_time(graph, exit_value.device)
+    held_shape = value(cache).shape       # [B, N, C] (the exit may fold groups into its batch)
     history = [declare_state(graph, f"history_{j}", Role.HISTORY, exit_value.new_empty(
-        (exit_value.shape[0], n, exit_value.shape[2]), dtype=torch.float32), token_dim=1)
+        (held_shape[0], n, held_shape[2]), dtype=torch.float32), token_dim=1)
         for j in range(order + 1)]
     history_time = [declare_state(graph, f"history_time_{j}", Role.HISTORY_TIME,
                                   exit_value.new_empty((n,), dtype=torch.float32), token_dim=0,

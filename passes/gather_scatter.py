@@ -13,6 +13,12 @@ The entry's token axis is 1 ([B, N, C]) or 0 (sequence-first [N, B, C]); the exi
 
 `full` is a new tensor, not the cache: what the user receives never changes under a later
 step's write.
+
+Entry and exit with groups folded into the batch (Latte's frames: plan.folded, rows b*G + g,
+token g*S + s) pass through [B, N, C] around the gather and the scatter:
+
+    h   [B*G, S, C]   h_g = index_select(h.reshape(B, N, C), 1, idx).reshape(B*n, 1, C)
+    out [B*n, 1, C]   full = index_copy(out_cache, 1, idx, out.reshape(B, n, C)).reshape(B*G, S, C)
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import torch.fx as fx
 
 from .plan import TokenPlan
 from .signature import ENTRY_GATHER, EXIT_SCATTER, Role, declare_state, write_state
-from .token_inputs import active_index
+from .token_inputs import active_index, grid_axis_length, num_active
 from .token_layout import value
 
 
@@ -29,20 +35,37 @@ def gather_scatter(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:
     graph = gm.graph
     entry_val, exit_val = value(plan.entry), value(plan.exit)
     idx = active_index(graph, entry_val.device)
+    batch, n_img = exit_val.shape[0], plan.num_image_tokens
+    if plan.folded is not None:
+        batch = exit_val.shape[0] * exit_val.shape[1] // n_img
+        exit_val = exit_val.new_empty((batch, n_img, exit_val.shape[2]))
     cache = declare_state(graph, Role.OUT_CACHE.value, Role.OUT_CACHE, exit_val, token_dim=1)
 
     anchor = plan.entry if plan.entry.op != "placeholder" else idx
-    with graph.inserting_after(anchor):
-        gathered = graph.call_function(torch.index_select, (plan.entry, plan.entry_dim, idx))
+    with graph.inserting_before(anchor.next):     # in order
+        tokens = plan.entry
+        if plan.folded is not None:
+            tokens = graph.call_method("reshape", (plan.entry, (batch, n_img, entry_val.shape[2])))
+        gathered = graph.call_function(torch.index_select, (tokens, plan.entry_dim, idx))
+        result = gathered
+        if plan.folded is not None:
+            result = graph.call_method("reshape", (gathered, (grid_axis_length(graph, batch, True), 1,
+                                                              entry_val.shape[2])))
     gathered.name = "gathered_" + plan.entry.name
     gathered.meta[ENTRY_GATHER] = True
-    plan.entry.replace_all_uses_with(gathered, delete_user_cb=lambda u: u is not gathered)
+    plan.entry.replace_all_uses_with(result, delete_user_cb=lambda u: u is not tokens and u is not gathered)
 
-    with graph.inserting_after(plan.exit):
-        full = graph.call_function(torch.index_copy, (cache, 1, idx, plan.exit))
+    with graph.inserting_before(plan.exit.next):
+        fresh = plan.exit
+        if plan.folded is not None:
+            fresh = graph.call_method("reshape", (plan.exit, (batch, num_active(graph), exit_val.shape[2])))
+        full = graph.call_function(torch.index_copy, (cache, 1, idx, fresh))
+        result = full
+        if plan.folded is not None:
+            result = graph.call_method("reshape", (full, tuple(value(plan.exit).shape)))
     full.name = "scattered_" + plan.exit.name
     full.meta[EXIT_SCATTER] = True
-    plan.exit.replace_all_uses_with(full, delete_user_cb=lambda u: u is not full)
-    with graph.inserting_after(full):
-        write_state(graph, cache, 1, idx, plan.exit)
+    plan.exit.replace_all_uses_with(result, delete_user_cb=lambda u: u is not fresh and u is not full)
+    with graph.inserting_after(result):
+        write_state(graph, cache, 1, idx, fresh)
     return gm

@@ -200,6 +200,18 @@ class PointwiseConv:
 
 
 @dataclass(frozen=True)
+class GridTable:
+    """Operand `arg` of the element-wise op `node` holds no image token but varies along axes
+    that hold the token grid `grid` (a per-frame or per-position modulation [B*F, 1, C] on
+    frames folded into the batch [B*F, S, C]; a per-frame table [1, F, C] on positions folded
+    into the batch [B*S, F, C]): it is expanded over those axes to the full grid and its rows
+    of the gathered tokens are taken (`grid`: the expanded table's layout)."""
+    node: fx.Node
+    arg: fx.Node
+    grid: TokenGrid
+
+
+@dataclass(frozen=True)
 class MixedOperand:
     """Operand `arg` of a token-mixing op holds image tokens on `axis` (a TokenAxis or a
     TokenGrid): it is completed from a cache of every image token before the op."""
@@ -276,6 +288,9 @@ class TokenPlan:
     entry: fx.Node
     exit: fx.Node
     entry_dim: int = 1                                # token axis of the entry: 1 [B, N, C], 0 [N, B, C]
+    # entry and exit with groups of tokens folded into the batch (Latte's frames, [B*F, S, C]:
+    # ((B, frames), (tokens of a frame,), (C,))); None: [B, N, C] or [N, B, C]
+    folded: Optional[TokenGrid] = None
     axes: dict = field(default_factory=dict)          # Node -> TokenAxis | tuple | None
     attention: list = field(default_factory=list)     # AttentionSite
     # per-node edits of token_shapes: ShapeLiteral | SplitSizes | SegmentSlice | SqueezeDims |
@@ -284,6 +299,7 @@ class TokenPlan:
     tables: list = field(default_factory=list)        # TableGather
     frame_keys: list = field(default_factory=list)    # FrameKeys
     mixing: list = field(default_factory=list)        # MixingSite
+    grid_tables: list = field(default_factory=list)   # GridTable
 
 
 class Unrewritable(Exception):

@@ -13,7 +13,13 @@ image-token region at all (no tensor output, no `hidden_states` input). Nothing 
     entry  : the first tensor derived from the `hidden_states` input shaped [B, N, C]
              (after patch and position embedding; for FLUX the packed input itself), or
              sequence-first [N, B, C] (ErnieImage; its exit is the [B, N, C] tensor the last
-             computed [N, B, C] one is transposed into)
+             computed [N, B, C] one is transposed into). Where neither exists and the exit
+             is [B*G, S, C] (Latte: a video patched frame by frame, G frames folded into the
+             batch behind B), entry and exit hold N = G*S tokens in that layout
+             (plan.folded, a TokenGrid (G, S) with rows b*G + g): the blocks are followed
+             on the grid, where attention within each group (a frame, or a position after
+             the rearrange to [B*S, G, C]) is a MixingSite and modulation tables per row
+             [B*G, 1, C] are gathered with the tokens (GridTable)
     axes   : forward propagation, op by op, of TokenAxis(dim, layout) from the entry to the
              exit; joint sequences appear where text is concatenated on the token axis
     attention: each sdpa is SELF (queries and keys hold image tokens), CROSS (queries only)
@@ -55,7 +61,7 @@ import torch.nn.functional as F
 from . import token_grid
 from .input_roles import input_roles
 from .plan import (CROSS, IMAGE, SELF, TEXT, TO_IMAGE, AttentionSite, ConstantPad, FrameGroups, FrameKeys,
-                   FrameRows, GridFactor, GridShape, GroupCount, Layout, MixedOperand, MixingSite,
+                   FrameRows, GridFactor, GridShape, GridTable, GroupCount, Layout, MixedOperand, MixingSite,
                    NoImageTokens, PointwiseConv, Segment, SegmentSlice, ShapeLiteral, SplitSizes,
                    SqueezeDims, TableGather, TokenAxis, TokenGrid, TokenPlan, Unrewritable)
 
@@ -288,10 +294,12 @@ def _entry_candidates(gm: fx.GraphModule, source: fx.Node, exit_node: fx.Node) -
 class _Propagation:
     """Labels token axes from `entry` forward; records literals, tables and attention."""
 
-    def __init__(self, gm: fx.GraphModule, entry: fx.Node, exit_node: fx.Node, entry_dim: int = 1):
+    def __init__(self, gm: fx.GraphModule, entry: fx.Node, exit_node: fx.Node, entry_dim: int = 1,
+                 folded: TokenGrid = None):
         self.gm = gm
-        n_img = value(exit_node).shape[1]
-        self.plan = TokenPlan(num_image_tokens=n_img, entry=entry, exit=exit_node, entry_dim=entry_dim)
+        n_img = folded.layout.full_length if folded is not None else value(exit_node).shape[1]
+        self.plan = TokenPlan(num_image_tokens=n_img, entry=entry, exit=exit_node, entry_dim=entry_dim,
+                              folded=folded)
         self.axes: dict = {}
         self.visited = 0
 
@@ -335,7 +343,7 @@ class _Propagation:
         started = False
         for node in self.gm.graph.nodes:
             if node is plan.entry:
-                self.axes[node] = TokenAxis(plan.entry_dim, Layout.image(plan.num_image_tokens))
+                self.axes[node] = plan.folded or TokenAxis(plan.entry_dim, Layout.image(plan.num_image_tokens))
                 started = True
                 if node is plan.exit:
                     break
@@ -355,7 +363,12 @@ class _Propagation:
             self.visited += 1
             if node is plan.exit:
                 got = self.axes[node]
-                if not (isinstance(got, TokenAxis) and got.dim == 1 and got.layout.is_image_only):
+                if plan.folded is not None:
+                    if not (isinstance(got, TokenGrid) and got.dims[:2] == plan.folded.dims[:2]
+                            and not token_grid.holds_grid(got.dims[2])):
+                        self.fail(node, f"the exit does not hold the image tokens as the entry does, "
+                                  f"folded {plan.folded.dims[:2]} (found {got})")
+                elif not (isinstance(got, TokenAxis) and got.dim == 1 and got.layout.is_image_only):
                     self.fail(node, f"the exit does not hold image tokens on axis 1 (found {got})")
                 self.axes[node] = None  # downstream uses the scattered full tensor
         else:
@@ -371,7 +384,7 @@ class _Propagation:
             raise Unrewritable(f"no self-attention over image tokens between the entry "
                                f"{plan.entry.name} and the exit {plan.exit.name}", progress=0)
         plan.axes = {k: v for k, v in self.axes.items() if v is not None}
-        plan.axes[plan.exit] = TokenAxis(1, Layout.image(plan.num_image_tokens))
+        plan.axes[plan.exit] = TokenAxis(1, Layout.image(plan.num_image_tokens)) if plan.folded is None else got
         return plan
 
     # -- dispatch
@@ -797,8 +810,12 @@ class _Propagation:
         if not node.args:
             self.fail(node, "called with keyword arguments only")
         x = node.args[0]
+        if node.target is F.scaled_dot_product_attention:
+            return self.grid_attention(node)
         if name in _CONVOLUTIONS:
             return self.convolution(node, name)
+        if name in ("linear", "layer_norm", "rms_norm"):
+            return self.grid_channels(node, name)
         if name in _DATA_FIRST_ONLY:
             # `out.type_as(query)`: the other argument gives the dtype only
             return None if self.ax(x) is None else self.grid(node, x)
@@ -823,17 +840,71 @@ class _Propagation:
         if len(grids) != 1 or any(self.ndim(node, a) != out.dim() for a in operands if self.ax(a) is not None):
             self.fail(node, "operands hold image tokens laid out differently on the token grid")
         g = grids.pop()
-        for a in operands:
-            if self.ax(a) is None and isinstance(value(a), torch.Tensor):
-                v = value(a)
-                for d in token_grid.grid_dims(g):
-                    local = d - (out.dim() - v.dim())
-                    if local >= 0 and v.shape[local] != 1:
-                        self.fail(node, f"operand {a.name} varies along axis {d}, which holds the token grid")
         resized = token_grid.resized(g, tuple(out.shape))
         if resized is None:
             self.fail(node, "broadcasting changes the token grid")
+        for a in operands:
+            if self.ax(a) is None and isinstance(value(a), torch.Tensor):
+                self.grid_table(node, a, resized, tuple(out.shape))
         return resized
+
+    def grid_table(self, node: fx.Node, a: fx.Node, g: TokenGrid, out_shape) -> None:
+        """An operand without image tokens of an element-wise op on the grid `g`: where it
+        varies along axes holding grid factors, it must span each such axis whole (a row per
+        frame of [B*F, 1, C] on [B*F, S, C]); it is then a GridTable, gathered with the tokens."""
+        v = value(a)
+        lead = len(out_shape) - v.dim()
+        varies = [d for d in token_grid.grid_dims(g) if d >= lead and v.shape[d - lead] != 1]
+        if not varies:
+            return
+        for d in varies:
+            if v.shape[d - lead] != out_shape[d]:
+                self.fail(node, f"operand {a.name} varies along axis {d}, which holds the token grid, "
+                          f"with {v.shape[d - lead]} of its {out_shape[d]} positions")
+        sizes = [out_shape[d] if d in token_grid.grid_dims(g) else (v.shape[d - lead] if d >= lead else 1)
+                 for d in range(len(out_shape))]
+        table = token_grid.resized(g, tuple(sizes))
+        if table is None:
+            self.fail(node, f"operand {a.name} cannot be laid out on the token grid")
+        self.plan.grid_tables.append(GridTable(node, a, table))
+
+    def grid_channels(self, node: fx.Node, name: str):
+        """linear, layer_norm, rms_norm over trailing axes that hold no grid factor: token-wise."""
+        x = node.args[0]
+        if any(self.ax(a) is not None for a in node.all_input_nodes if a is not x):
+            self.fail(node, "weights depend on image tokens")
+        g = self.grid(node, x)
+        shape = _arg(node, 1, "normalized_shape") if name != "linear" else None
+        k = 1 if name == "linear" else (len(shape) if isinstance(shape, (tuple, list)) else 1)
+        ndim = self.ndim(node, x)
+        if any(d >= ndim - k for d in token_grid.grid_dims(g)):
+            self.fail(node, f"{name} over an axis that holds the token grid")
+        out = token_grid.resized(g, tuple(self.tensor(node, node).shape))
+        if out is None:
+            self.fail(node, f"{name} changes the token grid")
+        return out
+
+    def grid_attention(self, node: fx.Node):
+        """sdpa on image tokens laid out on their grid with groups folded into the batch axis
+        (Latte: attention within each frame, q, k, v [B*F, H, S, D]; across the frames at each
+        position, [B*S, H, F, D]; per-frame cross-attention to text, k, v [B*F, H, L, D]).
+        A gathered token reads the keys of its whole group: the attention runs on its
+        operands completed to every token (a MixingSite; the query's rows of tokens not
+        computed are discarded) and the active rows of its result are gathered back."""
+        args = _attention_args(node)
+        q, k, v, mask = args["query"], args["key"], args["value"], args.get("attn_mask")
+        if args.get("is_causal") or isinstance(mask, fx.Node):
+            self.fail(node, "attention on the token grid with a mask or causal")
+        operands = [(a, self.grid(node, a)) for a in dict.fromkeys((q, k, v)) if self.ax(a) is not None]
+        for a, g in operands:
+            if self.ndim(node, a) - 1 in token_grid.grid_dims(g):
+                self.fail(node, f"{a.name} holds the token grid on its feature axis")
+        if self.ax(q) is None:
+            return self.mix(node, operands)
+        out = token_grid.resized(self.grid(node, q), tuple(self.tensor(node, node).shape))
+        if out is None:
+            self.fail(node, "attention changes the token grid of its queries")
+        return self.mix(node, operands, out)
 
     def grid_reshape(self, node: fx.Node, name: str, g: TokenGrid, out_shape):
         new = token_grid.regroup(g, out_shape)
@@ -1220,6 +1291,36 @@ def _attention_args(node: fx.Node) -> dict:
     return args
 
 
+def _folded_layout(gm: fx.GraphModule, source: fx.Node, exit_node: fx.Node):
+    """The TokenGrid of an exit [B*G, S, C] whose batch axis holds G groups of S image tokens
+    behind the batch B of `source` (Latte's frames: rows b*G + g, token g*S + s), or None.
+    The entry is then a tensor of the same shape derived from `source`."""
+    if value(source).dim() == 0 or exit_node not in _derived(gm, source, exit_node):
+        return None
+    batch = value(source).shape[0]
+    rows, size, channels = tuple(value(exit_node).shape)
+    if rows == batch or rows % batch or size < 2:
+        return None
+    groups = rows // batch
+    layout = Layout.image(groups * size)
+    outer = ((GridFactor(None, batch),) if batch > 1 else ()) + (GridFactor(0, groups),)
+    return TokenGrid((groups, size), (outer, (GridFactor(1, size),),
+                                      (GridFactor(None, channels),) if channels > 1 else ()), layout)
+
+
+def _folded_candidates(gm: fx.GraphModule, source: fx.Node, exit_node: fx.Node) -> list[fx.Node]:
+    """The tensors derived from `source` shaped like the folded exit, in graph order."""
+    shape = tuple(value(exit_node).shape[:2])
+    out = []
+    for n in _derived(gm, source, exit_node):
+        if n is exit_node:
+            break
+        v = value(n)
+        if isinstance(v, torch.Tensor) and v.dim() == 3 and tuple(v.shape[:2]) == shape:
+            out.append(n)
+    return out[:MAX_ENTRY_CANDIDATES]
+
+
 def _no_entry(gm: fx.GraphModule, source: fx.Node, exit_node: fx.Node):
     """Raise why no entry candidate exists. The exit [d0, d1, C] was read as
     [batch, tokens, channels]; when it is computed from `source` but d0 is not its batch, the
@@ -1253,13 +1354,16 @@ def token_layout(gm: fx.GraphModule) -> TokenPlan:
     source = _hidden_states_input(gm)
     batch = value(source).shape[0] if value(source).dim() else None
     exit_node = _batch_first_exit(path, batch) or exit_node
-    candidates = _entry_candidates(gm, source, exit_node)
+    candidates = [(entry, entry_dim, None) for entry, entry_dim in _entry_candidates(gm, source, exit_node)]
+    folded = None if candidates else _folded_layout(gm, source, exit_node)
+    if folded is not None:
+        candidates = [(entry, 1, folded) for entry in _folded_candidates(gm, source, exit_node)]
     if not candidates:
         _no_entry(gm, source, exit_node)
     errors = []
-    for entry, entry_dim in candidates:
+    for entry, entry_dim, grid in candidates:
         try:
-            return _Propagation(gm, entry, exit_node, entry_dim).run()
+            return _Propagation(gm, entry, exit_node, entry_dim, grid).run()
         except Unrewritable as e:
             errors.append(e)
     # the candidate that got furthest is the real entry; its error is the reason

@@ -26,6 +26,15 @@ Full steps write every row of the caches: a partial step then equals the full st
 same input, as with cached keys and values. Grid tensors are moved to and from the cache's
 canonical form [other factors.., tokens] by reshape and permute (passes/token_grid.py):
 SanaVideo's [B*F, C, H, W] (frames folded into the batch) is [B, F, C, H, W] factor-wise.
+
+Attention within groups folded into the batch (Latte: within each frame [B*F, H, S, D],
+across frames at each position [B*S, H, F, D]) is such an op: q, k, v are completed, it runs
+on every row, and the active rows of its result are gathered back. Tables without tokens that
+vary along the grid (plan.GridTable: Latte's modulation per frame row [B*F, 1, C], per
+position row [B*S, 1, C]) are gathered to the active tokens' rows:
+
+    shift [B*F, 1, C]                         shift.expand(B*F, S, C) -> canonical [B, C, N]
+                                              .index_select(2, idx) -> [B*n, 1, C]
 """
 from __future__ import annotations
 
@@ -34,7 +43,7 @@ import math
 import torch
 import torch.fx as fx
 
-from .plan import MixingSite, TokenAxis, TokenGrid, TokenPlan
+from .plan import GridTable, MixingSite, TokenAxis, TokenGrid, TokenPlan
 from .signature import Role, declare_state, declared_input, write_state
 from .token_grid import canonical_order, other_sizes
 from .token_inputs import grid_axis_length, layout_rows, num_active
@@ -46,6 +55,13 @@ def token_mixing(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:
     completed: dict = {}      # operand -> its tensor on every token
     gathered: dict = {}       # full result of a mixing op -> its active tokens
     caches = 0
+    tables: dict = {}
+    for table in plan.grid_tables:
+        key = (table.arg, table.grid)
+        if key not in tables:
+            with graph.inserting_before(table.node):
+                tables[key] = _gather_table(graph, table)
+        table.node.replace_input_with(table.arg, tables[key])
     for site in plan.mixing:
         for operand in site.operands:
             if operand.arg not in completed:
@@ -89,6 +105,24 @@ def _gather_output(graph: fx.Graph, site: MixingSite) -> fx.Node:
     gathered.name = f"{node.name}_active_tokens"
     for user in users:
         user.replace_input_with(node, gathered)
+    return gathered
+
+
+def _gather_table(graph: fx.Graph, table: GridTable) -> fx.Node:
+    """A table without image tokens that varies along axes holding the grid ([B*F, 1, C] on
+    [B*F, S, C]) -> its rows of the gathered tokens ([B*n, 1, C]): expanded to the full grid,
+    brought to canonical form, index_select of the active tokens, back to the gathered grid.
+    Insert under a `graph.inserting_*` context."""
+    full = _shape(graph, table.grid, gathered=False)
+    v = value(table.arg)
+    x = table.arg
+    if v.dim() < len(full):
+        x = graph.call_method("reshape", (x, (1,) * (len(full) - v.dim()) + tuple(v.shape)))
+    x = graph.call_method("expand", (x, full))
+    rows = graph.call_function(torch.index_select, (_to_canonical(graph, x, table.grid, gathered=False),
+                                                    len(other_sizes(table.grid)), _index(graph)))
+    gathered = _from_canonical(graph, rows, table.grid, gathered=True)
+    gathered.name = f"{table.arg.name}_token_rows"
     return gathered
 
 

@@ -7,7 +7,9 @@ the exit of a model computing sequence-first [tokens, batch, channels], a cross-
 per frame (the tokens split into frames folded into the batch, keys per frame), ops that
 place image tokens by a runtime index, which must fall back with that reason. Last, ops that
 mix image tokens (linear attention's sum over them, a convolution over their grid): they
-run on operands completed from caches of every token (passes/token_mixing.py).
+run on operands completed from caches of every token (passes/token_mixing.py). Last, groups
+of tokens folded into the batch at the entry and exit (Latte: frames [B*F, S, C], then
+positions [B*S, F, C]), whose attention within each group runs the same way.
 
 Each rule has: a tiny module written here that uses the op token-wise, checked with the
 oracle (full step == eager, partial steps == full step); the structure of its rewritten
@@ -806,3 +808,99 @@ def test_token_mixing_of_diffusers_class(cls, tokens):
     assert image_tokens_of_class(cls) == tokens
     torch._dynamo.reset()
     assert image_tokens_of_class(cls, 2) == tokens
+
+
+# --------------------------------------------------------------------------- groups folded into the batch
+class FoldedVideoDiT(nn.Module):
+    """Latte's blocks in small: a video [B, C, F, H, W] is patched frame by frame, so the
+    blocks run with the frames folded into the batch. A spatial block attends within each
+    frame ([B*F, S, D]); the tokens are then rearranged to one row per position
+    ([B*S, F, D]) and a temporal block attends across the frames at each position. Each
+    block is modulated per row of its layout (a table [rows, 1, D]: per frame, per
+    position), the first temporal block adds a table per frame [1, F, D]. Entry and exit
+    are in the frame layout [B*F, S, D]."""
+
+    def __init__(self, channels=4, dim=32, heads=2, frames=3, layers=2):
+        super().__init__()
+        self.frames, self.heads = frames, heads
+        self.embed = nn.Conv2d(channels, dim, 2, stride=2)
+        self.qkv = nn.ModuleList(nn.Linear(dim, 3 * dim) for _ in range(2 * layers))
+        self.proj = nn.ModuleList(nn.Linear(dim, dim) for _ in range(2 * layers))
+        self.modulation = nn.ModuleList(nn.Linear(dim, dim) for _ in range(2 * layers))
+        self.frame_table = nn.Parameter(torch.randn(1, frames, dim) * 0.1)
+        self.out = nn.Linear(dim, channels * 4)
+
+    def attend(self, x, block):
+        """Self-attention over axis 1 of x [rows, L, D], rows folded into the batch."""
+        q, k, v = self.qkv[block](F.layer_norm(x, x.shape[-1:])).chunk(3, dim=-1)
+        q, k, v = (t.view(x.shape[0], -1, self.heads, x.shape[-1] // self.heads).transpose(1, 2) for t in (q, k, v))
+        a = self.after_attention(F.scaled_dot_product_attention(q, k, v), block)
+        return self.proj[block](a.transpose(1, 2).reshape(x.shape[0], -1, x.shape[-1]))
+
+    def after_attention(self, a, block):
+        """The near miss puts its token-moving op here."""
+        return a
+
+    def modulate(self, x, context, block):
+        """x [rows, L, D] * (1 + scale [rows, 1, D]): one scale per row of the layout."""
+        rows = x.shape[0]
+        scale = self.modulation[block](context).repeat_interleave(rows // context.shape[0], dim=0)
+        return x * (1 + scale[:, None])
+
+    def forward(self, hidden_states, context):
+        b, c, f, h, w = hidden_states.shape
+        frames = hidden_states.permute(0, 2, 1, 3, 4).reshape(-1, c, h, w)
+        x = self.embed(frames).flatten(2).transpose(1, 2)                    # [B*F, S, D]
+        s, d = x.shape[1], x.shape[2]
+        for layer in range(len(self.qkv) // 2):
+            spatial, temporal = 2 * layer, 2 * layer + 1
+            x = x + self.modulate(self.attend(x, spatial), context, spatial)
+            x = x.reshape(b, -1, s, d).permute(0, 2, 1, 3).reshape(-1, f, d)      # [B*S, F, D]
+            if layer == 0:
+                x = x + self.frame_table
+            x = x + self.modulate(self.attend(x, temporal), context, temporal)
+            x = x.reshape(b, -1, f, d).permute(0, 2, 1, 3).reshape(-1, s, d)      # [B*F, S, D]
+        out = self.out(x).reshape(-1, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(-1, c, h, w)
+        return (out.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4),)
+
+
+class RunningSumOverFrames(FoldedVideoDiT):
+    """Near miss: the temporal attention's output is summed up over the frames before it
+    (cumsum along the frame axis of [B*S, H, F, D]): each output token reads the earlier
+    frames' tokens at its position, which no cache of one layer's operands completes."""
+
+    def after_attention(self, a, block):
+        return a.cumsum(dim=2) if block % 2 else a
+
+
+def folded_inputs(batch: int) -> dict:
+    return dict(hidden_states=torch.randn(batch, 4, 3, 8, 12), context=torch.randn(batch, 32))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_attention_within_groups_folded_into_the_batch_is_rewritten_and_exact(batch):
+    ctl = oracle(FoldedVideoDiT(), folded_inputs(batch))
+    assert ctl.stats()["num_image_tokens"] == 3 * 24
+
+
+def test_attention_within_groups_folded_into_the_batch_runs_on_completed_operands():
+    snap = snapshot(FoldedVideoDiT().eval(), **folded_inputs(1))
+    (report,), (after,) = snap.reports, snap.after
+    assert report.rewritten, report.reason
+    # per attention (2 layers x spatial, temporal): q, k and v completed from token caches
+    assert sorted(c["role"] for c in report.caches) == ["out_cache"] + ["token_cache"] * 12
+    attention = [n for n in after.graph.nodes if n.target is F.scaled_dot_product_attention]
+    assert [tuple(value(n).shape) for n in attention] == [(3, 2, 24, 16), (24, 2, 3, 16)] * 2
+    for node in attention:
+        assert all(a.op == "call_method" and a.target == "reshape" for a in node.args[:3])
+
+
+def test_running_sum_over_frames_is_not_rewritten():
+    assert_not_rewritten(RunningSumOverFrames(), folded_inputs(1), "cumsum",
+                         "not known to be token-wise")
+
+
+def test_attention_within_groups_folded_into_the_batch_of_diffusers_class():
+    """Latte: 2 frames of 4 x 6 tokens, spatial and temporal blocks, entry and exit
+    [B*F, S, C]; at batch 2 the batch axis holds (sample, frame) rows."""
+    assert image_tokens_of_class("LatteTransformer3DModel", 2) == 48
