@@ -91,7 +91,6 @@ def latte(b=1):
 NOT_REWRITTEN = {
     "mlp": (mlp, "is not [batch, tokens, channels]"),
     "qwenimage21": (qwenimage21, "the graph returns no tensor"),
-    "latte": (latte, "folded into the batch axis"),
 }
 
 
@@ -117,6 +116,12 @@ def test_wan_animate_which_fell_back_is_rewritten_and_exact():
     adapter's split of the tokens into frames); with the per-frame cross-attention rule it is
     rewritten and matches eager."""
     assert_rewritten_and_exact(*wan_animate())
+
+
+def test_latte_which_fell_back_is_rewritten_and_exact():
+    """Latte fell back (frames folded into the batch axis at its entry and exit); with the
+    folded-groups rule it is rewritten and matches eager."""
+    assert_rewritten_and_exact(*latte())
 
 
 def _first(out):
