@@ -118,7 +118,7 @@ def budget_estimate(args) -> None:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             torch._dynamo.reset()
             f = torch.compile(copy.deepcopy(model.transformer), backend="jano", dynamic=False, options=options)
-            schedule_config = jano_compile.controller(f)
+            ctl = jano_compile.controller(f)
 
             def counted(**kwargs):
                 calls[0] += 1
@@ -127,8 +127,8 @@ def budget_estimate(args) -> None:
             calls[0] = 0
             image = model.sample([seed % model.num_classes], args.steps, torch.Generator().manual_seed(seed),
                                  transformer=counted)
-            config = schedule_config.schedule.config
-            block = schedule_config.schedule.analysis.block_size
+            config = ctl.schedule.config
+            block = ctl.schedule.analysis.block_size
             velocities = []
 
             def recorded(**kwargs):
@@ -141,7 +141,7 @@ def budget_estimate(args) -> None:
             rates = oracle_rates(torch.stack(velocities), sigmas, args.oracle_horizon)
             end = args.steps - config.cooldown_steps
             nexts, oracles, priors = [], [], []
-            prior = schedule_config.schedule.analysis.block_scores.flatten().double()
+            prior = ctl.schedule.analysis.block_scores.flatten().double()
             for step, before, seen, after in observations:
                 known = torch.isfinite(before) & torch.isfinite(seen)
                 if known.sum() > 2:

@@ -54,13 +54,15 @@ def kv_forecast(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:
     for write in state_writes(graph):
         if write.args[0].name in caches:
             by_layer.setdefault(write.args[0].meta[STATE][0], []).append(write)
+    position = {node: i for i, node in enumerate(graph.nodes)}     # of the attentions, which stay
     for layer, writes in by_layer.items():
-        _forecast_layer(graph, layer, writes, step_time)
+        _forecast_layer(graph, layer, writes, step_time, position)
     return gm
 
 
-def _forecast_layer(graph: fx.Graph, layer: int, writes: list, step_time: fx.Node) -> None:
-    """Forecast the K/V caches that `writes` (their in-place writes, in graph order) fill."""
+def _forecast_layer(graph: fx.Graph, layer: int, writes: list, step_time: fx.Node, position: dict) -> None:
+    """Forecast the K/V caches that `writes` (their in-place writes, in graph order) fill;
+    `position`: the graph order of the nodes before the pass (the attentions reading them)."""
     cache, dim, rows, _ = writes[0].args
     length = value(cache).shape[dim]
     times = [declare_state(graph, f"kv_time_{j}_{layer}", Role.KV_TIME,
@@ -80,14 +82,10 @@ def _forecast_layer(graph: fx.Graph, layer: int, writes: list, step_time: fx.Nod
         write.replace_all_uses_with(full)
         completed.append(full)
     readers = [user for full in completed for user in full.users]
-    first_reader = min(readers, key=_position(graph)) if readers else completed[-1].next
+    first_reader = min(readers, key=position.__getitem__) if readers else completed[-1].next
     with graph.inserting_before(first_reader):
         older = graph.call_function(torch.index_select, (times[0], 0, rows))
         write_state(graph, times[1], 0, rows, older)
         now = graph.call_method("expand", (step_time, graph.call_method("size", (rows, 0))))
         write_state(graph, times[0], 0, rows, now)
 
-
-def _position(graph: fx.Graph):
-    order = {node: i for i, node in enumerate(graph.nodes)}
-    return order.__getitem__

@@ -40,6 +40,23 @@ def test_rerank_gives_the_active_level_to_the_largest_errors_at_the_same_sizes()
     assert set(rerank_by_error(analysis, unmeasured).active_index.tolist()) >= {0, 1, 8, 9}
 
 
+def run_with_moving_errors(config, moving_at, steps):
+    """The schedule over `steps` with synthetic measured errors: 1.0 on the quadrant
+    `moving_at(step)`, 0.01 elsewhere. Returns the decisions and the schedule."""
+    schedule = AdaptiveSchedule(config)
+    decisions = []
+    for step in range(steps):
+        def errors(moving=QUADRANTS[moving_at(step)]):
+            e = torch.full((64,), 0.01)
+            e[moving] = 1.0
+            return e
+        decision = schedule.decide(Tick(generation=0, step=step, call_in_step=0, time=float(step)), None, errors)
+        if schedule.wants_latents(decision):
+            schedule.record_latents(torch.randn(64, 4), GRID)
+        decisions.append(decision)
+    return decisions, schedule
+
+
 def test_the_schedule_follows_a_region_that_moves(tmp_path):
     """Synthetic errors: the top-left quadrant changes in the first half of the run, the
     bottom-right in the second. After each full step the active level follows, and each
@@ -48,20 +65,8 @@ def test_the_schedule_follows_a_region_that_moves(tmp_path):
                         active_interval=1, block_size=(1, 2, 2), static_fraction=0.5,
                         medium_fraction=0.25, levels_from="error", num_inference_steps=20,
                         save_dir=str(tmp_path))
-    schedule = AdaptiveSchedule(config)
-    active_by_step = {}
-    for step in range(20):
-        moving = QUADRANTS["top-left" if step < 10 else "bottom-right"]
-
-        def errors(moving=moving):
-            e = torch.full((64,), 0.01)
-            e[moving] = 1.0
-            return e
-        decision = schedule.decide(Tick(generation=0, step=step, call_in_step=0, time=float(step)), None, errors)
-        if schedule.wants_latents(decision):
-            schedule.record_latents(torch.randn(64, 4), GRID)
-        if decision.phase.value == "active":
-            active_by_step[step] = decision.index.tolist()
+    decisions, schedule = run_with_moving_errors(config, lambda s: "top-left" if s < 10 else "bottom-right", 20)
+    active_by_step = {d.step: d.index.tolist() for d in decisions if d.phase.value == "active"}
     # full steps at 2, 6, 10, 14, 18: the ranking after 10 sees the moved region
     assert active_by_step[3] == QUADRANTS["top-left"] and active_by_step[9] == QUADRANTS["top-left"]
     assert active_by_step[11] == QUADRANTS["bottom-right"] and active_by_step[19] == QUADRANTS["bottom-right"]

@@ -97,26 +97,20 @@ def test_a_partial_step_reads_extrapolated_keys_and_values(lowering, monkeypatch
         monkeypatch.setattr(F, "scaled_dot_product_attention", _recording_sdpa([], forecast_rows))
         reference = model(**{**kwargs, "hidden_states": xs[2]}, return_dict=False)[0]
         monkeypatch.undo()
-
-        f = torch.compile(model, backend="jano", options={"lowering": lowering, "forecast_kv": True})
-        ctl = jano_compile.controller(f)
-        for x in xs[:2]:
-            ctl.refresh()
-            f(**{**kwargs, "hidden_states": x}, return_dict=False)
-        ctl.set_active(active)
-        out = f(**{**kwargs, "hidden_states": xs[2]}, return_dict=False)[0]
-    torch._dynamo.reset()
+    out = _partial_after_two_full_steps(model, kwargs, xs, active, {"lowering": lowering, "forecast_kv": True})
     torch.testing.assert_close(out[:, active], reference[:, active], **TOLERANCE[torch.float32])
     others = skipped - text
     torch.testing.assert_close(out[:, others], (2 * ys[1] - ys[0])[:, others], **TOLERANCE[torch.float32])
     # and the held keys would give something else: the test can tell the two apart
     if lowering == "eager":
-        assert not torch.allclose(out[:, active], _held_reference(model, kwargs, xs, active), atol=1e-3)
+        held = _partial_after_two_full_steps(model, kwargs, xs, active, {"lowering": "eager"})
+        assert not torch.allclose(out[:, active], held[:, active], atol=1e-3)
 
 
-def _held_reference(model, kwargs, xs, active):
+def _partial_after_two_full_steps(model, kwargs, xs, active, options):
+    """jano's output at xs[2] computing only `active`, after full steps at xs[0] and xs[1]."""
     with torch.no_grad():
-        f = torch.compile(model, backend="jano", options={"lowering": "eager"})
+        f = torch.compile(model, backend="jano", options=options)
         ctl = jano_compile.controller(f)
         for x in xs[:2]:
             ctl.refresh()
@@ -124,7 +118,7 @@ def _held_reference(model, kwargs, xs, active):
         ctl.set_active(active)
         out = f(**{**kwargs, "hidden_states": xs[2]}, return_dict=False)[0]
     torch._dynamo.reset()
-    return out[:, active]
+    return out
 
 
 @pytest.mark.parametrize("static", [False, True])

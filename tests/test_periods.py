@@ -10,16 +10,12 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import jano_compile
-from jano_compile.adaptive import AdaptiveSchedule
-from jano_compile.clock import Tick
 from jano_compile.config import JanoConfig
 from jano_compile.periods import PERIODS, ErrorEstimate, adaptive_budget, assign_periods
 
 from .models import flux
+from .test_error_levels import QUADRANTS, run_with_moving_errors
 
-GRID = (1, 8, 8)
-QUADRANTS = {"top-left": [r * 8 + c for r in range(4) for c in range(4)],
-             "bottom-right": [r * 8 + c for r in range(4, 8) for c in range(4, 8)]}
 
 
 def _expected_error(error, tokens, periods):
@@ -102,28 +98,11 @@ def test_budget_counts_warmup_cooldown_and_the_full_adaptive_steps():
     assert adaptive_budget(0.5, None, 3, 1) == 0.5
 
 
-def _run(config, moving_at, steps):
-    """The schedule over `steps` with synthetic measured errors: 1.0 on the quadrant
-    `moving_at(step)`, 0.01 elsewhere. Returns decisions and the schedule."""
-    schedule = AdaptiveSchedule(config)
-    decisions = []
-    for step in range(steps):
-        def errors(moving=QUADRANTS[moving_at(step)]):
-            e = torch.full((64,), 0.01)
-            e[moving] = 1.0
-            return e
-        decision = schedule.decide(Tick(generation=0, step=step, call_in_step=0, time=float(step)), None, errors)
-        if schedule.wants_latents(decision):
-            schedule.record_latents(torch.randn(64, 4), GRID)
-        decisions.append(decision)
-    return decisions, schedule
-
-
 def test_the_periods_follow_a_region_that_moves(tmp_path):
     steps = 40
     config = JanoConfig(warmup_steps=2, cooldown_steps=1, block_size=(1, 2, 2), work=0.5,
                         num_inference_steps=steps, save_dir=str(tmp_path))
-    decisions, schedule = _run(config, lambda s: "top-left" if s < 20 else "bottom-right", steps)
+    decisions, schedule = run_with_moving_errors(config, lambda s: "top-left" if s < 20 else "bottom-right", steps)
     # odd steps compute the period-1 blocks only (k = step - 2 odd): the moving quadrant,
     # all of it while the budget allows (before the move), most of it after the EMA caught up
     period_one = {d.step: set(d.index.tolist()) for d in decisions if d.step % 2 and d.index is not None}
@@ -140,7 +119,7 @@ def test_the_periods_follow_a_region_that_moves(tmp_path):
 def test_a_step_with_no_region_due_is_a_skip():
     config = JanoConfig(warmup_steps=2, cooldown_steps=1, block_size=(1, 2, 2), work=0.2,
                         num_inference_steps=30)
-    decisions, _ = _run(config, lambda s: "top-left", 30)
+    decisions, _ = run_with_moving_errors(config, lambda s: "top-left", 30)
     skips = [d for d in decisions if d.phase.value == "skip"]
     assert skips and all(d.index.numel() == 0 for d in skips)
 
