@@ -112,6 +112,14 @@ def jano_step(ctl, compiled, kwargs, index: torch.Tensor, n: int):
     return compiled(**kwargs)
 
 
+def only_tokens(kwargs, index: torch.Tensor) -> dict:
+    """The model's inputs restricted to the image tokens at `index` (all text tokens kept):
+    plain Inductor on these is the static-shape graph a partial step cannot beat."""
+    index = index.to(kwargs["hidden_states"].device)
+    return {**kwargs, "hidden_states": kwargs["hidden_states"][:, index].contiguous(),
+            "img_ids": kwargs["img_ids"][index].contiguous()}
+
+
 def sync(device) -> None:
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
@@ -127,6 +135,17 @@ def time_call(fn, repeats: int, device) -> list[float]:
         sync(device)
         times.append(time.perf_counter() - t0)
     return times
+
+
+def time_in_a_row(fn, calls: int, device) -> float:
+    """Wall-clock seconds per call of `calls` calls of `fn` issued back to back, one
+    synchronisation at the end: as a sampling loop runs, so host work overlaps the device's."""
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / calls
 
 
 def first_call_seconds(fn, device, calls: int = 3) -> float:

@@ -2,7 +2,8 @@
 # Issue 10's GPU figures in one run on one H100 or H200: per-step speed, bound, peak memory,
 # first-call latency and 50-step generations of a FLUX.1-dev-width transformer (4096 image
 # + 512 text tokens, 24x128 heads, bf16), plain torch.compile against jano in the same
-# mode, reduce-overhead first, then the default mode. Depth defaults to 5 + 10 blocks to keep compiles short;
+# mode (default and reduce-overhead), the host time of a step and the step time against the
+# graph length (to choose the bucket size) at 2 + 4 blocks. Depth defaults to 5 + 10 blocks to keep compiles short;
 # each block is the FLUX.1-dev block, so the ratios are per-block ratios.
 #
 #   OUT=gpu_out bash benchmarks/gpu.sh      # logs in $OUT (default ./gpu_out), each also on stdout
@@ -18,8 +19,10 @@
 #   echo /.whl/ >> .git/info/exclude
 #   pip download --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1
-# (numpy and Pillow may be deleted from .whl: the image has them). The last run used:
-#   OUT=$OUT/a ONLY="step_reduce-overhead pipeline_reduce-overhead" bash benchmarks/gpu.sh
+# (numpy and Pillow may be deleted from .whl: the image has them). Split a run that would
+# pass the device's 10-minute command limit with ONLY, e.g. (the last run's two calls):
+#   OUT=$OUT/a ONLY="step_default pipeline_paper_reduce-overhead profile_reduce-overhead bucket_sweep" bash benchmarks/gpu.sh
+#   OUT=$OUT/b ONLY="tests_cuda pipeline_work_reduce-overhead" bash benchmarks/gpu.sh
 set -u
 OUT=${OUT:-./gpu_out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
@@ -65,6 +68,7 @@ setup() {
 : >"$SUMMARY"
 setup 2>&1 | tee -a "$SUMMARY"
 
+SMALL=(--flux-dev --layers 2 --single-layers 4 --dtype bfloat16 --device cuda)
 run tests_cuda "$PY" -m pytest -q -x tests -k cuda
 case $? in
     0) ;;
@@ -72,12 +76,18 @@ case $? in
     *) note "the CUDA tests failed: no benchmark runs"; exit 1 ;;
 esac
 
-run step_reduce-overhead "$PY" benchmarks/step_speed.py "${SIZE[@]}" "${STEP[@]}" --mode reduce-overhead || FAILED=1
-run pipeline_reduce-overhead "$PY" benchmarks/pipeline_speed.py "${SIZE[@]}" --runs 2 --mode reduce-overhead || FAILED=1
-run profile_reduce-overhead "$PY" benchmarks/profile_step.py --flux-dev --layers 2 --single-layers 4 \
-    --dtype bfloat16 --device cuda --fractions 1.0,0.3 --mode reduce-overhead || FAILED=1
 run step_default "$PY" benchmarks/step_speed.py "${SIZE[@]}" "${STEP[@]}" || FAILED=1
-run pipeline_default "$PY" benchmarks/pipeline_speed.py "${SIZE[@]}" --runs 2 || FAILED=1
+run step_reduce-overhead "$PY" benchmarks/step_speed.py "${SIZE[@]}" "${STEP[@]}" --mode reduce-overhead || FAILED=1
+# the same schedule as the default-mode figure the issue starts from (paper recipe, reference intervals)
+run pipeline_paper_reduce-overhead "$PY" benchmarks/pipeline_speed.py "${SIZE[@]}" --runs 3 --recipe paper \
+    --mode reduce-overhead || FAILED=1
+run pipeline_paper_default "$PY" benchmarks/pipeline_speed.py "${SIZE[@]}" --runs 3 --recipe paper || FAILED=1
+run pipeline_reduce-overhead "$PY" benchmarks/pipeline_speed.py "${SIZE[@]}" --runs 3 --mode reduce-overhead || FAILED=1
+run pipeline_work_reduce-overhead "$PY" benchmarks/pipeline_speed.py "${SIZE[@]}" --runs 3 --work 0.4 \
+    --forecast-kv --mode reduce-overhead || FAILED=1
+run profile_reduce-overhead "$PY" benchmarks/profile_step.py "${SMALL[@]}" --fractions 1.0,0.3 \
+    --mode reduce-overhead || FAILED=1
+run bucket_sweep "$PY" benchmarks/bucket_sweep.py "${SMALL[@]}" --lengths 1152:1344:32 --mode reduce-overhead || FAILED=1
 if [ "${FULL_DEPTH:-0}" = 1 ]; then
     run step_full_depth "$PY" benchmarks/step_speed.py --flux-dev --dtype bfloat16 --device cuda \
         --fractions 1.0,0.3,0.1 --rounds 3 || FAILED=1

@@ -1,6 +1,10 @@
 """Where a step's time goes: plain torch.compile against jano at given active fractions,
-under torch.profiler. Prints wall time, the time kernels kept the device busy and their
-ratio (host work the device waits on shows as wall above busy), and the ops that took the
+under torch.profiler, and beside each fraction its bound graph (plain Inductor on the
+T + n tokens alone, the static graph a partial step cannot beat but for its wider
+attention). Prints, per setting, the time kernels kept the device busy, the wall time of
+one call between synchronisations (host work before the first kernel shows) and per call
+of calls issued back to back (as a sampling loop issues steps: the device waits on the
+host only if the host is slower), their ratios to busy time, and the ops that took the
 most device (or, on a CPU, host) time.
 
     python benchmarks/profile_step.py --flux-dev --layers 2 --single-layers 4 --dtype bfloat16 --device cuda
@@ -16,8 +20,8 @@ from torch.profiler import ProfilerActivity, profile
 
 import jano_compile
 from common import (add_mode_arg, add_size_args, build_flux, compile_jano, compile_plain,
-                    cudagraph_skips, describe, jano_step, median, sampled_index, size_from_args,
-                    time_call)
+                    cudagraph_skips, describe, jano_step, median, only_tokens, sampled_index,
+                    size_from_args, time_call, time_in_a_row)
 
 
 def main(argv=None):
@@ -27,6 +31,7 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--fractions", default="1.0,0.3")
     p.add_argument("--calls", type=int, default=3, help="profiled calls per setting")
+    p.add_argument("--in-a-row", type=int, default=20, help="calls per back-to-back timing")
     p.add_argument("--rows", type=int, default=12, help="ops listed per setting")
     add_mode_arg(p)
     args = p.parse_args(argv)
@@ -46,12 +51,16 @@ def main(argv=None):
         for f in (float(x) for x in args.fractions.split(",")):
             index = sampled_index(n, f)
             settings[f"jano {f:.0%} active"] = lambda index=index: jano_step(ctl, jano, kwargs, index, n)
+            if f < 1:
+                bound_kwargs = only_tokens(kwargs, index)
+                settings[f"bound graph {f:.0%}"] = lambda bound_kwargs=bound_kwargs: plain(**bound_kwargs)
         for call in settings.values():   # compile, warm up and (reduce-overhead) capture
             call(), call(), call()
         busy_label = "device busy" if cuda else "host self time"
         summary = []
         for name, call in settings.items():
             wall = median(time_call(call, 5, args.device))
+            in_a_row = median([time_in_a_row(call, args.in_a_row, args.device) for _ in range(3)])
             with profile(activities=activities) as prof:
                 for _ in range(args.calls):
                     call()
@@ -61,11 +70,14 @@ def main(argv=None):
             # kernels only: a Triton launch is listed both as an op and as its kernel
             leaves = [e for e in events if e.device_type == DeviceType.CUDA] if cuda else events
             busy = sum(getattr(e, sort_key) for e in leaves) / args.calls / 1e3
-            summary.append(f"| {name} | {wall * 1e3:.2f} | {busy:.2f} | {wall * 1e3 / busy:.2f} |")
-            print(f"\n== {name}: wall {wall * 1e3:.2f} ms per call; {busy_label} {busy:.2f} ms per call; "
-                  f"wall / busy {wall * 1e3 / busy:.2f}")
+            summary.append(f"| {name} | {busy:.2f} | {wall * 1e3:.2f} | {wall * 1e3 / busy:.2f} | "
+                           f"{in_a_row * 1e3:.2f} | {in_a_row * 1e3 / busy:.2f} |")
+            print(f"\n== {name}: {busy_label} {busy:.2f} ms per call; wall {wall * 1e3:.2f} ms one call at a "
+                  f"time ({wall * 1e3 / busy:.2f}x busy), {in_a_row * 1e3:.2f} ms per call in a row "
+                  f"({in_a_row * 1e3 / busy:.2f}x busy)")
             print(events.table(sort_by=sort_key, row_limit=args.rows, max_name_column_width=60))
-    print(f"\n| setting | wall (ms) | {busy_label} (ms) | wall / busy |\n|---|---|---|---|")
+    print(f"\n| setting | {busy_label} (ms) | wall, one call (ms) | / busy | wall, calls in a row (ms) | / busy |"
+          "\n|---|---|---|---|---|---|")
     print("\n".join(summary))
     print(f"\ncudagraph skips: {cudagraph_skips()}")
 

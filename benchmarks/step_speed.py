@@ -23,7 +23,7 @@ from tqdm import tqdm
 import jano_compile
 from common import (add_mode_arg, add_size_args, build_flux, compile_jano, compile_plain,
                     cudagraph_skips, describe, first_call_seconds, jano_step, jano_summary, median,
-                    mib, peak_memory, sampled_index, size_from_args, time_call)
+                    mib, only_tokens, peak_memory, sampled_index, size_from_args, time_call)
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,13 +41,6 @@ def parse_args(argv):
                            help="jano recipe (paper: held outputs, no forecast history at the exit); not with --mode")
     add_mode_arg(exclusive)
     return p.parse_args(argv)
-
-
-def only_tokens(kwargs, index: torch.Tensor) -> dict:
-    """The model's inputs restricted to the image tokens at `index` (all text tokens kept)."""
-    index = index.to(kwargs["hidden_states"].device)
-    return {**kwargs, "hidden_states": kwargs["hidden_states"][:, index].contiguous(),
-            "img_ids": kwargs["img_ids"][index].contiguous()}
 
 
 def sdpa_seconds(size, batch: int, queries: int, keys: int, dtype, device, calls: int = 20) -> float:
