@@ -3,7 +3,9 @@
 Keys: `lowering` ("inductor", the default, or "eager": run the rewritten FX graph in
 Python, for tests and debugging), `dump_dir` (also the env var JANO_DUMP_DIR),
 `static_shapes` (one graph per active-token count instead of one symbolic graph; default
-on CUDA only), `cuda_graphs` (capture each step as a CUDA graph and replay it; default
+on CUDA only), `static_buckets` (under static shapes, index sets that are not one of the
+automatic schedule's regions are padded to a multiple of N / static_buckets tokens, default
+16: more buckets, less padding, more compiles; see the README's bucket measurement), `cuda_graphs` (capture each step as a CUDA graph and replay it; default
 with mode="reduce-overhead" or "max-autotune" on CUDA; True on a CPU runs the same static
 buffers without capture, for tests), the Jano
 schedule settings (the fields of `JanoConfig`), and any `torch._inductor.config` setting,
@@ -27,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 LOWERINGS = ("inductor", "eager")
-BACKEND_KEYS = ("lowering", "dump_dir", "static_shapes", "cuda_graphs")
+BACKEND_KEYS = ("lowering", "dump_dir", "static_shapes", "cuda_graphs", "static_buckets")
+STATIC_BUCKETS = 16     # index sets of other lengths are padded to a multiple of N / 16
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DUMP_DIR_ENV = "JANO_DUMP_DIR"
 
@@ -50,6 +53,7 @@ class Options:
     mode: Optional[str] = None
     static_shapes: Optional[bool] = None   # None: on CUDA
     cuda_graphs: Optional[bool] = None     # None: with mode reduce-overhead / max-autotune on CUDA
+    static_buckets: int = STATIC_BUCKETS    # padded lengths: multiples of N / static_buckets
     inductor: Mapping[str, Any] = field(default_factory=dict)   # torch._inductor.config patches
     schedule: Mapping[str, Any] = field(default_factory=dict)   # JanoConfig fields given
 
@@ -120,11 +124,16 @@ def parse_options(mode: Optional[str] = None, options: Optional[Mapping[str, Any
         if options.get(key) not in (None, True, False):
             raise TypeError(f"jano option {key!r} must be True, False or None (automatic), "
                             f"got {options[key]!r}")
+    buckets = options.get("static_buckets", STATIC_BUCKETS)
+    if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
+        raise ValueError(f"jano option 'static_buckets' must be a positive int (index sets are padded "
+                         f"to a multiple of N / static_buckets tokens; default {STATIC_BUCKETS}), "
+                         f"got {buckets!r}")
     schedule = {k: v for k, v in options.items() if k in schedule_keys}
     _check_schedule(schedule)
     return Options(lowering=lowering, dump_dir=dump_dir, mode=mode, inductor=inductor,
                    schedule=schedule, static_shapes=options.get("static_shapes"),
-                   cuda_graphs=options.get("cuda_graphs"))
+                   cuda_graphs=options.get("cuda_graphs"), static_buckets=buckets)
 
 
 def _check_schedule(schedule: Mapping[str, Any]) -> None:

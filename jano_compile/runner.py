@@ -10,7 +10,8 @@ Which lowered variant a step runs:
     partial, n tokens          rewritten graph, symbolic n      one graph per exact n (the automatic
                                                                 schedule's region sets) or per bucket
                                                                 (other sets, padded by repeating an
-                                                                active index); at most
+                                                                active index to a multiple of
+                                                                N / `static_buckets`); at most
                                                                 MAX_STATIC_GRAPHS, then symbolic
     no token due               skip tail                        skip tail
 
@@ -42,11 +43,10 @@ log = logging.getLogger(__name__)
 
 MAX_DEVICE_INDICES = 8     # device copies of CPU index tensors kept (medium, active, ...)
 MAX_STATIC_GRAPHS = 8      # exact-length or bucket graphs per rewritten graph
-BUCKETS = 16               # index sets of other lengths are padded to a multiple of N / 16
 MAX_RECAPTURES = 4         # static calls whose inputs moved more often: the runner stops using them
 
 
-def bucket_length(n: int, num_tokens: int, buckets: int = BUCKETS) -> int:
+def bucket_length(n: int, num_tokens: int, buckets: int) -> int:
     """The smallest multiple of ceil(N / buckets) that holds n tokens (at most N)."""
     step = -(-num_tokens // buckets)
     return min(num_tokens, -(-n // step) * step)
@@ -192,7 +192,7 @@ class GraphRunner:
         """(lowered graph, index length) for a partial step of n tokens."""
         if not self.mode.static_shapes or n == 0:
             return self.lowered, n
-        length = n if exact else bucket_length(n, self.signature.num_image_tokens)
+        length = n if exact else bucket_length(n, self.signature.num_image_tokens, self.options.static_buckets)
         graph = self.static.get(length)
         if graph is None and len(self.static) < MAX_STATIC_GRAPHS:
             graph = self.static[length] = LoweredRewrite(self._rewritten, self.options, self.signature, length)

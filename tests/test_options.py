@@ -67,6 +67,13 @@ def test_runtime_switches_take_booleans(key):
     with pytest.raises(TypeError, match=f"'{key}' must be True, False or None"):
         parse_options(None, {key: "yes"})
 
+@pytest.mark.parametrize("value", [0, -4, 2.5, True, "16"])
+def test_static_buckets_takes_a_positive_int(value):
+    assert parse_options(None, {"static_buckets": 64}).static_buckets == 64
+    with pytest.raises(ValueError, match="'static_buckets' must be a positive int"):
+        parse_options(None, {"static_buckets": value})
+
+
 # ---------------------------------------------------------------- Inductor settings
 @pytest.mark.parametrize("key,value,match", [
     ("cpp.threads", "many", r"'cpp.threads'.*must be of type int, got 'many' of type str"),

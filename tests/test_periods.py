@@ -167,7 +167,7 @@ def test_work_needs_the_forecast():
 def test_under_static_shapes_the_due_sets_take_bucketed_lengths():
     """The due sets change with every assignment: static shapes pad them to buckets of N/16
     (runner.bucket_length) instead of compiling a graph per exact length."""
-    from jano_compile.runner import BUCKETS
+    from jano_compile.options import STATIC_BUCKETS as BUCKETS
     model, kwargs, n = flux(b=1, h=8, w=8)
     model.eval()
     from .test_adaptive import euler_loop

@@ -8,7 +8,8 @@ import torch
 
 import jano_compile
 from jano_compile.passes.signature import Role
-from jano_compile.runner import BUCKETS, bucket_length, padded_index
+from jano_compile.options import STATIC_BUCKETS as BUCKETS
+from jano_compile.runner import bucket_length, padded_index
 from jano_compile.static_call import StaticCall
 
 from .models import FAMILIES, flux
@@ -19,11 +20,12 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 def test_bucket_length_is_the_smallest_bucket_that_holds_n():
     for n_tokens in (16, 64, 100, 4096):
-        step = -(-n_tokens // BUCKETS)
-        for n in range(1, n_tokens + 1):
-            length = bucket_length(n, n_tokens)
-            assert n <= length <= n_tokens and (length % step == 0 or length == n_tokens)
-            assert length - n < step
+        for buckets in (1, 16, 64, n_tokens):
+            step = -(-n_tokens // buckets)
+            for n in range(1, n_tokens + 1):
+                length = bucket_length(n, n_tokens, buckets)
+                assert n <= length <= n_tokens and (length % step == 0 or length == n_tokens)
+                assert length - n < step
 
 
 def test_padding_repeats_an_active_position():
@@ -42,8 +44,20 @@ def test_static_lengths_agree_with_the_eager_model(family):
     subsets = [[], list(range(step - 1)), list(range(step)), list(range(step + 1)),
                list(range(0, n, 2)), list(range(n))]
     ctl, _ = check_oracle(family, 2, torch.float32, subsets, options={"static_shapes": True}, **size)
-    expected = {bucket_length(len(s), n) for s in subsets if s}
+    expected = {bucket_length(len(s), n, BUCKETS) for s in subsets if s}
     assert ctl.stats()["static_graphs"] == len(expected) == 4
+
+
+def test_static_buckets_sets_the_padded_lengths():
+    """options={"static_buckets": b}: a manual set of n tokens runs a graph of the smallest
+    multiple of N / b that holds it, and still matches the eager model."""
+    n = 64
+    subsets = [list(range(0, n, 5)), list(range(0, n, 3))]      # 13 and 22 tokens
+    for buckets, lengths in ((4, {16, 32}), (32, {14, 22})):
+        ctl, _ = check_oracle("flux", 1, torch.float32, subsets,
+                              options={"static_shapes": True, "static_buckets": buckets}, h=8, w=8)
+        (graph,) = ctl._graphs.values()
+        assert set(graph.runner.static) == lengths
 
 
 @pytest.mark.parametrize("static", [False, True])
