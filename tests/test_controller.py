@@ -30,6 +30,7 @@ def test_set_active_before_first_full_step_raises():
     (torch.tensor([0, 16]), IndexError, r"\[0, 16\)"),
     (torch.tensor([-1]), IndexError, r"\[0, 16\)"),
     (torch.tensor([3, 3]), ValueError, "duplicate"),
+    (torch.tensor([0], device="meta"), ValueError, "meta device"),
 ])
 def test_set_active_rejects_bad_index(index, error, match):
     _, compiled = _compiled_toy()
