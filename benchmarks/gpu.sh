@@ -22,7 +22,10 @@
 # (numpy and Pillow may be deleted from .whl: the image has them). Split a run that would
 # pass the device's 10-minute command limit with ONLY, e.g. (the last run's two calls):
 #   OUT=$OUT/a ONLY="step_default pipeline_paper_reduce-overhead profile_reduce-overhead bucket_sweep" bash benchmarks/gpu.sh
-#   OUT=$OUT/b ONLY="tests_cuda pipeline_work_reduce-overhead" bash benchmarks/gpu.sh
+#   OUT=$OUT/b ONLY="tests_cuda" bash benchmarks/gpu.sh
+# Owed after it (next device session): pipeline_work_reduce-overhead, profile_default, and
+# FULL_DEPTH=1 ONLY=step_full_depth alone (not yet timed; estimated from 5 + 10 blocks, ~30 s
+# per compile there, at several minutes: six compiles at 3.8 times the depth).
 set -u
 OUT=${OUT:-./gpu_out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
@@ -87,6 +90,8 @@ run pipeline_work_reduce-overhead "$PY" benchmarks/pipeline_speed.py "${SIZE[@]}
     --forecast-kv --mode reduce-overhead || FAILED=1
 run profile_reduce-overhead "$PY" benchmarks/profile_step.py "${SMALL[@]}" --fractions 1.0,0.3 \
     --mode reduce-overhead || FAILED=1
+# why a default-mode full step costs more than under reduce-overhead (host-bound stretches show as wall above busy)
+run profile_default "$PY" benchmarks/profile_step.py "${SMALL[@]}" --fractions 1.0,0.3 || FAILED=1
 run bucket_sweep "$PY" benchmarks/bucket_sweep.py "${SMALL[@]}" --lengths 1152:1344:32 --mode reduce-overhead || FAILED=1
 if [ "${FULL_DEPTH:-0}" = 1 ]; then
     run step_full_depth "$PY" benchmarks/step_speed.py --flux-dev --dtype bfloat16 --device cuda \
