@@ -13,6 +13,7 @@ most device (or, on a CPU, host) time.
 from __future__ import annotations
 
 import argparse
+import re
 
 import torch
 from torch.autograd import DeviceType
@@ -22,6 +23,22 @@ import jano_compile
 from common import (add_mode_arg, add_size_args, build_flux, compile_jano, compile_plain,
                     cudagraph_skips, describe, jano_step, median, only_tokens, sampled_index,
                     size_from_args, time_call, time_in_a_row)
+
+
+KINDS = {   # kernel (CUDA) or op (CPU) names -> kind, first match wins
+    "attention": re.compile(r"sdpa|flash|fmha|attention|attn", re.I),
+    "matmul": re.compile(r"gemm|nvjet|cutlass|xmma|addmm|aten::mm|aten::bmm|matmul|linear", re.I),
+    "generated": re.compile(r"^triton_|cpp_fused"),
+}
+
+
+def time_by_kind(leaves, key: str, calls: int) -> dict[str, float]:
+    """Milliseconds per call of each kind of kernel (see KINDS; the rest is "other")."""
+    totals = dict.fromkeys([*KINDS, "other"], 0.0)
+    for event in leaves:
+        kind = next((k for k, pattern in KINDS.items() if pattern.search(event.key)), "other")
+        totals[kind] += getattr(event, key) / calls / 1e3
+    return totals
 
 
 def main(argv=None):
@@ -57,7 +74,7 @@ def main(argv=None):
         for call in settings.values():   # compile, warm up and (reduce-overhead) capture
             call(), call(), call()
         busy_label = "device busy" if cuda else "host self time"
-        summary = []
+        summary, kinds = [], {}
         for name, call in settings.items():
             wall = median(time_call(call, 5, args.device))
             in_a_row = median([time_in_a_row(call, args.in_a_row, args.device) for _ in range(3)])
@@ -70,6 +87,7 @@ def main(argv=None):
             # kernels only: a Triton launch is listed both as an op and as its kernel
             leaves = [e for e in events if e.device_type == DeviceType.CUDA] if cuda else events
             busy = sum(getattr(e, sort_key) for e in leaves) / args.calls / 1e3
+            kinds[name] = time_by_kind(leaves, sort_key, args.calls)
             summary.append(f"| {name} | {busy:.2f} | {wall * 1e3:.2f} | {wall * 1e3 / busy:.2f} | "
                            f"{in_a_row * 1e3:.2f} | {in_a_row * 1e3 / busy:.2f} |")
             print(f"\n== {name}: {busy_label} {busy:.2f} ms per call; wall {wall * 1e3:.2f} ms one call at a "
@@ -79,6 +97,16 @@ def main(argv=None):
     print(f"\n| setting | {busy_label} (ms) | wall, one call (ms) | / busy | wall, calls in a row (ms) | / busy |"
           "\n|---|---|---|---|---|---|")
     print("\n".join(summary))
+    print(f"\n{busy_label} by kind of kernel (ms per call; attention: {KINDS['attention'].pattern}; "
+          f"matmul: {KINDS['matmul'].pattern}; generated: Inductor's own kernels)")
+    print("| setting | " + " | ".join(KINDS) + " | other |\n|---|" + "---|" * (len(KINDS) + 1))
+    for name, by_kind in kinds.items():
+        print(f"| {name} | " + " | ".join(f"{t:.2f}" for t in by_kind.values()) + " |")
+    for name in kinds:   # what a partial step adds to its bound graph, kind by kind
+        if name.startswith("bound graph "):
+            jano_name = f"jano {name.removeprefix('bound graph ')} active"
+            print(f"| {jano_name} - {name} | " + " | ".join(
+                f"{kinds[jano_name][k] - kinds[name][k]:+.2f}" for k in kinds[name]) + " |")
     print(f"\ncudagraph skips: {cudagraph_skips()}")
 
 
