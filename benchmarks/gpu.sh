@@ -23,7 +23,8 @@
 # pass the device's 10-minute command limit with ONLY, e.g. (the last run's two calls):
 #   OUT=$OUT/a ONLY="step_default pipeline_paper_reduce-overhead profile_reduce-overhead bucket_sweep" bash benchmarks/gpu.sh
 #   OUT=$OUT/b ONLY="tests_cuda" bash benchmarks/gpu.sh
-# Owed after it (next device session): pipeline_work_reduce-overhead, profile_default, and
+# Owed after it (next device session): step_symbolic_reduce-overhead and
+# pipeline_symbolic_reduce-overhead (first), pipeline_work_reduce-overhead, profile_default, and
 # FULL_DEPTH=1 ONLY=step_full_depth alone (not yet timed; estimated from 5 + 10 blocks, ~30 s
 # per compile there, at several minutes: six compiles at 3.8 times the depth).
 set -u
@@ -90,6 +91,12 @@ run pipeline_work_reduce-overhead "$PY" benchmarks/pipeline_speed.py "${SIZE[@]}
     --forecast-kv --mode reduce-overhead || FAILED=1
 run profile_reduce-overhead "$PY" benchmarks/profile_step.py "${SMALL[@]}" --fractions 1.0,0.3 \
     --mode reduce-overhead || FAILED=1
+# one symbolic partial graph captured per length (static_shapes=False): fewer compiles, no
+# padding; is it as fast as the static graphs?
+run step_symbolic_reduce-overhead "$PY" benchmarks/step_speed.py "${SIZE[@]}" "${STEP[@]}" --symbolic \
+    --mode reduce-overhead || FAILED=1
+run pipeline_symbolic_reduce-overhead "$PY" benchmarks/pipeline_speed.py "${SIZE[@]}" --runs 3 --recipe paper \
+    --symbolic --mode reduce-overhead || FAILED=1
 # why a default-mode full step costs more than under reduce-overhead (host-bound stretches show as wall above busy)
 run profile_default "$PY" benchmarks/profile_step.py "${SMALL[@]}" --fractions 1.0,0.3 || FAILED=1
 run bucket_sweep "$PY" benchmarks/bucket_sweep.py "${SMALL[@]}" --lengths 1152:1344:32 --mode reduce-overhead || FAILED=1

@@ -16,6 +16,8 @@ generation, synchronised after every step, gives the per-step table.
     --recipe paper          held outputs (the paper's reuse) instead of the forecast
     --work 0.4 [--forecast-kv]   per-region periods under a work budget instead of the
                                  reference intervals (the same warm-up and cool-down)
+    --symbolic              one symbolic partial graph (static_shapes=False) instead of one
+                            static graph per level
 """
 from __future__ import annotations
 
@@ -65,13 +67,16 @@ def jano_options(args) -> dict:
         options["work"] = args.work
     if args.forecast_kv:
         options["forecast_kv"] = True
+    if args.symbolic:
+        options["static_shapes"] = False
     return options
 
 
 def describe_jano(args) -> str:
     recipe = f"{args.recipe or 'forecast'} recipe"
     budget = f"work={args.work}" if args.work is not None else "reference intervals 10/5"
-    return f"{recipe}, {budget}" + (", forecast_kv" if args.forecast_kv else "")
+    return (f"{recipe}, {budget}" + (", forecast_kv" if args.forecast_kv else "")
+            + (", symbolic graph" if args.symbolic else ""))
 
 
 def main(argv=None):
@@ -86,6 +91,8 @@ def main(argv=None):
     p.add_argument("--work", type=float, default=None,
                    help="a work budget (fraction of image-token work) instead of the reference intervals")
     p.add_argument("--forecast-kv", action="store_true", help="extrapolate skipped tokens' K/V")
+    p.add_argument("--symbolic", action="store_true",
+                   help="jano option static_shapes=False: one symbolic partial graph for every index length")
     add_mode_arg(p)
     args = p.parse_args(argv)
     if args.threads:

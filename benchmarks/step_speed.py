@@ -3,7 +3,7 @@ jano at several fractions of active image tokens, in one run, medians of several
 
     python benchmarks/step_speed.py                       # CPU size: ~1 s per full step here
     python benchmarks/step_speed.py --flux-dev --dtype bfloat16 --device cuda [--layers 5 --single-layers 10]
-        [--mode reduce-overhead]
+        [--mode reduce-overhead] [--symbolic] [--recipe paper]
 
 Rounds alternate plain and jano steps so that machine noise hits both alike. Each partial
 fraction f also gets its bound: n = f * N active image tokens cannot cost less than a
@@ -35,11 +35,12 @@ def parse_args(argv):
     p.add_argument("--rounds", type=int, default=5, help="timed rounds (median reported)")
     p.add_argument("--steps", type=int, default=2, help="steps per round and setting")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    # torch.compile takes a mode or options, not both
-    exclusive = p.add_mutually_exclusive_group()
-    exclusive.add_argument("--recipe", choices=["forecast", "paper"], default=None,
-                           help="jano recipe (paper: held outputs, no forecast history at the exit); not with --mode")
-    add_mode_arg(exclusive)
+    p.add_argument("--recipe", choices=["forecast", "paper"], default=None,
+                   help="jano recipe (paper: held outputs, no forecast history at the exit)")
+    p.add_argument("--symbolic", action="store_true",
+                   help="jano option static_shapes=False: one symbolic partial graph for every "
+                        "index length (under reduce-overhead captured once per length)")
+    add_mode_arg(p)
     return p.parse_args(argv)
 
 
@@ -111,7 +112,8 @@ def main(argv=None):
 
     with torch.no_grad():
         plain = compile_plain(model, args.mode)
-        jano = compile_jano(model, args.mode, {"recipe": args.recipe} if args.recipe else None)
+        options = ({"recipe": args.recipe} if args.recipe else {}) | ({"static_shapes": False} if args.symbolic else {})
+        jano = compile_jano(model, args.mode, options or None)
         ctl = jano_compile.controller(jano)
         settings = {"plain": lambda: plain(**kwargs)}
         settings |= {f: (lambda f=f: jano_step(ctl, jano, kwargs, indices[f], n)) for f in fractions}

@@ -21,7 +21,9 @@ blocks, H100) and a capture per branch: static shapes do without the dense varia
 runner builds only the full-step variant its mode runs (`rewrite_graph` hands it a builder).
 
 With `static_calls` every call runs through a `StaticCall` (static_call.py): on CUDA one
-captured CUDA graph per (variant, length, branch), replayed each step.
+captured CUDA graph per (variant, length, branch), replayed each step. Static calls imply
+static shapes unless the user sets `static_shapes=False`: then the one symbolic partial
+graph (one compile for every length, no padding) is captured once per index length.
 """
 from __future__ import annotations
 
@@ -73,7 +75,10 @@ class RunMode:
         static = cuda if options.static_shapes is None else options.static_shapes
         calls = (cuda and options.mode in ("reduce-overhead", "max-autotune")
                  if options.cuda_graphs is None else options.cuda_graphs)
-        return RunMode(static_shapes=static or calls, static_calls=calls, capture=calls and cuda)
+        # static calls use static shapes unless the user asked for the symbolic graph: then
+        # its one compile is captured once per index length
+        static = static or (calls and options.static_shapes is None)
+        return RunMode(static_shapes=static, static_calls=calls, capture=calls and cuda)
 
 
 class GraphRunner:

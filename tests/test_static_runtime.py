@@ -60,6 +60,21 @@ def test_static_buckets_sets_the_padded_lengths():
         assert set(graph.runner.static) == lengths
 
 
+def test_static_calls_of_the_symbolic_graph_take_every_length_unpadded():
+    """cuda_graphs with static_shapes=False: one symbolic partial graph, lowered once,
+    called through one static call per exact index length (what CUDA captures once per
+    length), every length equal to the eager model."""
+    subsets = [list(range(5)), list(range(0, 64, 3)), list(range(5)), list(range(0, 64, 2))]
+    ctl, _ = check_oracle("flux", 2, torch.float32, subsets,
+                          options={"static_shapes": False, "cuda_graphs": True}, h=8, w=8)
+    (graph,) = ctl._graphs.values()
+    runner = graph.runner
+    assert not runner.mode.static_shapes and ctl.stats()["static_graphs"] == 0
+    assert runner.lowered.compiles == 1
+    partial_lengths = {numel for name, numel, _ in runner._calls if name[0] == "partial"}
+    assert partial_lengths == {5, 22, 32}
+
+
 @pytest.mark.parametrize("static", [False, True])
 def test_a_runner_builds_only_the_full_step_variant_its_mode_runs(static, monkeypatch):
     """Static shapes run the cache-filling variant, dynamic ones the dense variant; the
@@ -178,12 +193,12 @@ def test_static_buffer_calls_equal_direct_calls():
 
 
 @cuda
-@pytest.mark.parametrize("family", ["flux", "sd3"])
-def test_cuda_graphs_reduce_overhead(family):
+@pytest.mark.parametrize("family,static_shapes", [("flux", None), ("sd3", None), ("flux", False)])
+def test_cuda_graphs_reduce_overhead(family, static_shapes):
     """mode="reduce-overhead": every step a replay, equal to the eager model; no cudagraph
     skip; an output held across a later replay of the same graph stays as it was. Held
     outputs (`reuse="hold"`): the later call computes garbage on purpose, which a forecast
-    would extrapolate from."""
+    would extrapolate from. static_shapes=False: the symbolic graph captured per length."""
     from torch._dynamo.utils import counters
     counters.clear()
     subsets = [list(range(5)), list(range(0, 64, 2)), list(range(5)), list(range(64))]
@@ -193,7 +208,8 @@ def test_cuda_graphs_reduce_overhead(family):
     tol = TOLERANCE[torch.float32]
     with torch.no_grad():
         reference = model(**kwargs, return_dict=False)[0]
-        f = torch.compile(model, backend="jano", options={"mode": "reduce-overhead", "reuse": "hold"})
+        f = torch.compile(model, backend="jano", options={"mode": "reduce-overhead", "reuse": "hold",
+                                                          "static_shapes": static_shapes})
         ctl = jano_compile.controller(f)
         for _ in range(2):
             ctl.refresh()
