@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 MAX_DEVICE_INDICES = 8     # device copies of CPU index tensors kept (medium, active, ...)
 MAX_STATIC_GRAPHS = 8      # exact-length or bucket graphs per rewritten graph
 MAX_RECAPTURES = 4         # static calls whose inputs moved more often: the runner stops using them
+MAX_STATIC_CALLS = 64      # (variant, length, branch) captures; other lengths then run uncaptured
 
 
 def bucket_length(n: int, num_tokens: int, buckets: int) -> int:
@@ -187,6 +188,8 @@ class GraphRunner:
                 return tuple(lowered(*call_args))
             call = None
         if call is None:
+            if len(self._calls) >= MAX_STATIC_CALLS:   # the symbolic graph under ever new lengths
+                return tuple(lowered(*call_args))
             if self.mode.capture and self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
             call = StaticCall(lowered, call_args, self._static_positions, self.mode.capture, self._pool)

@@ -75,6 +75,18 @@ def test_static_calls_of_the_symbolic_graph_take_every_length_unpadded():
     assert partial_lengths == {5, 22, 32}
 
 
+def test_lengths_past_the_static_call_bound_run_uncaptured(monkeypatch):
+    """The symbolic graph under ever new lengths: after MAX_STATIC_CALLS static calls, new
+    lengths run the lowered graph directly, still equal to the eager model."""
+    import jano_compile.runner as runner_module
+    monkeypatch.setattr(runner_module, "MAX_STATIC_CALLS", 2)
+    subsets = [list(range(k)) for k in (3, 4, 5, 6)]
+    ctl, _ = check_oracle("flux", 1, torch.float32, subsets,
+                          options={"static_shapes": False, "cuda_graphs": True}, h=8, w=8)
+    (graph,) = ctl._graphs.values()
+    assert len(graph.runner._calls) == 2     # the full step's and the first length's
+
+
 @pytest.mark.parametrize("static", [False, True])
 def test_a_runner_builds_only_the_full_step_variant_its_mode_runs(static, monkeypatch):
     """Static shapes run the cache-filling variant, dynamic ones the dense variant; the
