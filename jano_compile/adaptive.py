@@ -53,21 +53,23 @@ class AdaptiveSchedule:
     analysis: Optional[RegionAnalysis] = None
     analysed: bool = False
     warned_no_length: bool = False
-    all_full: bool = False      # the run is shorter than warm-up + cool-down
     rerank_due: bool = False    # levels_from="error": a full step ran since the last ranking
     reranks: int = 0            # re-rankings (or period assignments) by measured error in this generation
     periods: Optional[RegionPeriods] = None    # work budget: this generation's per-region periods
     warned_budget: bool = False
 
+    @property
+    def all_full(self) -> bool:
+        """The run is shorter than warm-up + cool-down: every step computes all tokens."""
+        steps = self.config.num_inference_steps
+        return steps is not None and steps < self.config.warmup_steps + self.config.cooldown_steps
+
     def set_num_inference_steps(self, num_steps: Optional[int]) -> None:
-        """The length of the coming generation (places the cool-down); a run shorter than
-        warm-up + cool-down computes every step."""
-        try:
-            self.config = dataclasses.replace(self.config, num_inference_steps=num_steps)
-            self.all_full = False
-        except ValueError as e:
-            log.info("jano: %s; every step computes all tokens", e)
-            self.all_full = True
+        """The length of the coming generation (places the cool-down)."""
+        self.config = dataclasses.replace(self.config, num_inference_steps=num_steps)
+        if self.all_full:
+            log.info("jano: %d steps are fewer than warm-up + cool-down (%d + %d): every step computes "
+                     "all tokens", num_steps, self.config.warmup_steps, self.config.cooldown_steps)
 
     def decide(self, tick: Tick, branch_name: Optional[str],
                token_errors: Optional[Callable[[], Optional[torch.Tensor]]] = None) -> Decision:
@@ -81,13 +83,15 @@ class AdaptiveSchedule:
         self.call_in_step = tick.call_in_step
         step = tick.step
         branch = branch_name or ("default" if tick.call_in_step == 0 else f"call{tick.call_in_step}")
-        if self.config.num_inference_steps is None and not self.warned_no_length:
-            log.warning("jano: num_inference_steps is unknown, so no cool-down steps can be "
-                        "placed; pass options={'num_inference_steps': N} or use "
-                        "jano_compile.enable(pipe)")
-            self.warned_no_length = True
         phase = step_phase(step, None, self.config)
         if phase.level != Level.FULL and not self.analysed:
+            if self.config.num_inference_steps is None and not self.warned_no_length:
+                # said when the first step that may skip work comes, not before: a user who
+                # takes over with set_active() after a full call never needs the length
+                log.warning("jano: num_inference_steps is unknown, so no cool-down steps can be "
+                            "placed; pass options={'num_inference_steps': N} or use "
+                            "jano_compile.enable(pipe)")
+                self.warned_no_length = True
             self._analyze()
         if self.config.work is not None:
             # the due sets change with every assignment: static shapes take bucketed lengths
@@ -143,13 +147,20 @@ class AdaptiveSchedule:
         config = self.config
         budget = adaptive_budget(config.work, config.num_inference_steps, config.warmup_steps,
                                  config.cooldown_steps)
-        lowest = 1 / max(self._periods())
-        if budget < lowest and not self.warned_budget:
-            log.warning("jano: work=%g is out of reach: warm-up, cool-down and the two full steps after "
-                        "warm-up take more; every region gets the longest period (%d steps)",
-                        config.work, max(self._periods()))
+        periods = self._periods()
+        lowest, highest = 1 / max(periods), 1 / min(periods)
+        if not self.warned_budget and budget < lowest:
+            log.warning("jano: work=%g is out of reach: the full steps (warm-up, cool-down, the two "
+                        "after warm-up) and every region at the longest period offered (%d steps) "
+                        "already take more; every region gets that period (a longer one in `periods` "
+                        "does less work)", config.work, max(periods))
             self.warned_budget = True
-        return min(max(budget, lowest), 1.0)
+        elif not self.warned_budget and budget > highest:
+            log.warning("jano: work=%g is more than the periods can use: the shortest period offered "
+                        "(%d steps) computes each region every %d steps; every region gets it (a shorter "
+                        "one in `periods` uses the budget)", config.work, min(periods), min(periods))
+            self.warned_budget = True
+        return min(max(budget, lowest), highest)
 
     def _periods(self) -> tuple:
         return tuple(sorted(self.config.periods or PERIODS))

@@ -42,6 +42,13 @@ class AutoPolicy:
         self._built_from: Optional[dict] = None
         self._geometry: Optional[tuple] = None    # (module, its TokenGeometry), found once
         self._slots: Optional[SequenceSlots] = None   # this generation's, where the sequence has slots
+        self._last_tick = None            # of the timestep clock (a bare loop)
+        self._warned_length = False
+
+    @property
+    def running(self) -> bool:
+        """The schedule has run and is not off."""
+        return self.schedule is not None and self.off_reason is None
 
     def set_num_inference_steps(self, num_steps: Optional[int]) -> None:
         self.num_inference_steps = num_steps
@@ -60,6 +67,20 @@ class AutoPolicy:
             if self.num_inference_steps is not None:
                 self.schedule.set_num_inference_steps(self.num_inference_steps)
         return self.schedule
+
+    def _check_length(self, tick, expected: Optional[int]) -> None:
+        """In a bare loop, warn once when a generation ended at another length than
+        `num_inference_steps` (its cool-down fell elsewhere); under enable() the scheduler
+        gives every generation's length."""
+        last, self._last_tick = self._last_tick, tick
+        if (last is None or tick.generation == last.generation or expected is None
+                or self._warned_length or last.step + 1 == expected):
+            return
+        log.warning("jano: a generation ran %d steps, but num_inference_steps=%d: its cool-down steps "
+                    "were placed for %d; pass the run's length (options={'num_inference_steps': N} or "
+                    "ctl.set_num_inference_steps(N)) or use jano_compile.enable(pipe)",
+                    last.step + 1, expected, expected)
+        self._warned_length = True
 
     def _geometry_of(self, module: Optional[torch.nn.Module]):
         """`geometry_for(module)`, derived once per module (its class and config), not per call."""
@@ -96,6 +117,7 @@ class AutoPolicy:
             tick = self.scheduler_clock.tick()
         else:   # a bare loop: one device-to-host copy of the timestep per call
             tick = self._timestep_clock.tick(float(args[roles.timestep].reshape(-1)[0]))
+            self._check_length(tick, schedule.config.num_inference_steps)
         grid_errors = None if token_errors is None else (lambda: self._on_grid(token_errors()))
         decision = schedule.decide(tick, branch_name, grid_errors)
         if decision.new_generation:

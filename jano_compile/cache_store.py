@@ -65,6 +65,10 @@ class CacheStore:
         return sum(t.numel() * t.element_size() for state in self._states.values()
                    for t, spec in zip(state.tensors, state.specs) if spec.role in roles)
 
+    def clear(self) -> None:
+        """Drop every state (their memory is freed once nothing else holds them)."""
+        self._states.clear()
+
     def new_generation(self) -> None:
         """A new generation starts: no branch forecasts across it."""
         for state in self._states.values():

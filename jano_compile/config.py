@@ -169,21 +169,25 @@ class JanoConfig:
         if not isinstance(self.forecast_kv, bool):
             _fail("forecast_kv", self.forecast_kv, "must be True or False")
         if self.forecast_kv and self.reuse != "forecast":
-            _fail("forecast_kv", self.forecast_kv, 'extrapolates K/V like the outputs, which needs reuse="forecast"')
+            _fail("forecast_kv", self.forecast_kv, 'extrapolates K/V like the outputs, which needs reuse="forecast"'
+                  + _set_by_recipe(self, "reuse"))
         if self.levels_from not in LEVEL_SOURCES:
             _fail("levels_from", self.levels_from, f"must be one of {LEVEL_SOURCES}")
         if self.levels_from == "error" and self.reuse != "forecast":
-            _fail("levels_from", self.levels_from, 'ranks by forecast error, which needs reuse="forecast"')
+            _fail("levels_from", self.levels_from, 'ranks by forecast error, which needs reuse="forecast"'
+                  + _set_by_recipe(self, "reuse"))
         if self.work is not None:
             if isinstance(self.work, bool) or not isinstance(self.work, (int, float)) or not 0 < self.work <= 1:
                 _fail("work", self.work, "must be None or a number in (0, 1], the fraction of "
                       "image-token work to do (e.g. 0.5)")
             if self.reuse != "forecast":
                 _fail("work", self.work, 'periods are chosen from measured forecast error, which needs '
-                      'reuse="forecast"')
+                      'reuse="forecast"' + _set_by_recipe(self, "reuse"))
         if self.periods is not None and (not isinstance(self.periods, tuple) or not self.periods
                                          or not all(_is_int(p) and p >= 1 for p in self.periods)):
             _fail("periods", self.periods, "must be None or a non-empty tuple of positive ints (steps)")
+        if self.periods is not None and len(set(self.periods)) != len(self.periods):
+            _fail("periods", self.periods, "must not repeat a period")
         _check_int(self, "d_distance", 0)
         for name in ("static_thresh", "medium_thresh", "t_weight", "d_strength",
                      "static_fraction", "medium_fraction"):
@@ -202,12 +206,8 @@ class JanoConfig:
             if (not isinstance(block, tuple) or len(block) != 3
                     or not all(_is_int(b) and b >= 1 for b in block)):
                 _fail("block_size", block, "must be None or three positive ints (frames, h, w)")
-        if self.num_inference_steps is not None:
+        if self.num_inference_steps is not None:   # shorter than warm-up + cool-down: every step full
             _check_int(self, "num_inference_steps", 1)
-            if self.warmup_steps + self.cooldown_steps > self.num_inference_steps:
-                _fail("num_inference_steps", self.num_inference_steps,
-                      f"shorter than warmup_steps + cooldown_steps = "
-                      f"{self.warmup_steps} + {self.cooldown_steps}")
         if self.save_dir is not None and not isinstance(self.save_dir, str):
             _fail("save_dir", self.save_dir, "must be None, a str or a path")
 
@@ -282,6 +282,15 @@ PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = MappingProxyType({
 REPLACED_BY_WORK = ("static_interval", "medium_interval", "active_interval", "levels_from")
 
 
+def _set_by_recipe(config: "JanoConfig", name: str) -> str:
+    """A clause saying that field `name` holds its recipe's value, where it does (the
+    recipe may have set it without the user writing it)."""
+    value = getattr(config, name)
+    if RECIPES.get(config.recipe, {}).get(name, object()) != value:
+        return ""
+    return f" ({name}={value!r} is what recipe={config.recipe!r} uses; set {name} to change it)"
+
+
 def _record_given_fields(cls):
     """Wrap the dataclass `__init__`: the fields a caller passes count as explicit (the
     others may come from a family preset), and those it leaves out take the recipe's base
@@ -328,6 +337,8 @@ def resolve_config(family: str | None, options: Mapping[str, Any] | None = None)
     if recipe not in RECIPES:
         _fail("recipe", recipe, f"must be one of {tuple(RECIPES)}")
     preset = PRESETS[recipe].get(family.lower(), {}) if family else {}
+    if options.get("work") is not None:   # the budget replaces the preset's interval schedule
+        preset = {k: v for k, v in preset.items() if k not in REPLACED_BY_WORK}
     if family and not preset:
         logger.debug("no %s preset for family %s; using the recipe's base", recipe, family)
     return JanoConfig(**{**RECIPES[recipe], **preset, **options})

@@ -15,6 +15,7 @@ the `CacheStore`, and each rewritten graph runs through its `GraphRunner`.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 import weakref
@@ -64,6 +65,7 @@ class Controller:
         self.last_call: Optional[CallRecord] = None
         self.step_records: list[CallRecord] = []        # this generation's automatic calls
         self.branch_name: Optional[str] = None          # from cache_context, via enable()
+        self._full_next = False                         # refresh() while the schedule runs
 
     # ------------------------------------------------------------------ public API
     @property
@@ -72,9 +74,13 @@ class Controller:
         return self.manual_policy.engaged
 
     def refresh(self) -> None:
-        """The next call computes every token and refills all caches. Switches the
-        controller to manual control (the automatic schedule stops)."""
+        """The next call computes every token and refills all caches. While the automatic
+        schedule runs, it goes on after that call; under manual control (`set_active`), later
+        calls return to the active set; before either, it starts manual control."""
         if self._not_rewritten("refresh"):
+            return
+        if not self.manual and self.auto_policy.running:
+            self._full_next = True
             return
         self.manual_policy.refresh()
 
@@ -82,6 +88,9 @@ class Controller:
         """Later calls recompute only the image tokens at `index` (int tensor [n], 0 <= n <= N).
         The others keep their last output (`reuse="hold"`) or are forecast from their own
         history (`"forecast"`, the default), counting each call of a branch as one step.
+        Takes over from the automatic schedule: under `enable()` until the generation ends
+        (the step times stay the scheduler's), in a bare loop for good (the forecast history
+        restarts, counted in calls from here).
         On a model jano did not rewrite, warns once with the reason; calls stay full."""
         if self._not_rewritten("set_active"):
             return
@@ -89,7 +98,25 @@ class Controller:
             raise RuntimeError("set_active() before the first full step: call the model once "
                                "(every call before set_active is a full step) so that the caches "
                                "hold every token")
+        taking_over = not self.manual and self.auto_policy.running
         self.manual_policy.set_active(index, self._num_image_tokens)
+        if taking_over and self.auto_policy.scheduler_clock is None:
+            self.store.new_generation()      # step times of the schedule and call counts do not mix
+
+    def release(self) -> None:
+        """Free the caches and forget the graphs seen so far (`disable()` does this): their
+        memory goes back; a later call of a compiled model starts with a full step."""
+        self.store.clear()
+        self._graphs.clear()
+        self._num_image_tokens = None
+        self.resume_schedule()
+
+    def resume_schedule(self) -> None:
+        """Hand control back to the automatic schedule after `set_active` / `refresh`; its
+        next generation starts with the warm-up. `enable()` does this whenever a generation
+        starts (the scheduler's `set_timesteps`)."""
+        self.manual_policy = ManualPolicy()
+        self._full_next = False
 
     def set_num_inference_steps(self, num_steps: Optional[int]) -> None:
         """The length of the coming generation (places the cool-down). `enable()` calls it
@@ -225,8 +252,17 @@ class Controller:
             plan = self.auto_policy.plan(graph, args, self.module, self.branch_name,
                                          token_errors=lambda: self._token_errors(graph))
             if plan is not None:
+                if self._full_next:         # refresh(): this call full, the schedule goes on
+                    self._full_next = False
+                    plan = dataclasses.replace(plan, index=None, fill_caches=True, exact=False,
+                                               phase="refresh")
                 return plan
-        return self.manual_policy.plan(graph.signature.num_image_tokens, branch)
+        plan = self.manual_policy.plan(graph.signature.num_image_tokens, branch)
+        clock = self.auto_policy.scheduler_clock
+        if clock is not None:    # under enable(): the scheduler's step time, as the schedule's
+            tick = clock.tick()
+            plan = dataclasses.replace(plan, time=tick.time if tick.time is not None else float(tick.step))
+        return plan
 
     def _token_errors(self, graph) -> Optional[torch.Tensor]:
         """Each image token's last measured forecast error [N] on the CPU, averaged over the

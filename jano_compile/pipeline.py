@@ -35,17 +35,25 @@ class _Handle:
 
 
 def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
-           lowering: str = "inductor", mode: Optional[str] = None, **compile_kwargs) -> Controller:
+           lowering: str = "inductor", mode: Optional[str] = None,
+           options: Optional[Mapping[str, Any]] = None, **compile_kwargs) -> Controller:
     """Compile `pipe.transformer` with Jano; returns its controller. The fields `config` sets
     (for a JanoConfig: those passed to its constructor) win over the family preset, which
     wins over the JanoConfig defaults. The step count comes from the scheduler. `mode`:
-    torch.compile's mode ("reduce-overhead": each step a CUDA-graph replay on a GPU)."""
+    torch.compile's mode ("reduce-overhead": each step a CUDA-graph replay on a GPU).
+    `options`: backend options besides the schedule (`static_shapes`, `static_buckets`,
+    `cuda_graphs`, `dump_dir`, Inductor settings; see options.py)."""
     if getattr(pipe, _HANDLE, None) is not None:
         raise RuntimeError("jano is already enabled on this pipeline; call jano_compile.disable(pipe) first")
     transformer = getattr(pipe, "transformer", None)
     if not isinstance(transformer, torch.nn.Module):
         raise TypeError(f"{type(pipe).__name__} has no `transformer` module to compile")
-    options = {"lowering": lowering, **({"mode": mode} if mode else {}), **explicit_options(config)}
+    schedule = explicit_options(config)
+    both = sorted(set(schedule) & set(options or {}))
+    if both:
+        raise ValueError(f"jano_compile.enable(): {both} given both in the config and in `options`; "
+                         "give each setting once")
+    options = {"lowering": lowering, **({"mode": mode} if mode else {}), **(options or {}), **schedule}
     compiled = torch.compile(transformer, backend="jano", dynamic=False, options=options,
                              **compile_kwargs)
     ctl = controller(transformer)
@@ -78,6 +86,7 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
         result = original_set_timesteps(*args, **kwargs)
         clock.start_generation(_sigmas(scheduler))
         ctl.set_num_inference_steps(len(scheduler.timesteps))
+        ctl.resume_schedule()       # set_active()/refresh() in a callback last for one generation
         return result
     set_on(scheduler, "set_timesteps", set_timesteps)
 
@@ -154,12 +163,14 @@ def _save_overlay(ctl: Controller, decoded) -> None:
 
 
 def disable(pipe) -> None:
-    """Undo `enable`: the pipeline gets its eager transformer back."""
+    """Undo `enable`: the pipeline gets its eager transformer back, and the caches' memory
+    is freed."""
     handle: Optional[_Handle] = getattr(pipe, _HANDLE, None)
     if handle is None:
         raise RuntimeError("jano is not enabled on this pipeline")
     for obj, name in handle.patched:
         obj.__dict__.pop(name, None)
     handle.controller.auto_policy.scheduler_clock = None
+    handle.controller.release()
     pipe.transformer = handle.transformer
     delattr(pipe, _HANDLE)

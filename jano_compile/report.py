@@ -101,6 +101,8 @@ class Report:
     def fallback_reason(self) -> Optional[str]:
         """Why the model is not (wholly) rewritten, each distinct reason once; None when it
         is. Where no graph holds image tokens, the reasons of every graph."""
+        if not self.graphs:
+            return "not called yet: graphs are captured and rewritten at the first call"
         reasons = self.reasons
         if not reasons and not any(g.rewritten for g in self.graphs):
             reasons = [g.reason or "no reason recorded" for g in self.graphs]

@@ -51,7 +51,6 @@ def test_default_recipe_forecasts_every_token_on_a_uniform_period():
     ("static_fraction", dict(static_fraction=1.1)),
     ("medium_fraction", dict(static_fraction=0.7, medium_fraction=0.4)),
     ("num_inference_steps", dict(num_inference_steps=0)),
-    ("num_inference_steps", dict(num_inference_steps=9, warmup_steps=6, cooldown_steps=4)),
     ("active_interval", dict(active_interval=0)),
     ("reuse", dict(reuse="keep")),
     ("forecast_order", dict(forecast_order=3)),
@@ -61,6 +60,37 @@ def test_default_recipe_forecasts_every_token_on_a_uniform_period():
 def test_invalid_value_names_the_field(field, overrides):
     with pytest.raises(ValueError, match=rf"JanoConfig\.{field}="):
         JanoConfig(**overrides)
+
+
+def test_a_run_shorter_than_warmup_and_cooldown_is_valid_and_computes_every_step():
+    """As a scheduler's short run is: the option and the learned length agree."""
+    from jano_compile.adaptive import AdaptiveSchedule
+    short = JanoConfig(num_inference_steps=9, warmup_steps=6, cooldown_steps=4)
+    assert AdaptiveSchedule(short).all_full
+    schedule = AdaptiveSchedule(JanoConfig(warmup_steps=6, cooldown_steps=4))
+    schedule.set_num_inference_steps(9)
+    assert schedule.all_full
+    schedule.set_num_inference_steps(10)
+    assert not schedule.all_full
+
+
+def test_periods_must_not_repeat():
+    with pytest.raises(ValueError, match=r"JanoConfig\.periods=\(2, 2, 4\): must not repeat"):
+        JanoConfig(work=0.5, periods=(2, 2, 4))
+
+
+def test_recipe_value_named_where_it_blocks_a_setting():
+    with pytest.raises(ValueError, match=r"reuse='hold' is what recipe='paper' uses"):
+        JanoConfig(recipe="paper", forecast_kv=True)
+
+
+def test_work_replaces_the_family_presets_intervals():
+    """The paper recipe's FLUX preset sets intervals; an explicit work budget replaces them
+    (explicit option > preset) instead of failing on intervals the user never gave."""
+    config = resolve_config("flux", {"recipe": "paper", "reuse": "forecast", "work": 0.4})
+    assert config.work == 0.4 and config.warmup_steps == PRESETS["paper"]["flux"]["warmup_steps"]
+    with pytest.raises(ValueError, match="replaces"):
+        resolve_config("flux", {"work": 0.4, "static_interval": 7})
 
 
 def test_edge_values_are_valid():

@@ -1,0 +1,159 @@
+"""Manual control meeting the automatic schedule, and what a pipeline user meets around it:
+refresh() while the schedule runs, set_active() from a step callback, a bare loop that
+switches, disable() freeing the caches, backend options through enable(), and the
+warnings that say when the configured length is wrong."""
+import logging
+
+import pytest
+import torch
+
+import jano_compile
+from jano_compile.config import JanoConfig
+from jano_compile.passes.signature import Role
+
+from .models import flux
+from .pipelines import flux_pipeline
+from .test_adaptive import euler_loop
+
+STEPS = 12
+CONFIG = JanoConfig(warmup_steps=3, cooldown_steps=2, static_interval=4, medium_interval=2, active_interval=1)
+
+
+def _history_times(ctl) -> list:
+    (graph,) = ctl._graphs.values()
+    return ctl.store.tensors_of(id(graph), Role.HISTORY_TIME)
+
+
+def _generate(pipe, inputs, callback=None):
+    return pipe(**inputs, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
+                callback_on_step_end=callback).images
+
+
+def test_refresh_while_the_schedule_runs_is_one_full_step_then_the_schedule_goes_on():
+    pipe, inputs = flux_pipeline()
+    with torch.no_grad():
+        ctl = jano_compile.enable(pipe, CONFIG, lowering="eager")
+        _generate(pipe, inputs)
+        planned = ctl.stats()["levels"]
+
+        def refresh_after(step):
+            def callback(pipe_, i, t, kwargs):
+                if i == step:
+                    ctl.refresh()
+                return kwargs
+            return callback
+        first_partial = next(s for s, level in enumerate(planned) if level not in ("warmup", "refresh"))
+        _generate(pipe, inputs, refresh_after(first_partial - 1))
+    stats = ctl.stats()
+    assert stats["mode"] == "auto"
+    expected = [*planned[:first_partial], "refresh", *planned[first_partial + 1:]]
+    assert stats["levels"] == expected
+    assert stats["compute_saved"] > 0
+
+
+def test_set_active_from_a_callback_lasts_one_generation():
+    """The generation after one that a callback took over starts on the automatic schedule
+    again, and gives the image a generation without the callback gives."""
+    images = {}
+    for take_over in (False, True):
+        torch.manual_seed(0)                # the same random weights in both runs
+        pipe, inputs = flux_pipeline()
+        with torch.no_grad():
+            ctl = jano_compile.enable(pipe, CONFIG, lowering="eager")
+
+            def callback(pipe_, i, t, kwargs):
+                if take_over and i == 4:
+                    ctl.set_active(torch.arange(0, ctl.stats()["num_image_tokens"], 2))
+                return kwargs
+            _generate(pipe, inputs, callback)
+            if take_over:
+                assert ctl.stats()["mode"] == "manual"
+                times = torch.cat([t for t in _history_times(ctl)])
+                finite = times[torch.isfinite(times)]
+                assert finite.numel() and bool(((finite >= 0) & (finite <= 1)).all())   # sigmas, not call counts
+            images[take_over] = _generate(pipe, inputs)
+            assert ctl.stats()["mode"] == "auto"
+    torch.testing.assert_close(images[True], images[False], rtol=0, atol=0)
+
+
+def test_a_bare_loop_that_switches_to_set_active_restarts_the_forecast_history():
+    """The schedule's step times and manual call counts are different units: the history
+    restarts at the switch, so no forecast mixes them."""
+    model, kwargs, n = flux(b=1, h=8, w=8)
+    model.eval()
+    with torch.no_grad():
+        f = torch.compile(model, backend="jano", dynamic=False,
+                          options={"lowering": "eager", "num_inference_steps": STEPS,
+                                   **jano_compile.config.explicit_options(CONFIG)})
+        euler_loop(f, kwargs)
+        ctl = jano_compile.controller(f)
+        assert any(bool(torch.isfinite(t).any()) for t in _history_times(ctl))
+        ctl.set_active(torch.arange(0, n, 2))
+        assert all(bool(torch.isnan(t).all()) for t in _history_times(ctl))
+        out = f(**kwargs, return_dict=False)[0]
+    assert torch.isfinite(out).all()
+
+
+def test_disable_frees_the_caches_and_a_new_enable_counts_afresh():
+    pipe, inputs = flux_pipeline()
+    with torch.no_grad():
+        ctl = jano_compile.enable(pipe, CONFIG, lowering="eager")
+        _generate(pipe, inputs)
+        assert ctl.stats()["cache_bytes"] > 0
+        jano_compile.disable(pipe)
+        assert ctl.stats()["cache_bytes"] == 0 and ctl.stats()["graphs"] == 0
+        ctl = jano_compile.enable(pipe, CONFIG, lowering="eager")
+        _generate(pipe, inputs)
+    assert ctl.stats()["graphs"] == 1 and ctl.stats()["cache_bytes"] > 0
+
+
+def test_enable_takes_backend_options_beside_a_config():
+    pipe, inputs = flux_pipeline()
+    with torch.no_grad():
+        ctl = jano_compile.enable(pipe, JanoConfig(work=0.5), lowering="eager",
+                                  options={"static_shapes": True, "static_buckets": 4})
+        _generate(pipe, inputs)
+    (graph,) = ctl._graphs.values()
+    assert graph.runner.mode.static_shapes and graph.runner.options.static_buckets == 4
+    pipe, _ = flux_pipeline()
+    with pytest.raises(ValueError, match=r"\['work'\] given both"):
+        jano_compile.enable(pipe, JanoConfig(work=0.5), options={"work": 0.4})
+
+
+def test_stats_before_any_call_say_why_nothing_is_rewritten():
+    model, _, _ = flux(b=1, h=4, w=4)
+    stats = jano_compile.controller(torch.compile(model, backend="jano")).stats()
+    assert not stats["rewritten"] and "not called yet" in stats["fallback_reason"]
+
+
+def _bare_run(caplog, options, generations=1, steps=STEPS, take_over=False):
+    model, kwargs, n = flux(b=1, h=8, w=8)
+    model.eval()
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="jano_compile"):
+        f = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager", **options})
+        ctl = jano_compile.controller(f)
+        if take_over:
+            f(**kwargs, return_dict=False)
+            ctl.set_active(torch.arange(0, n, 2))
+        for _ in range(generations):
+            euler_loop(f, kwargs, steps=steps)
+    return [r.getMessage() for r in caplog.records]
+
+
+def test_no_length_warning_for_a_user_who_drives_set_active(caplog):
+    assert not any("num_inference_steps is unknown" in m for m in _bare_run(caplog, {}, take_over=True))
+
+
+def test_a_generation_of_another_length_than_configured_warns_once(caplog):
+    messages = _bare_run(caplog, {"num_inference_steps": 20}, generations=3, steps=STEPS)
+    said = [m for m in messages if "a generation ran 12 steps, but num_inference_steps=20" in m]
+    assert len(said) == 1
+
+
+@pytest.mark.parametrize("periods,work,says", [
+    ((1,), 0.5, "out of reach: the full steps"),
+    ((40,), 0.5, "more than the periods can use: the shortest period offered (40 steps)"),
+])
+def test_a_budget_the_periods_cannot_meet_is_said_with_its_reason(caplog, periods, work, says):
+    messages = _bare_run(caplog, {"work": work, "periods": periods, "num_inference_steps": 24}, steps=24)
+    assert any(says in m for m in messages), messages
