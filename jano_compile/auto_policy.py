@@ -42,7 +42,7 @@ class AutoPolicy:
         self._built_from: Optional[dict] = None
         self._geometry: Optional[tuple] = None    # (module, its TokenGeometry), found once
         self._slots: Optional[SequenceSlots] = None   # this generation's, where the sequence has slots
-        self._last_tick = None            # of the timestep clock (a bare loop)
+        self.last_tick = None             # of the timestep clock (a bare loop)
         self._warned_length = False
 
     @property
@@ -72,7 +72,7 @@ class AutoPolicy:
         """In a bare loop, warn once when a generation ended at another length than
         `num_inference_steps` (its cool-down fell elsewhere); under enable() the scheduler
         gives every generation's length."""
-        last, self._last_tick = self._last_tick, tick
+        last, self.last_tick = self.last_tick, tick
         if (last is None or tick.generation == last.generation or expected is None
                 or self._warned_length or last.step + 1 == expected):
             return

@@ -17,6 +17,7 @@ class BranchState:
     filled: bool = False        # the K/V caches hold every token (a full step wrote them)
     computed: bool = False      # the output cache / history holds every token (any full step)
     calls: int = 0              # calls run on these states (the step time of manual control)
+    time_offset: float = 0.0    # added to `calls` for that time (continues the schedule's steps)
 
     @property
     def nbytes(self) -> int:
@@ -64,6 +65,12 @@ class CacheStore:
         """Bytes of the states whose role is in `roles` (e.g. the forecast history)."""
         return sum(t.numel() * t.element_size() for state in self._states.values()
                    for t, spec in zip(state.tensors, state.specs) if spec.role in roles)
+
+    def continue_time_from(self, step: float) -> None:
+        """Manual control takes over from the automatic schedule: each branch's next call
+        counts as `step`, so its forecast history keeps one time axis."""
+        for state in self._states.values():
+            state.time_offset = step - state.calls
 
     def clear(self) -> None:
         """Drop every state (their memory is freed once nothing else holds them)."""

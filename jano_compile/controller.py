@@ -89,8 +89,8 @@ class Controller:
         The others keep their last output (`reuse="hold"`) or are forecast from their own
         history (`"forecast"`, the default), counting each call of a branch as one step.
         Takes over from the automatic schedule: under `enable()` until the generation ends
-        (the step times stay the scheduler's), in a bare loop for good (the forecast history
-        restarts, counted in calls from here).
+        (the step times stay the scheduler's), in a bare loop for good (each call one step,
+        counted on from the schedule's last step).
         On a model jano did not rewrite, warns once with the reason; calls stay full."""
         if self._not_rewritten("set_active"):
             return
@@ -100,8 +100,9 @@ class Controller:
                                "hold every token")
         taking_over = not self.manual and self.auto_policy.running
         self.manual_policy.set_active(index, self._num_image_tokens)
-        if taking_over and self.auto_policy.scheduler_clock is None:
-            self.store.new_generation()      # step times of the schedule and call counts do not mix
+        last = self.auto_policy.last_tick
+        if taking_over and self.auto_policy.scheduler_clock is None and last is not None:
+            self.store.continue_time_from(last.step + 1)   # one time axis in the forecast history
 
     def release(self) -> None:
         """Free the caches and forget the graphs seen so far (`disable()` does this): their
@@ -220,7 +221,8 @@ class Controller:
             self.store.new_generation()
         state = self.store.state(id(graph), plan.branch, graph.signature)
         runner = graph.runner
-        step_time = float(next(t for t in (plan.time, plan.step, state.calls) if t is not None))
+        step_time = float(next(t for t in (plan.time, plan.step, state.calls + state.time_offset)
+                               if t is not None))
         n = graph.signature.num_image_tokens
         full = plan.index is None or not state.filled
         if plan.skip and state.computed and runner.tail is not None:
