@@ -215,6 +215,7 @@ class Controller:
             self._note_first_call(graph)
         if graph.runner is None:
             self._record(CallRecord(graph.report.graph, True, 0, 0))
+            self.step_records = []       # stats describe the run under way: it saves nothing
             return graph.unrewritten(*args)
         plan = self._plan(graph, args)
         if plan.new_generation:

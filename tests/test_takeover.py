@@ -160,3 +160,21 @@ def test_a_generation_of_another_length_than_configured_warns_once(caplog):
 def test_a_budget_the_periods_cannot_meet_is_said_with_its_reason(caplog, periods, work, says):
     messages = _bare_run(caplog, {"work": work, "periods": periods, "num_inference_steps": 24}, steps=24)
     assert any(says in m for m in messages), messages
+
+
+def test_stats_of_a_run_on_a_fallback_graph_say_it_saves_nothing():
+    """dynamic=None: a second shape gets a symbolic graph that runs unrewritten; the stats
+    describe that run, not the first shape's savings."""
+    model, kwargs, n = flux(b=1, h=8, w=8)
+    model.eval()
+    _, other, _ = flux(b=1, h=4, w=8)
+    with torch.no_grad():
+        f = torch.compile(model, backend="jano",
+                          options={"lowering": "eager", **jano_compile.config.explicit_options(CONFIG),
+                                   "num_inference_steps": STEPS})
+        euler_loop(f, kwargs)
+        ctl = jano_compile.controller(f)
+        assert ctl.stats()["compute_saved"] > 0
+        euler_loop(f, {**other, "encoder_hidden_states": kwargs["encoder_hidden_states"]}, steps=3)
+    stats = ctl.stats()
+    assert stats["compute_saved"] == 0.0 and stats["levels"] == []
