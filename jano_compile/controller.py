@@ -107,6 +107,9 @@ class Controller:
     def release(self) -> None:
         """Free the caches and forget the graphs seen so far (`disable()` does this): their
         memory goes back; a later call of a compiled model starts with a full step."""
+        for graph in self._graphs.values():
+            if graph.runner is not None:
+                graph.runner.release_calls()
         self.store.clear()
         self._graphs.clear()
         self._num_image_tokens = None

@@ -136,6 +136,12 @@ class GraphRunner:
         failures = [c.failure for c in self._calls.values() if c.failure]
         return failures + ([self.static_calls_off] if self.static_calls_off else [])
 
+    def release_calls(self) -> None:
+        """Drop the static calls (their buffers, CUDA graphs and the references they hold to
+        the states), so that the caches' memory can go back."""
+        self._calls.clear()
+        self._pool = None
+
     # ------------------------------------------------------------------ inputs
     def _static_argument_positions(self, user_static: frozenset) -> frozenset:
         """Positions in `call_args` that keep their storage: the parameters, the step-time

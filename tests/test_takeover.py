@@ -97,13 +97,21 @@ def test_a_bare_loop_that_switches_to_set_active_counts_steps_on_from_the_schedu
     assert torch.equal(newest[active], torch.full((len(active),), float(switch)))
 
 
-def test_disable_frees_the_caches_and_a_new_enable_counts_afresh():
+@pytest.mark.parametrize("static_calls", [False, True])
+def test_disable_frees_the_caches_and_a_new_enable_counts_afresh(static_calls):
+    """Nothing holds the caches after disable(): not the store, not a static call."""
+    import gc
+    import weakref
     pipe, inputs = flux_pipeline()
     with torch.no_grad():
-        ctl = jano_compile.enable(pipe, CONFIG, lowering="eager")
+        ctl = jano_compile.enable(pipe, CONFIG, lowering="eager", options={"cuda_graphs": static_calls})
         _generate(pipe, inputs)
         assert ctl.stats()["cache_bytes"] > 0
+        (graph,) = ctl._graphs.values()
+        caches = [weakref.ref(t) for t in ctl.store.tensors_of(id(graph), Role.K_CACHE)]
         jano_compile.disable(pipe)
+        gc.collect()
+        assert caches and all(ref() is None for ref in caches)
         assert ctl.stats()["cache_bytes"] == 0 and ctl.stats()["graphs"] == 0
         ctl = jano_compile.enable(pipe, CONFIG, lowering="eager")
         _generate(pipe, inputs)
