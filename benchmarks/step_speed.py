@@ -9,7 +9,8 @@ Rounds alternate plain and jano steps so that machine noise hits both alike. Eac
 fraction f also gets its bound: n = f * N active image tokens cannot cost less than a
 static-shape graph with T + n queries against T + N keys (T text tokens). It is measured
 as plain Inductor on only the T + n tokens, plus for each attention layer the extra time of
-T + n queries against T + N keys over T + n keys (eager scaled_dot_product_attention).
+T + n queries against T + N keys over T + n keys (scaled_dot_product_attention compiled by
+Inductor, as inside a graph; `--eager-attention` times it eagerly, as earlier runs did).
 On CUDA it also reports the peak memory of plain and of jano, each alone.
 """
 from __future__ import annotations
@@ -40,30 +41,40 @@ def parse_args(argv):
     p.add_argument("--symbolic", action="store_true",
                    help="jano option static_shapes=False: one symbolic partial graph for every "
                         "index length (under reduce-overhead captured once per length)")
+    p.add_argument("--eager-attention", action="store_true",
+                   help="the bound's extra attention timed eagerly (as before 2026-11-26 night) instead of "
+                        "compiled by Inductor")
     add_mode_arg(p)
     return p.parse_args(argv)
 
 
-def sdpa_seconds(size, batch: int, queries: int, keys: int, dtype, device, calls: int = 20) -> float:
-    """Median seconds of one eager scaled_dot_product_attention of `queries` against `keys`
-    tokens on [batch, heads, tokens, head_dim] tensors, `calls` calls per timing."""
-    def randn(tokens):
-        return torch.randn(batch, size.heads, tokens, size.head_dim, dtype=dtype, device=device)
-    q, k, v = randn(queries), randn(keys), randn(keys)
+def _attention(q, k, v):
+    """q [B, S, H, D] (as a projection leaves it), k, v [B, H, S', D] (as the K/V caches hold them)."""
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k, v)
 
-    def attend():
+
+def sdpa_seconds(size, batch: int, queries: int, keys: int, dtype, device, attend, calls: int = 20) -> float:
+    """Median seconds of one `attend(q, k, v)` of `queries` against `keys` tokens,
+    `calls` calls per timing."""
+    q = torch.randn(batch, queries, size.heads, size.head_dim, dtype=dtype, device=device)
+    k, v = (torch.randn(batch, size.heads, keys, size.head_dim, dtype=dtype, device=device) for _ in range(2))
+
+    def run():
         for _ in range(calls):
-            F.scaled_dot_product_attention(q, k, v)
-    attend()
-    return median(time_call(attend, 5, device)) / calls
+            attend(q, k, v)
+    run()
+    return median(time_call(run, 5, device)) / calls
 
 
-def extra_attention_seconds(size, batch: int, active: int, dtype, device) -> float:
-    """What attending to every cached key adds to a graph of T + n tokens, over all layers."""
+def extra_attention_seconds(size, batch: int, active: int, dtype, device, eager: bool = False) -> float:
+    """What attending to every cached key adds to a graph of T + n tokens, over all layers:
+    attention compiled by Inductor as inside a graph (the kernel and layouts a graph gets),
+    or eager with `eager`."""
+    attend = _attention if eager else torch.compile(_attention, dynamic=False)
     t, n_all = size.text, size.grid ** 2
     layers = size.layers + size.single_layers
-    return layers * (sdpa_seconds(size, batch, t + active, t + n_all, dtype, device)
-                     - sdpa_seconds(size, batch, t + active, t + active, dtype, device))
+    return layers * (sdpa_seconds(size, batch, t + active, t + n_all, dtype, device, attend)
+                     - sdpa_seconds(size, batch, t + active, t + active, dtype, device, attend))
 
 
 def print_table(n, indices, times, bounds) -> None:
@@ -140,14 +151,16 @@ def main(argv=None):
             for name, step in settings.items():
                 times[name] += time_call(step, args.steps, device)
         bounds = {f: median(times["bound", f])
-                  + extra_attention_seconds(size, args.batch, len(indices[f]), dtype, device) for f in partial}
+                  + extra_attention_seconds(size, args.batch, len(indices[f]), dtype, device,
+                                            eager=args.eager_attention) for f in partial}
 
     stats = ctl.stats()
     assert stats["rewritten"], stats["fallback_reason"]
     print(f"\n{jano_summary(stats)}\n")
     print_table(n, indices, times, bounds)
     print("\nbound: plain Inductor on the T + n tokens alone, plus per attention layer the extra time of "
-          "T + n queries against T + N keys (eager scaled_dot_product_attention)")
+          f"T + n queries against T + N keys ({'eager' if args.eager_attention else 'Inductor-compiled'} "
+          "scaled_dot_product_attention)")
     print("\nfirst call, compile included (s): " + ", ".join(
         [f"plain {first['plain']:.1f}", f"jano {first['jano']:.1f}"]
         + [f"jano's first {round(f * 100)}% call {first[f]:.1f}" for f in partial]))
