@@ -10,8 +10,9 @@ them (row-major over the patch grid, frames first); text tokens are placed by th
 After a refresh the next call is full, then calls return to the active set.
 
 The controller is a facade: the index comes from a policy (`ManualPolicy` once the user
-calls `set_active` / `refresh`, else `AutoPolicy`, the automatic schedule), the states from
-the `CacheStore`, and each rewritten graph runs through its `GraphRunner`.
+calls `set_active`, or `refresh` before the automatic schedule ran; else `AutoPolicy`, the
+automatic schedule, which a `refresh` only makes compute one call in full), the states
+from the `CacheStore`, and each rewritten graph runs through its `GraphRunner`.
 """
 from __future__ import annotations
 
