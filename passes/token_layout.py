@@ -88,10 +88,10 @@ def _is_tensor_node(a: Any) -> bool:
 # --------------------------------------------------------------------------- op tables
 _POINTWISE_NAMES = {
     "add", "sub", "mul", "truediv", "div", "floordiv", "pow", "neg", "iadd", "isub", "imul",
-    "itruediv", "exp", "sin", "cos", "tanh", "sigmoid", "sqrt", "rsqrt", "abs", "clamp",
+    "itruediv", "exp", "sin", "cos", "tanh", "sigmoid", "sqrt", "rsqrt", "abs", "clamp", "clip",
     "gelu", "silu", "relu", "mish", "erf", "log", "square", "reciprocal", "where", "lerp",
     "dropout", "float", "half", "bfloat16", "double", "contiguous", "clone", "detach",
-    "add_", "sub_", "mul_", "div_", "clamp_", "masked_fill", "minimum", "maximum",
+    "add_", "sub_", "mul_", "div_", "clamp_", "clip_", "masked_fill", "minimum", "maximum",
     "addcmul", "sign", "softplus", "leaky_relu", "elu", "hardtanh", "nan_to_num",
 }
 _DATA_FIRST_ONLY = {"to", "type_as", "type", "float", "half", "bfloat16", "double",

@@ -8,7 +8,8 @@ import jano_compile
 
 from .models import FAMILIES, cast
 
-TOLERANCE = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}
+TOLERANCE = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=3e-2, rtol=3e-2),
+             torch.float16: dict(atol=1e-2, rtol=1e-2)}
 
 
 def build(family: str, batch: int, dtype, **size):

@@ -25,6 +25,7 @@ from jano_compile.rewrite import rewrite_graph
 
 from .capture import snapshot
 from .models import FAMILIES
+from .oracle import check_oracle
 from .toy import ToyDiT
 
 INTERNAL = "internal error"
@@ -333,3 +334,10 @@ def test_damage_to_several_nodes_ends_as_unrewritable(toy_graph, data):
     picked = data.draw(st.lists(st.sampled_from(nodes), min_size=1, max_size=4, unique=True))
     damage = data.draw(st.sampled_from(sorted(DAMAGE)))
     _analyse_damaged(toy_graph, picked, damage)
+
+
+def test_flux_in_float16_is_rewritten_through_its_clip():
+    """In fp16 diffusers' FLUX blocks clip their outputs (`.clip(-65504, 65504)`): a
+    token-wise op like clamp, so the model is rewritten and matches the eager model."""
+    ctl, n = check_oracle("flux", 1, torch.float16, [list(range(0, 64, 3)), list(range(64))], h=8, w=8)
+    assert ctl.stats()["rewritten"]
