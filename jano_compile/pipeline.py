@@ -23,6 +23,7 @@ import torch
 from .clock import SchedulerClock
 from .config import JanoConfig, explicit_options
 from .controller import Controller, controller
+from .options import parse_options
 
 _HANDLE = "_jano_handle"
 
@@ -48,15 +49,22 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
     transformer = getattr(pipe, "transformer", None)
     if not isinstance(transformer, torch.nn.Module):
         raise TypeError(f"{type(pipe).__name__} has no `transformer` module to compile")
+    if hasattr(transformer, "_orig_mod"):
+        raise TypeError("pipe.transformer is already compiled with torch.compile; enable() compiles it "
+                        "itself: give it the module (pipe.transformer = pipe.transformer._orig_mod)")
     schedule = explicit_options(config)
     both = sorted(set(schedule) & set(options or {}))
     if both:
         raise ValueError(f"jano_compile.enable(): {both} given both in the config and in `options`; "
                          "give each setting once")
     options = {"lowering": lowering, **({"mode": mode} if mode else {}), **(options or {}), **schedule}
+    parse_options(None, options)     # a bad option fails here, not at the first denoising step
+    ctl = controller(transformer)
+    if ctl.auto_policy.scheduler_clock is not None:
+        raise RuntimeError("this transformer is already enabled on another pipeline (one schedule clock "
+                           "per model): call jano_compile.disable() on that pipeline first")
     compiled = torch.compile(transformer, backend="jano", dynamic=False, options=options,
                              **compile_kwargs)
-    ctl = controller(transformer)
     patched = []
 
     def set_on(obj, name, value):
@@ -81,14 +89,28 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
     original_set_timesteps = scheduler.set_timesteps
     original_step = scheduler.step
 
+    def start_generation(begin: int = 0):
+        sigmas = _sigmas(scheduler)
+        clock.start_generation(sigmas[begin:] if sigmas is not None else None)
+        ctl.set_num_inference_steps(len(scheduler.timesteps) - begin)
+        ctl.resume_schedule()       # set_active()/refresh() in a callback last for one generation
+
     @functools.wraps(original_set_timesteps)   # pipelines inspect its signature
     def set_timesteps(*args, **kwargs):
         result = original_set_timesteps(*args, **kwargs)
-        clock.start_generation(_sigmas(scheduler))
-        ctl.set_num_inference_steps(len(scheduler.timesteps))
-        ctl.resume_schedule()       # set_active()/refresh() in a callback last for one generation
+        start_generation()
         return result
     set_on(scheduler, "set_timesteps", set_timesteps)
+
+    original_set_begin_index = getattr(scheduler, "set_begin_index", None)
+    if original_set_begin_index is not None:
+        @functools.wraps(original_set_begin_index)
+        def set_begin_index(begin_index: int = 0):
+            # img2img and inpainting start partway: the run is the timesteps from there on
+            result = original_set_begin_index(begin_index)
+            start_generation(begin_index)
+            return result
+        set_on(scheduler, "set_begin_index", set_begin_index)
 
     @functools.wraps(original_step)
     def step(*args, **kwargs):

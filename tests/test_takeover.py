@@ -186,3 +186,34 @@ def test_stats_of_a_run_on_a_fallback_graph_say_it_saves_nothing():
         euler_loop(f, {**other, "encoder_hidden_states": kwargs["encoder_hidden_states"]}, steps=3)
     stats = ctl.stats()
     assert stats["compute_saved"] == 0.0 and stats["levels"] == []
+
+
+def test_img2img_runs_its_schedule_over_the_steps_it_takes():
+    """strength < 1: the pipeline starts at the scheduler's begin index; the run is the
+    steps from there (its cool-down last, no forecast step at the end), on those sigmas."""
+    import diffusers as D
+    pipe, inputs = flux_pipeline()
+    img2img = D.FluxImg2ImgPipeline(**pipe.components)
+    image = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        ctl = jano_compile.enable(img2img, CONFIG, lowering="eager")
+        img2img(**inputs, image=image, strength=0.6, num_inference_steps=20,
+                generator=torch.Generator().manual_seed(0))
+    levels = ctl.stats()["levels"]
+    assert len(levels) == 12 and levels[-CONFIG.cooldown_steps:] == ["cooldown"] * CONFIG.cooldown_steps
+    assert ctl.auto_policy.scheduler_clock.times[0] == pytest.approx(float(img2img.scheduler.sigmas[8]))
+
+
+def test_enable_refuses_what_it_cannot_drive():
+    pipe, inputs = flux_pipeline()
+    other = type(pipe)(**pipe.components)           # a second pipeline on the same transformer
+    jano_compile.enable(pipe, lowering="eager")
+    with pytest.raises(RuntimeError, match="already enabled on another pipeline"):
+        jano_compile.enable(other, lowering="eager")
+    pipe, _ = flux_pipeline()
+    pipe.transformer = torch.compile(pipe.transformer)
+    with pytest.raises(TypeError, match="already compiled"):
+        jano_compile.enable(pipe)
+    pipe, _ = flux_pipeline()
+    with pytest.raises(ValueError, match=r"JanoConfig\.work=1\.5"):
+        jano_compile.enable(pipe, {"work": 1.5})      # at once, not at the first denoising step
