@@ -236,7 +236,9 @@ class Controller:
         elif full:
             # a full step whose caches nothing reads may skip writing them; the first call
             # of a generation still fills them, so that set_active() after it finds them valid
-            fill = plan.fill_caches or plan.index is not None or state.calls == 0 or plan.new_generation
+            # (without a skip tail, a step of no image token runs the graph and reads them too)
+            fill = (plan.fill_caches or plan.index is not None or state.calls == 0 or plan.new_generation
+                    or runner.tail is None)
             outputs = runner.full_step(args, state, step_time, fill_caches=fill)
             computed = n
         else:

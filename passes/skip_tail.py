@@ -42,7 +42,8 @@ def skip_tail(gm: fx.GraphModule) -> fx.GraphModule:
     index = declared_input(graph, Role.ACTIVE_INDEX)
     if index.users:
         heavy = sorted(u.name for u in index.users)
-        raise Unrewritable(f"skip steps: the outputs still depend on the computed tokens ({heavy})")
+        raise Unrewritable(f"no tail: the outputs still depend on the computed tokens ({heavy}); "
+                           "such steps run the model on no image token, reading the caches")
     graph.lint()
     tail.recompile()
     return tail

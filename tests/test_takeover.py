@@ -217,3 +217,21 @@ def test_enable_refuses_what_it_cannot_drive():
     pipe, _ = flux_pipeline()
     with pytest.raises(ValueError, match=r"JanoConfig\.work=1\.5"):
         jano_compile.enable(pipe, {"work": 1.5})      # at once, not at the first denoising step
+
+
+def test_a_skip_step_of_a_model_without_a_skip_tail_computes_no_image_token():
+    """Wan's outputs depend on the computed tokens after the exit, so it has no skip tail:
+    its skip steps run the graph on no image token, reading the caches the full step
+    before them must therefore fill (it ran the whole model instead)."""
+    from .models import FAMILIES
+    model, kwargs, n = FAMILIES["wan"].build(b=1, h=4, w=4)
+    model.eval()
+    with torch.no_grad():
+        f = torch.compile(model, backend="jano", dynamic=False,
+                          options={"lowering": "eager", "num_inference_steps": STEPS})   # intervals 3: skips
+        euler_loop(f, kwargs)
+        ctl = jano_compile.controller(f)
+    (graph,) = ctl._graphs.values()
+    assert graph.runner.tail is None
+    skips = [r for r in ctl.step_records if r.phase == "skip"]
+    assert skips and all(not r.full and r.active == 0 for r in skips)
