@@ -1,4 +1,4 @@
-"""Command line: `jano-compile demo` (and `jano-compile explain-demo`).
+"""Command line: `jano-compile demo`.
 
 The demo generates images with the bundled model twice, with plain torch.compile and with
 jano, prints time per image, speedup, PSNR and SSIM against the full model, and writes one
@@ -7,6 +7,7 @@ PNG with a row per image: full | jano | region map.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -53,7 +54,8 @@ def demo(args) -> int:
     print(f"bundled model: {model.num_image_tokens} image tokens, classes {', '.join(model.class_names)}; "
           f"{args.steps} steps, {len(seeds)} image(s), device {args.device}")
     with torch.no_grad():
-        print("compiling (plain Inductor and jano; tens of seconds on a CPU) ...", flush=True)
+        print("compiling (plain Inductor and jano; tens of seconds on a CPU) ..." if args.lowering == "inductor"
+              else "first calls (jano's rewritten graph, run eagerly) ...", flush=True)
         _timed_sample(model, plain, 0, 0, min(args.steps, 2))
         _timed_sample(model, jano, 0, 0, args.steps)
         rows, results = [], []
@@ -75,8 +77,10 @@ def demo(args) -> int:
         print(f"{seed:>5} {a:8.2f} {b:8.2f} {a / b:7.2f}x {p:8.2f} {s:6.3f}")
     mean = lambda k: sum(r[k] for r in results) / len(results)   # noqa: E731
     print(f"{'mean':>5} {mean(0):8.2f} {mean(1):8.2f} {mean(0) / mean(1):7.2f}x {mean(2):8.2f} {mean(3):6.3f}")
-    print(f"jano: {stats['compute_saved']:.0%} of image-token work skipped in the last generation; "
-          f"regions {stats['active_fraction_map'] or 0:.0%} active, {stats['medium_fraction_map'] or 0:.0%} medium")
+    regions = ("no region analysis (the run is too short for warm-up + cool-down)"
+               if stats["active_fraction_map"] is None else
+               f"regions {stats['active_fraction_map']:.0%} active, {stats['medium_fraction_map']:.0%} medium")
+    print(f"jano: {stats['compute_saved']:.0%} of image-token work skipped in the last generation; {regions}")
     canvas = Image.new("RGB", (3 * 128 + 20, len(rows) * 128 + 5 * (len(rows) - 1)), "white")
     for i, row in enumerate(rows):
         for j, tile in enumerate(row):
@@ -84,6 +88,15 @@ def demo(args) -> int:
     canvas.save(args.out)
     print(f"wrote {args.out} (per row: full | jano | region map: blue static, amber medium, red active)")
     return 0
+
+
+def _check_device(parser, device: str) -> None:
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        parser.error(f"--device {device!r} is not a device torch knows (e.g. cpu, cuda, cuda:1)")
+    if kind == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: this torch build or machine has no CUDA; use --device cpu")
 
 
 def main(argv=None) -> int:
@@ -104,6 +117,10 @@ def main(argv=None) -> int:
     if args.command == "demo":
         if args.steps < 1 or args.seeds < 1:
             parser.error("--steps and --seeds must be at least 1")
+        _check_device(parser, args.device)
+        out_dir = os.path.dirname(os.path.abspath(args.out))
+        if not os.path.isdir(out_dir):   # said now, not after every image is generated
+            parser.error(f"--out {args.out}: the directory {out_dir} does not exist")
         return demo(args)
     return 2
 

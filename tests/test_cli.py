@@ -13,11 +13,19 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
                  "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "PSNR" in text and "speedup" in text
+    assert "no region analysis" in text and "compiling" not in text   # 2 steps, eager: said as it is
     from PIL import Image
     image = Image.open(out)
     assert image.size == (3 * 128 + 20, 128)
 
 
-def test_demo_rejects_bad_arguments():
+@pytest.mark.parametrize("args,says", [
+    (["--steps", "0"], "at least 1"),
+    (["--device", "foo"], "not a device torch knows"),
+    (["--out", "/nonexistent-dir/x.png"], "does not exist"),
+])
+def test_demo_rejects_bad_arguments_before_any_work(args, says, capsys):
     with pytest.raises(SystemExit):
-        main(["demo", "--steps", "0"])
+        main(["demo", *args])
+    assert says in capsys.readouterr().err
+
