@@ -11,6 +11,14 @@ def explain(model: torch.nn.Module, *args, **kwargs) -> Report:
     """Capture `model(*args, **kwargs)` with dynamo, run the passes on each graph, and return
     the report (print it for a table). The model runs once, eagerly, under no_grad."""
     module = getattr(model, "_orig_mod", model)
+    if not isinstance(module, torch.nn.Module):
+        hint = (" (a pipeline: pass pipe.transformer and the transformer's own inputs)"
+                if isinstance(getattr(module, "transformer", None), torch.nn.Module) else "")
+        raise TypeError(f"explain() takes the transformer (an nn.Module) and its inputs, got "
+                        f"{type(module).__name__}{hint}")
+    if not args and not kwargs:
+        raise TypeError("explain(model, *inputs, **inputs) runs the model once: give it the inputs of "
+                        "one call (e.g. hidden_states=..., encoder_hidden_states=..., timestep=...)")
     reports = []
 
     def capture(gm, example_inputs):

@@ -100,6 +100,15 @@ def test_literal_equal_to_token_count_is_rewritten_by_axis_not_value():
             pytest.fail(f"{nd.name} still holds the full joint length: {nd.args}")
 
 
+def test_explain_says_what_it_takes():
+    from .pipelines import flux_pipeline
+    pipe, inputs = flux_pipeline()
+    with pytest.raises(TypeError, match="a pipeline: pass pipe.transformer"):
+        jano_compile.explain(pipe, **inputs)
+    with pytest.raises(TypeError, match="give it the inputs of one call"):
+        jano_compile.explain(pipe.transformer)
+
+
 def test_explain_and_dump(tmp_path):
     model, kwargs, n = FAMILIES["sd3"].build(b=1)
     model.eval()
