@@ -41,6 +41,15 @@ def subsets(n: int) -> list:
     return [[], [n // 2], list(range(0, n, 3)), list(range(1, n)), list(range(n))]
 
 
+def rewritten_graph(model: nn.Module, *args, **kwargs):
+    """(report, rewritten graph module) of a model dynamo captures as one graph, checked to be
+    rewritten."""
+    snap = snapshot(model, *args, **kwargs)
+    (report,), (after,) = snap.reports, snap.after
+    assert report.rewritten, report.reason
+    return report, after
+
+
 def oracle(model: nn.Module, kwargs: dict):
     """Full call == eager, then each subset of `subsets` == the full call, really partial;
     every output tensor is compared (an audio stream next to the image, say). Returns the
@@ -343,9 +352,7 @@ def test_attention_to_image_keys_is_rewritten_and_exact():
 
 
 def test_attention_to_image_keys_completes_keys_only():
-    snap = snapshot(AudioVideoDiT().eval(), **audio_video_inputs(1))
-    (report,), (after,) = snap.reports, snap.after
-    assert report.rewritten, report.reason
+    report, after = rewritten_graph(AudioVideoDiT().eval(), **audio_video_inputs(1))
     kinds = [a["kind"] for a in report.attention]
     assert kinds == ["self", "to_image", "cross"] * 2
     assert report.to_image_attention_count == 2
@@ -395,9 +402,7 @@ def test_query_as_key_and_value_is_rewritten_and_exact():
 
 
 def test_query_as_key_and_value_shares_one_cache():
-    snap = snapshot(SharedQueryKeyValue().eval(), torch.randn(1, 4, 8, 12))
-    (report,), (after,) = snap.reports, snap.after
-    assert report.rewritten, report.reason
+    report, after = rewritten_graph(SharedQueryKeyValue().eval(), torch.randn(1, 4, 8, 12))
     assert sorted(c["role"] for c in report.caches) == ["k_cache", "k_cache", "out_cache"]
     for node in (n for n in after.graph.nodes if n.target is F.scaled_dot_product_attention):
         query, key, value_ = node.args[:3]
@@ -473,9 +478,7 @@ def test_exit_before_the_fold_into_the_grid_is_rewritten_and_exact():
 
 
 def test_exit_is_the_token_tensor_the_head_folds():
-    snap = snapshot(GridHeadDiT().eval(), **grid_head_inputs(1))
-    (report,), (after,) = snap.reports, snap.after
-    assert report.rewritten, report.reason
+    report, after = rewritten_graph(GridHeadDiT().eval(), **grid_head_inputs(1))
     exit_node = next(n for n in after.graph.nodes if n.name == report.exit)
     assert tuple(value(exit_node).shape) == (1, 24, 32)
     (fold,) = [n for n in after.graph.nodes if n.op == "call_method" and n.target == "reshape"
@@ -549,9 +552,7 @@ def test_sequence_first_exit_is_rewritten_and_exact():
 
 
 def test_sequence_first_exit_is_the_batch_first_tensor():
-    snap = snapshot(SequenceFirstDiT().eval(), torch.randn(1, 4, 8, 12))
-    (report,), (after,) = snap.reports, snap.after
-    assert report.rewritten, report.reason
+    report, after = rewritten_graph(SequenceFirstDiT().eval(), torch.randn(1, 4, 8, 12))
     exit_node = next(n for n in after.graph.nodes if n.name == report.exit)
     assert exit_node.target == "transpose" and tuple(value(exit_node).shape) == (1, 24, 16)
     (gather,) = [n for n in after.graph.nodes if n.target is torch.index_select and n.args[0].name == report.entry]
@@ -741,9 +742,7 @@ def test_token_mixing_ops_are_rewritten_and_exact():
 
 
 def test_token_mixing_ops_read_completed_caches():
-    snap = snapshot(LinearAttentionConvDiT().eval(), torch.randn(1, 4, 8, 12))
-    (report,), (after,) = snap.reports, snap.after
-    assert report.rewritten, report.reason
+    report, after = rewritten_graph(LinearAttentionConvDiT().eval(), torch.randn(1, 4, 8, 12))
     # per layer: the padded values, the key features, the depthwise conv's input grid
     assert sorted(c["role"] for c in report.caches) == ["out_cache"] + ["token_cache"] * 6
     assert [len(m["operands"]) for m in report.mixing] == [2, 1] * 2, report.mixing
@@ -884,9 +883,7 @@ def test_attention_within_groups_folded_into_the_batch_is_rewritten_and_exact(ba
 
 
 def test_attention_within_groups_folded_into_the_batch_runs_on_completed_operands():
-    snap = snapshot(FoldedVideoDiT().eval(), **folded_inputs(1))
-    (report,), (after,) = snap.reports, snap.after
-    assert report.rewritten, report.reason
+    report, after = rewritten_graph(FoldedVideoDiT().eval(), **folded_inputs(1))
     # per attention (2 layers x spatial, temporal): q, k and v completed from token caches
     assert sorted(c["role"] for c in report.caches) == ["out_cache"] + ["token_cache"] * 12
     attention = [n for n in after.graph.nodes if n.target is F.scaled_dot_product_attention]
