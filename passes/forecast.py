@@ -69,13 +69,20 @@ def write_shifted_history(graph: fx.Graph, active_index: fx.Node, step_time: fx.
     the tokens at `active_index` ([n]): slot j takes slot j - 1 (oldest first, so each
     reads its neighbour before that is written), slot 0 takes `fresh` [B, n, C] (as fp32)
     and `step_time`. Other tokens' slots are untouched."""
-    k = len(history)
-    for slots, dim in ((history, 1), (history_time, 0)):
-        for j in range(k - 1, 0, -1):
-            previous = graph.call_function(torch.index_select, (slots[j - 1], dim, active_index))
-            write_state(graph, slots[j], dim, active_index, previous)
+    for j in range(len(history) - 1, 0, -1):
+        previous = graph.call_function(torch.index_select, (history[j - 1], 1, active_index))
+        write_state(graph, history[j], 1, active_index, previous)
     fresh32 = graph.call_method("to", (fresh, torch.float32))
     write_state(graph, history[0], 1, active_index, fresh32)
+    write_shifted_times(graph, active_index, step_time, history_time)
+
+
+def write_shifted_times(graph: fx.Graph, active_index: fx.Node, step_time: fx.Node, history_time: list) -> None:
+    """Emit the in-place writes that shift the time slots [N] of the tokens at
+    `active_index`: slot j takes slot j - 1 (oldest first), slot 0 takes `step_time`."""
+    for j in range(len(history_time) - 1, 0, -1):
+        previous = graph.call_function(torch.index_select, (history_time[j - 1], 0, active_index))
+        write_state(graph, history_time[j], 0, active_index, previous)
     now = graph.call_method("expand", (step_time, graph.call_method("size", (active_index, 0))))
     write_state(graph, history_time[0], 0, active_index, now)
 

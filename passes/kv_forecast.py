@@ -22,6 +22,7 @@ import math
 import torch
 import torch.fx as fx
 
+from .forecast import write_shifted_times
 from .plan import TokenPlan
 from .signature import ROLE, STATE, Role, declare_state, declared_input, placeholders, state_writes, write_state
 from .token_layout import value
@@ -84,8 +85,5 @@ def _forecast_layer(graph: fx.Graph, layer: int, writes: list, step_time: fx.Nod
     readers = [user for full in completed for user in full.users]
     first_reader = min(readers, key=position.__getitem__) if readers else completed[-1].next
     with graph.inserting_before(first_reader):
-        older = graph.call_function(torch.index_select, (times[0], 0, rows))
-        write_state(graph, times[1], 0, rows, older)
-        now = graph.call_method("expand", (step_time, graph.call_method("size", (rows, 0))))
-        write_state(graph, times[0], 0, rows, now)
+        write_shifted_times(graph, rows, step_time, times)
 
