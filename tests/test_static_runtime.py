@@ -105,6 +105,45 @@ def test_a_runner_builds_only_the_full_step_variant_its_mode_runs(static, monkey
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("forecast_kv", [False, True])
+def test_the_cache_filling_variant_attends_to_the_caches_it_fills(forecast_kv):
+    """The full variant of static shapes writes each layer's fresh K/V into its cache and
+    attention reads the cache (as partial steps do), so K and V are written once; the dense
+    variant attends to the fresh K/V and writes no cache. Neither gathers its inputs. With
+    forecast K/V, partial steps read the forecasts; a full step reads its caches too."""
+    from jano_compile.passes import PassConfig
+    from jano_compile.passes.signature import ENTRY_GATHER, STATE_WRITE
+    from jano_compile.rewrite import rewrite_graph
+    captured = {}
+    config = PassConfig(reuse="forecast", forecast_kv=True) if forecast_kv else PassConfig()
+
+    def backend(gm, example_inputs):
+        captured["result"] = rewrite_graph(gm, example_inputs, config)
+        return gm.forward
+
+    model, kwargs, _ = flux(b=1, h=4, w=4, layers=2, single_layers=1)
+    with torch.no_grad():
+        torch.compile(model, backend=backend, dynamic=False)(**kwargs, return_dict=False)
+    result = captured["result"]
+    caches = {s.name for s in result.report.signature.states if s.role in (Role.K_CACHE, Role.V_CACHE)}
+    assert len(caches) == 6
+
+    def attention_reads(gm):
+        """{cache name or 'fresh'} read as key and value by each attention of `gm`."""
+        sites = [n for n in gm.graph.nodes if "scaled_dot_product_attention" in str(n.target)]
+        arguments = [dict(zip(("query", "key", "value"), n.args)) | n.kwargs for n in sites]
+        return [[a[name].meta.get(STATE_WRITE, "fresh") for name in ("key", "value")] for a in arguments]
+
+    filled, dense = result.full_variant(True), result.full_variant(False)
+    assert sorted(sum(attention_reads(filled), [])) == sorted(caches)
+    assert sum(attention_reads(dense), []) == ["fresh"] * 6
+    assert attention_reads(result.graph) == (
+        [["fresh", "fresh"]] * 3 if forecast_kv else attention_reads(filled))
+    for gm in (filled, dense):
+        assert not any(n.meta.get(ENTRY_GATHER) for n in gm.graph.nodes)
+    torch._dynamo.reset()
+
+
 def test_a_static_call_runs_on_its_buffers_and_knows_when_inputs_moved():
     """Activations are copied into its buffers at every call (the results follow the new
     values); a static input with a new storage, a buffer of another shape or another
