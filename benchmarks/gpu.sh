@@ -23,10 +23,16 @@
 # pass the device's 10-minute command limit with ONLY, e.g. (the last run's two calls):
 #   OUT=$OUT/a ONLY="step_default pipeline_paper_reduce-overhead profile_reduce-overhead bucket_sweep" bash benchmarks/gpu.sh
 #   OUT=$OUT/b ONLY="tests_cuda" bash benchmarks/gpu.sh
-# Owed after it (next device session): step_symbolic_reduce-overhead and
-# pipeline_symbolic_reduce-overhead (first), pipeline_work_reduce-overhead, profile_default, and
-# FULL_DEPTH=1 ONLY=step_full_depth alone (not yet timed; estimated from 5 + 10 blocks, ~30 s
-# per compile there, at several minutes: six compiles at 3.8 times the depth).
+# Owed (next device session; ~15 device minutes, each call <= 10 minutes; seconds from the last runs):
+#   call 1: OUT=$OUT/a ONLY="tests_cuda step_default step_symbolic_reduce-overhead" (~100 + 200 + 160 s):
+#           the CUDA tests after the full-step change (full steps under static
+#           shapes attend to the caches they fill: was 1.07x plain in default mode, 1.03x under
+#           reduce-overhead), step_speed's new back-to-back column, and whether the one symbolic partial
+#           graph is as fast as the static ones (then it should become the default: fewer compiles, no padding)
+#   call 2 (issued at once, while the machine is warm): OUT=$OUT/b
+#           ONLY="pipeline_symbolic_reduce-overhead profile_default" (~170 + 60 s)
+#   later:  ONLY=pipeline_work_reduce-overhead (~170 s); FULL_DEPTH=1 ONLY=step_full_depth alone (not yet timed; ~30 s per compile at 5 + 10 blocks,
+#           so several minutes at 19 + 38: six compiles at 3.8 times the depth; may need --fractions 1.0,0.3)
 set -u
 OUT=${OUT:-./gpu_out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)

@@ -5,7 +5,9 @@ jano at several fractions of active image tokens, in one run, medians of several
     python benchmarks/step_speed.py --flux-dev --dtype bfloat16 --device cuda [--layers 5 --single-layers 10]
         [--mode reduce-overhead] [--symbolic] [--recipe paper]
 
-Rounds alternate plain and jano steps so that machine noise hits both alike. Each partial
+Rounds alternate plain and jano steps so that machine noise hits both alike. Each step is
+timed between two synchronisations, and again as calls issued back to back (one
+synchronisation at the end, as a sampling loop runs: host work overlaps the device's). Each partial
 fraction f also gets its bound: n = f * N active image tokens cannot cost less than a
 static-shape graph with T + n queries against T + N keys (T text tokens). It is measured
 as plain Inductor on only the T + n tokens, plus for each attention layer the extra time of
@@ -24,7 +26,8 @@ from tqdm import tqdm
 import jano_compile
 from common import (add_mode_arg, add_size_args, build_flux, compile_jano, compile_plain,
                     cudagraph_skips, describe, first_call_seconds, jano_step, jano_summary, median,
-                    mib, only_tokens, peak_memory, sampled_index, size_from_args, time_call)
+                    mib, only_tokens, peak_memory, sampled_index, size_from_args, time_call,
+                    time_in_a_row)
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,6 +38,7 @@ def parse_args(argv):
     p.add_argument("--fractions", default="1.0,0.6,0.3,0.1")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds (median reported)")
     p.add_argument("--steps", type=int, default=2, help="steps per round and setting")
+    p.add_argument("--in-a-row", type=int, default=5, help="calls per back-to-back timing")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--recipe", choices=["forecast", "paper"], default=None,
                    help="jano recipe (paper: held outputs, no forecast history at the exit)")
@@ -77,16 +81,18 @@ def extra_attention_seconds(size, batch: int, active: int, dtype, device, eager:
                      - sdpa_seconds(size, batch, t + active, t + active, dtype, device, attend))
 
 
-def print_table(n, indices, times, bounds) -> None:
-    base = median(times["plain"])
-    print("| setting | active image tokens | step time (ms) | ratio to plain | bound (ms) | jano / bound |")
-    print("|---|---|---|---|---|---|")
-    print(f"| plain torch.compile (Inductor) | {n} | {base * 1e3:.1f} | 1.00x | | |")
+def print_table(n, indices, times, bounds, in_a_row) -> None:
+    base, base_row = median(times["plain"]), median(in_a_row["plain"])
+    print("| setting | active image tokens | step time (ms) | ratio to plain | bound (ms) | jano / bound "
+          "| back to back (ms) | ratio to plain |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| plain torch.compile (Inductor) | {n} | {base * 1e3:.1f} | 1.00x | | | {base_row * 1e3:.1f} | 1.00x |")
     for f, index in indices.items():
-        t = median(times[f])
+        t, row = median(times[f]), median(in_a_row[f])
         bound = bounds.get(f, base)   # all tokens: the bound is plain itself
         label = "jano, refresh (100%)" if f >= 1 else f"jano, {round(f * 100)}% active"
-        print(f"| {label} | {len(index)} | {t * 1e3:.1f} | {t / base:.2f}x | {bound * 1e3:.1f} | {t / bound:.2f}x |")
+        print(f"| {label} | {len(index)} | {t * 1e3:.1f} | {t / base:.2f}x | {bound * 1e3:.1f} | {t / bound:.2f}x "
+              f"| {row * 1e3:.1f} | {row / base_row:.2f}x |")
 
 
 def print_memory(memory, stats) -> None:
@@ -147,9 +153,12 @@ def main(argv=None):
             first_call_seconds(settings["bound", f], device)
 
         times = {name: [] for name in settings}
+        in_a_row = {name: [] for name in settings if not isinstance(name, tuple)}
         for _ in tqdm(range(args.rounds), desc="rounds"):
             for name, step in settings.items():
                 times[name] += time_call(step, args.steps, device)
+                if name in in_a_row:
+                    in_a_row[name].append(time_in_a_row(step, args.in_a_row, device))
         bounds = {f: median(times["bound", f])
                   + extra_attention_seconds(size, args.batch, len(indices[f]), dtype, device,
                                             eager=args.eager_attention) for f in partial}
@@ -157,8 +166,10 @@ def main(argv=None):
     stats = ctl.stats()
     assert stats["rewritten"], stats["fallback_reason"]
     print(f"\n{jano_summary(stats)}\n")
-    print_table(n, indices, times, bounds)
-    print("\nbound: plain Inductor on the T + n tokens alone, plus per attention layer the extra time of "
+    print_table(n, indices, times, bounds, in_a_row)
+    print("\nstep time: each call between two synchronisations (host work before the first kernel shows); "
+          f"back to back: {args.in_a_row} calls, one synchronisation at the end, as a sampling loop runs")
+    print("bound: plain Inductor on the T + n tokens alone, plus per attention layer the extra time of "
           f"T + n queries against T + N keys ({'eager' if args.eager_attention else 'Inductor-compiled'} "
           "scaled_dot_product_attention)")
     print("\nfirst call, compile included (s): " + ", ".join(
