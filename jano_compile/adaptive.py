@@ -36,7 +36,6 @@ class Decision:
     phase: Phase
     index: Optional[torch.Tensor]
     new_generation: bool
-    fill_caches: bool = True    # a later step of this run reads the K/V caches
     time: Optional[float] = None   # the step's forecast time (None: the step index)
     exact: bool = True          # `index` is one of the few fixed sets of this generation (static
                                 # shapes: one graph per exact length); False: bucketed lengths
@@ -96,9 +95,7 @@ class AdaptiveSchedule:
         if self.config.work is not None:
             # the due sets change with every assignment: static shapes take bucketed lengths
             index, phase = self._due_regions(step, phase, token_errors)
-            return Decision(step, branch, phase, index, new_generation,
-                            fill_caches=index is not None or self.partial_step_follows(step),
-                            time=tick.time, exact=False)
+            return Decision(step, branch, phase, index, new_generation, time=tick.time, exact=False)
         if phase.level == Level.FULL:
             self.rerank_due = self.config.levels_from == "error"
         elif self.rerank_due and self.analysis is not None and token_errors is not None:
@@ -111,9 +108,7 @@ class AdaptiveSchedule:
             index = self.analysis.medium_index
         else:
             index = self.analysis.active_index
-        return Decision(step, branch, phase, index, new_generation,
-                        fill_caches=index is not None or self.partial_step_follows(step),
-                        time=tick.time)
+        return Decision(step, branch, phase, index, new_generation, time=tick.time)
 
     def _due_regions(self, step: int, phase: Phase, token_errors) -> tuple:
         """Work budget: (index or None for every token, phase) of `step` under the
@@ -164,22 +159,6 @@ class AdaptiveSchedule:
 
     def _periods(self) -> tuple:
         return tuple(sorted(self.config.periods or PERIODS))
-
-    def partial_step_follows(self, step: int) -> bool:
-        """Whether the next step after `step` that computes anything computes only some
-        tokens (so it reads the K/V caches a full step at `step` writes)."""
-        if self.analysis is None and self.analysed or self.all_full:
-            return False
-        if self.config.work is not None:     # periods: a partial step follows unless cool-down does
-            n = self.config.num_inference_steps
-            return n is None or step < n - self.config.cooldown_steps - 1
-        horizon = self.config.static_interval + self.config.warmup_steps + 1   # a refresh comes by then
-        for later in range(step + 1, step + 1 + horizon):
-            phase = step_phase(later, None, self.config)
-            if phase.level == Level.NONE:
-                continue
-            return phase.level in (Level.MEDIUM, Level.ACTIVE)
-        return False
 
     def wants_latents(self, decision: Decision) -> bool:
         return (decision.phase == Phase.WARMUP and self.call_in_step == 0

@@ -142,5 +142,5 @@ class AutoPolicy:
         if index is not None and self._slots is not None:
             index = self._slots.sequence_index(index)
         return CallPlan(index, decision.branch or DEFAULT_BRANCH, decision.step,
-                        decision.phase.value, decision.new_generation, decision.fill_caches,
-                        decision.time, exact=decision.exact)
+                        decision.phase.value, decision.new_generation, decision.time,
+                        exact=decision.exact)

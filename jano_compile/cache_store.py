@@ -4,7 +4,6 @@ place: a state keeps its storage (and address) for the life of the model."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from jano_compile.passes.signature import GraphSignature, StateSpec
 
@@ -14,8 +13,7 @@ class BranchState:
     """The states of one graph for one branch, in signature order."""
     specs: tuple[StateSpec, ...]
     tensors: list
-    filled: bool = False        # the K/V caches hold every token (a full step wrote them)
-    computed: bool = False      # the output cache / history holds every token (any full step)
+    computed: bool = False      # every state holds every token (a full step wrote them)
     calls: int = 0              # calls run on these states (the step time of manual control)
     time_offset: float = 0.0    # added to `calls` for that time (continues the schedule's steps)
 
@@ -23,14 +21,9 @@ class BranchState:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors)
 
-    def ran(self, full: bool, caches_filled: Optional[bool]) -> None:
-        """After a call that wrote the states. `full`: it computed every token.
-        `caches_filled`: True when it wrote every token's K/V (a full step), None when it
-        kept the others as they were (a partial step), False when it left them stale (a
-        dense step)."""
+    def ran(self, full: bool) -> None:
+        """After a call that wrote the states. `full`: it computed every token."""
         self.computed = self.computed or full
-        if caches_filled is not None:
-            self.filled = caches_filled
         self.calls += 1
 
     def reset(self) -> None:

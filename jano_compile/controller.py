@@ -229,17 +229,12 @@ class Controller:
         step_time = float(next(t for t in (plan.time, plan.step, state.calls + state.time_offset)
                                if t is not None))
         n = graph.signature.num_image_tokens
-        full = plan.index is None or not state.filled
+        full = plan.index is None or not state.computed
         if plan.skip and state.computed and runner.tail is not None:
             outputs = runner.skip(args, state, step_time)
             full, computed = False, 0
         elif full:
-            # a full step whose caches nothing reads may skip writing them; the first call
-            # of a generation still fills them, so that set_active() after it finds them valid
-            # (without a skip tail, a step of no image token runs the graph and reads them too)
-            fill = (plan.fill_caches or plan.index is not None or state.calls == 0 or plan.new_generation
-                    or runner.tail is None)
-            outputs = runner.full_step(args, state, step_time, fill_caches=fill)
+            outputs = runner.full_step(args, state, step_time)
             computed = n
         else:
             outputs = runner.partial_step(args, plan.index, state, step_time, exact=plan.exact)
@@ -263,7 +258,7 @@ class Controller:
             if plan is not None:
                 if self._full_next:         # refresh(): this call full, the schedule goes on
                     self._full_next = False
-                    plan = dataclasses.replace(plan, index=None, fill_caches=True, exact=False,
+                    plan = dataclasses.replace(plan, index=None, exact=False,
                                                phase="refresh")
                 return plan
         plan = self.manual_policy.plan(graph.signature.num_image_tokens, branch)

@@ -19,7 +19,6 @@ class CallPlan:
     step: Optional[int] = None        # automatic schedule only
     phase: Optional[str] = None       # automatic schedule only: warmup, refresh, medium, ...
     new_generation: bool = False      # automatic schedule only: the first call of a generation
-    fill_caches: bool = True          # a later step reads the K/V caches this full step writes
     time: Optional[float] = None      # forecast time of the step (None: the step index, or
                                       # under manual control the branch's call count)
     exact: bool = False               # `index` is one of a few fixed sets (the schedule's

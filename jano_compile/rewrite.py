@@ -2,8 +2,8 @@
 
 `rewrite_graph(gm, example_inputs, config)` returns a `RewriteResult`: the rewritten
 GraphModule (or None), the GraphReport, the skip tail (the graph a step that computes no
-image token runs; None where the model cannot skip a step) and the full-step variants
-(passes/dense_variant.py). The report of a rewritten graph holds its `GraphSignature`
+image token runs; None where the model cannot skip a step) and a builder of the full-step
+variant (passes/dense_variant.py). The report of a rewritten graph holds its `GraphSignature`
 (passes/signature.py): the extra inputs the passes declared, in order; every variant takes
 the same inputs and returns the user outputs.
 """
@@ -123,10 +123,10 @@ class RewriteResult(NamedTuple):
     graph: Optional[fx.GraphModule]     # the rewritten graph; None when left as it is
     report: GraphReport
     skip_tail: Optional[fx.GraphModule] = None
-    # full_variant(fill_caches): builds the full-step variant a runner asks for (it runs one:
-    # the dense one, or the cache-filling one under static shapes); the builder returns None
-    # where the variant cannot be built, and full steps then run the rewritten graph
-    full_variant: Optional[Callable[[bool], Optional[fx.GraphModule]]] = None
+    # full_variant(): builds the full-step variant (all tokens at a static length, caches
+    # filled) when a runner asks for it; None where it cannot be built, and full steps then
+    # run the rewritten graph
+    full_variant: Optional[Callable[[], Optional[fx.GraphModule]]] = None
 
 
 def _tail(work: fx.GraphModule, report: GraphReport) -> Optional[fx.GraphModule]:
@@ -178,10 +178,10 @@ def rewrite_graph(gm: fx.GraphModule, example_inputs, config: PassConfig = PassC
     return RewriteResult(work, report, _tail(work, report), functools.partial(_full_variant, work, name))
 
 
-def _full_variant(work: fx.GraphModule, name: str, fill_caches: bool) -> Optional[fx.GraphModule]:
-    """dense_variant(work, fill_caches), or None (full steps then run the rewritten graph)."""
+def _full_variant(work: fx.GraphModule, name: str) -> Optional[fx.GraphModule]:
+    """dense_variant(work), or None (full steps then run the rewritten graph)."""
     try:
-        return dense_variant(work, fill_caches)
+        return dense_variant(work)
     except Exception:  # noqa: BLE001 - the model still runs, full steps take the rewritten graph
-        log.warning("jano: no full-step variant (fill_caches=%s) for %s", fill_caches, name, exc_info=True)
+        log.warning("jano: no full-step variant for %s", name, exc_info=True)
         return None

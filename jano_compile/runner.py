@@ -5,8 +5,9 @@ from the graph's signature.
 Which lowered variant a step runs:
 
     step                       dynamic shapes (CPU default)     static shapes (CUDA default)
-    full, caches read later    rewritten graph, index 0..N-1    `full` variant (fills the caches)
-    full, caches not read      `dense` variant                  `full` variant (*)
+    full                       rewritten graph, index 0..N-1    `full` variant: every token at the
+                               (on CUDA: the `full` variant)    static length N, no gather; it
+                                                                fills the caches (dense_variant.py)
     partial, n tokens          rewritten graph, symbolic n      one graph per exact n (the automatic
                                                                 schedule's region sets) or per bucket
                                                                 (other sets, padded by repeating an
@@ -15,10 +16,13 @@ Which lowered variant a step runs:
                                                                 MAX_STATIC_GRAPHS, then symbolic
     no token due               skip tail                        skip tail
 
-(*) Writing the K/V caches costs a full step about 1% on a GPU (one copy of K and V per
-layer), while one more static graph costs a compile (~16 s at FLUX.1-dev width, 5 + 10
-blocks, H100) and a capture per branch: static shapes do without the dense variant. Each
-runner builds only the full-step variant its mode runs (`rewrite_graph` hands it a builder).
+Full steps fill the caches even when no later step reads them: the variant writes K and V
+once, straight into the caches its attention then reads, while a second full-step graph that
+skips the writes would cost a compile (~16 s at FLUX.1-dev width, 5 + 10 blocks, H100) and
+a capture per branch. On a CPU the symbolic graph runs a full step as fast as a static one
+(2 + 4-block FLUX: 0.95x against 0.98x of plain, within noise), so it serves both there: one
+compile; on a GPU its kernels for unknown lengths run slower (the H200 measured a
+single-stream cat/GELU kernel at 3x the static one's time), so full steps get their graph.
 
 With `static_calls` every call runs through a `StaticCall` (static_call.py): on CUDA one
 captured CUDA graph per (variant, length, branch), replayed each step. Static calls imply
@@ -66,7 +70,8 @@ def padded_index(index: torch.Tensor, length: int) -> torch.Tensor:
 @dataclass(frozen=True)
 class RunMode:
     """How a runner lowers and calls its graphs."""
-    static_shapes: bool     # one graph per index length instead of one symbolic graph
+    static_shapes: bool     # partial steps: one graph per index length instead of one symbolic graph
+    static_full: bool       # full steps: the `full` variant (static length N) instead of the symbolic graph
     static_calls: bool      # through StaticCall buffers (CUDA graphs when `capture`)
     capture: bool
 
@@ -79,7 +84,8 @@ class RunMode:
         # static calls use static shapes unless the user asked for the symbolic graph: then
         # its one compile is captured once per index length
         static = static or (calls and options.static_shapes is None)
-        return RunMode(static_shapes=static, static_calls=calls, capture=calls and cuda)
+        return RunMode(static_shapes=static, static_full=static or cuda, static_calls=calls,
+                       capture=calls and cuda)
 
 
 class GraphRunner:
@@ -89,7 +95,7 @@ class GraphRunner:
 
     def __init__(self, signature: GraphSignature, options: Options, rewritten: fx.GraphModule,
                  tail: Optional[fx.GraphModule] = None,
-                 full_variant: Optional[Callable[[bool], Optional[fx.GraphModule]]] = None,
+                 full_variant: Optional[Callable[[], Optional[fx.GraphModule]]] = None,
                  static_positions: frozenset = frozenset()):
         self.signature = signature
         self.options = options
@@ -98,12 +104,9 @@ class GraphRunner:
         self._rewritten = rewritten
         self.lowered = LoweredRewrite(rewritten, options, signature)
         self.tail = LoweredRewrite(tail, options, signature, n) if tail is not None else None
-        static = self.mode.static_shapes
-        # the one full-step variant this mode runs (built now, before any lowering touches
-        # the rewritten graph): cache-filling at a static length, or dense
-        variant = full_variant(static) if full_variant is not None else None
-        variant = LoweredRewrite(variant, options, signature, n) if variant is not None else None
-        self.dense, self.full = (None, variant) if static else (variant, None)
+        # the full-step variant (built now, before any lowering touches the rewritten graph)
+        variant = full_variant() if full_variant is not None and self.mode.static_full else None
+        self.full = LoweredRewrite(variant, options, signature, n) if variant is not None else None
         self.static: dict[int, LoweredRewrite] = {}      # index length -> static partial graph
         self._full_index: Optional[torch.Tensor] = None
         self._on_device: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -116,7 +119,7 @@ class GraphRunner:
 
     # ------------------------------------------------------------------ reporting
     def _variants(self):
-        return [v for v in (self.lowered, self.tail, self.dense, self.full, *self.static.values()) if v is not None]
+        return [v for v in (self.lowered, self.tail, self.full, *self.static.values()) if v is not None]
 
     @property
     def compiles(self) -> int:
@@ -226,20 +229,14 @@ class GraphRunner:
         graph, length = self._partial_graph(index.numel(), exact)
         outputs = self._run(("partial", length), graph, args, self.device_index(index, length),
                             state, step_time)
-        state.ran(full=False, caches_filled=None)
+        state.ran(full=False)
         return outputs
 
-    def full_step(self, args, state: BranchState, step_time: float, fill_caches: bool = True) -> tuple:
-        """Compute every image token. `fill_caches=False`: no later step reads the K/V this
-        step computes, so the dense variant skips writing them (they are stale after it)."""
-        index = self.device_index(None)
-        if not fill_caches and self.dense is not None:
-            outputs = self._run("dense", self.dense, args, index, state, step_time)
-            state.ran(full=True, caches_filled=False)
-            return outputs
+    def full_step(self, args, state: BranchState, step_time: float) -> tuple:
+        """Compute every image token and fill the caches."""
         graph = self.full if self.full is not None else self.lowered
-        outputs = self._run("full", graph, args, index, state, step_time)
-        state.ran(full=True, caches_filled=True)
+        outputs = self._run("full", graph, args, self.device_index(None), state, step_time)
+        state.ran(full=True)
         return outputs
 
     def skip(self, args, state: BranchState, step_time: float) -> tuple:

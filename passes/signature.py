@@ -53,7 +53,7 @@ class Role(str, enum.Enum):
 
 
 # states that complete the gathered rows of a tensor to the full sequence: a full step
-# writes every row (dense_variant), a partial step the computed ones
+# writes every row, a partial step the computed ones
 COMPLETION_ROLES = frozenset({Role.K_CACHE, Role.V_CACHE, Role.TOKEN_CACHE, Role.KV_PREV, Role.KV_TIME})
 
 

@@ -123,16 +123,14 @@ def test_skipped_steps_run_the_tail_and_return_the_forecast(family):
     with torch.no_grad():
         for step in range(STEPS):
             if step == 1:
-                main, dense, tail = (_count_calls(ctl, name) for name in ("lowered", "dense", "tail"))
+                main, tail = _count_calls(ctl, "lowered"), _count_calls(ctl, "tail")
             kw = {**kwargs, "timestep": torch.full((1,), 900.0 - 50 * step)}
             outputs.append(f(**kw, return_dict=False)[0])
     levels = ctl.stats()["levels"]
     skipped = [s for s, level in enumerate(levels) if level == "skip"]
     assert skipped == [4, 6, 8]
-    # no step computes only some tokens, so no step needs the K/V caches: after the first
-    # call (which fills them for a set_active() that may follow), full steps run the dense
-    # variant (no gather, no cache writes), skipped steps the tail
-    assert main.n == 0 and dense.n == STEPS - 1 - len(skipped) and tail.n == len(skipped)
+    # full steps run the graph (symbolic on a CPU), skipped steps the tail
+    assert main.n == STEPS - 1 - len(skipped) and tail.n == len(skipped)
     for s in skipped:
         a, b = [c for c in range(s) if c not in skipped][-2:][::-1]    # the last two computed
         expected = outputs[a] + (outputs[a] - outputs[b]) * (s - a) / (a - b)
@@ -140,33 +138,35 @@ def test_skipped_steps_run_the_tail_and_return_the_forecast(family):
     assert ctl.reports[0].skip_steps.startswith("a tail of")
 
 
-def test_full_steps_fill_the_caches_only_where_a_partial_step_reads_them():
-    """Periods 4/2/1 after a warm-up of 3: steps 0, 1, 2 are followed by full steps, so they
-    run the dense variant (no cache writes); step 3, a refresh followed by partial steps,
-    runs the rewritten graph and fills the caches. Results equal a run that always uses the
-    rewritten graph."""
+def test_full_steps_run_the_full_variant_equal_to_the_rewritten_graph():
+    """Static shapes, periods 4/2/1 after a warm-up of 3: the full steps 0 .. 3 run the
+    full-step variant (all tokens, no gather, caches filled), never the rewritten graph, and
+    the partial steps after them read its caches: results equal a run whose full steps run
+    the rewritten graph."""
     model, kwargs, n = flux(b=1, h=4, w=4)
     model.eval()
     schedule = dict(static_interval=4, medium_interval=2, active_interval=1)
     timesteps = [0.9 - 0.05 * step for step in range(STEPS)]
     outputs = {}
     with torch.no_grad():
-        for use_dense in (True, False):
+        for use_variant in (True, False):
             torch._dynamo.reset()
-            f = _compiled(copy.deepcopy(model), **schedule)
+            f = _compiled(copy.deepcopy(model), static_shapes=True, **schedule)
             ctl = jano_compile.controller(f)
-            outputs[use_dense] = [f(**{**kwargs, "timestep": torch.full((1,), timesteps[0])},
-                                    return_dict=False)[0]]
-            main, dense = _count_calls(ctl, "lowered"), _count_calls(ctl, "dense")
-            if not use_dense:
-                ctl._graphs[next(iter(ctl._graphs))].runner.dense = None
+            outputs[use_variant] = [f(**{**kwargs, "timestep": torch.full((1,), timesteps[0])},
+                                      return_dict=False)[0]]
+            main, full = _count_calls(ctl, "lowered"), _count_calls(ctl, "full")
+            if not use_variant:
+                ctl._graphs[next(iter(ctl._graphs))].runner.full = None
             for step, t in enumerate(timesteps[1:], start=1):
-                outputs[use_dense].append(f(**{**kwargs, "timestep": torch.full((1,), t)},
-                                            return_dict=False)[0])
-                if use_dense and step == 2:
-                    assert (main.n, dense.n) == (0, 2)
-                if use_dense and step == 3:
-                    assert (main.n, dense.n) == (1, 2)
+                outputs[use_variant].append(f(**{**kwargs, "timestep": torch.full((1,), t)},
+                                              return_dict=False)[0])
+                if use_variant and step == 3:
+                    assert (main.n, full.n) == (0, 3)
+                if use_variant and step == 4:      # partial: its static graph
+                    runner = ctl._graphs[next(iter(ctl._graphs))].runner
+                    assert (main.n, full.n, len(runner.static)) == (0, 3, 1)
+    assert ctl.stats()["levels"][:5] == ["warmup"] * 3 + ["refresh", "active"]
     for a, b in zip(outputs[True], outputs[False]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
@@ -230,10 +230,10 @@ def test_forecast_compiled_with_inductor_once_for_every_step_kind():
         torch._dynamo.reset()
         skipped_eager = euler_loop(_compiled(model), kwargs, steps=STEPS)
     assert {"refresh", "medium", "active"} <= set(stats["levels"])
-    assert stats["compiles"] == 2     # one for every partial size (+ full), one dense variant
+    assert stats["compiles"] == 1     # on a CPU one symbolic graph for every step, full or partial
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
-    # the first call fills the caches (the rewritten graph), then dense full steps and the tail
-    assert "skip" in skip_stats["levels"] and skip_stats["compiles"] == 3
+    # full steps on the graph, skipped ones on the tail
+    assert "skip" in skip_stats["levels"] and skip_stats["compiles"] == 2
     torch.testing.assert_close(skipped, skipped_eager, atol=1e-4, rtol=1e-4)
 
 

@@ -88,28 +88,34 @@ def test_lengths_past_the_static_call_bound_run_uncaptured(monkeypatch):
 
 
 @pytest.mark.parametrize("static", [False, True])
-def test_a_runner_builds_only_the_full_step_variant_its_mode_runs(static, monkeypatch):
-    """Static shapes run the cache-filling variant, dynamic ones the dense variant; the
-    other is never built (each is a deep copy and a pass)."""
+def test_full_steps_run_the_full_variant_under_static_shapes(static, monkeypatch):
+    """Static shapes: the full-step variant is built once (a deep copy and a pass) and full
+    steps run it; symbolic on a CPU: full steps run the rewritten graph (one compile for
+    every step), no variant is built."""
     import jano_compile.rewrite as rewrite
     built = []
     original = rewrite.dense_variant
-    monkeypatch.setattr(rewrite, "dense_variant", lambda gm, fill: built.append(fill) or original(gm, fill))
+    monkeypatch.setattr(rewrite, "dense_variant", lambda gm: built.append(gm) or original(gm))
     model, kwargs, n = flux(b=1, h=4, w=4)
     f = torch.compile(model, backend="jano", options={"lowering": "eager", "static_shapes": static})
     with torch.no_grad():
         f(**kwargs, return_dict=False)
-    (graph,) = jano_compile.controller(f)._graphs.values()
-    assert built == [static]
-    assert (graph.runner.full is not None, graph.runner.dense is not None) == (static, not static)
+        ctl = jano_compile.controller(f)
+        ctl.refresh()
+        f(**kwargs, return_dict=False)
+    (graph,) = ctl._graphs.values()
+    assert len(built) == static
+    if static:
+        assert graph.runner.full.compiles == 1 and graph.runner.lowered.compiles == 0
+    else:
+        assert graph.runner.full is None and graph.runner.lowered.compiles == 1
     torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("forecast_kv", [False, True])
-def test_the_cache_filling_variant_attends_to_the_caches_it_fills(forecast_kv):
-    """The full variant of static shapes writes each layer's fresh K/V into its cache and
-    attention reads the cache (as partial steps do), so K and V are written once; the dense
-    variant attends to the fresh K/V and writes no cache. Neither gathers its inputs. With
+def test_the_full_variant_attends_to_the_caches_it_fills(forecast_kv):
+    """The full-step variant writes each layer's fresh K/V into its cache and attention reads
+    the cache (as partial steps do), so K and V are written once; it gathers no input. With
     forecast K/V, partial steps read the forecasts; a full step reads its caches too."""
     from jano_compile.passes import PassConfig
     from jano_compile.passes.signature import ENTRY_GATHER, STATE_WRITE
@@ -134,13 +140,11 @@ def test_the_cache_filling_variant_attends_to_the_caches_it_fills(forecast_kv):
         arguments = [dict(zip(("query", "key", "value"), n.args)) | n.kwargs for n in sites]
         return [[a[name].meta.get(STATE_WRITE, "fresh") for name in ("key", "value")] for a in arguments]
 
-    filled, dense = result.full_variant(True), result.full_variant(False)
-    assert sorted(sum(attention_reads(filled), [])) == sorted(caches)
-    assert sum(attention_reads(dense), []) == ["fresh"] * 6
+    full = result.full_variant()
+    assert sorted(sum(attention_reads(full), [])) == sorted(caches)
     assert attention_reads(result.graph) == (
-        [["fresh", "fresh"]] * 3 if forecast_kv else attention_reads(filled))
-    for gm in (filled, dense):
-        assert not any(n.meta.get(ENTRY_GATHER) for n in gm.graph.nodes)
+        [["fresh", "fresh"]] * 3 if forecast_kv else attention_reads(full))
+    assert not any(n.meta.get(ENTRY_GATHER) for n in full.graph.nodes)
     torch._dynamo.reset()
 
 

@@ -757,9 +757,9 @@ def test_token_mixing_ops_read_completed_caches():
     assert count_calls(after, F.linear) >= 4
 
 
-def test_full_step_variants_fill_or_keep_the_token_caches():
-    """dense_variant: the full variant writes every row of the token caches (a partial step
-    after it equals it), the dense one leaves them as they were; the skip tail reads none."""
+def test_the_full_step_variant_fills_the_token_caches():
+    """dense_variant: the full-step variant writes every row of the token caches (a partial
+    step after it equals it); the skip tail reads none."""
     from jano_compile.rewrite import rewrite_graph
     model = LinearAttentionConvDiT().eval()
     captured = {}
@@ -778,10 +778,8 @@ def test_full_step_variants_fill_or_keep_the_token_caches():
         n = sig.num_image_tokens
         tokens = [i for i, s in enumerate(sig.states) if s.role.value == "token_cache"]
         states = [s.allocate() for s in sig.states]
-        (dense,) = result.full_variant(False)(*sig.call_args(inputs, torch.arange(n), states))
-        torch.testing.assert_close(dense, reference, **TOLERANCE)
-        assert all(states[i].abs().sum() == 0 for i in tokens), "the dense variant writes no token cache"
-        (full,) = result.full_variant(True)(*sig.call_args(inputs, torch.arange(n), states))
+        assert all(states[i].abs().sum() == 0 for i in tokens)
+        (full,) = result.full_variant()(*sig.call_args(inputs, torch.arange(n), states))
         torch.testing.assert_close(full, reference, **TOLERANCE)
         assert all(states[i].abs().sum() > 0 for i in tokens)
         (part,) = result.graph(*sig.call_args(inputs, torch.arange(0, n, 3), states))
