@@ -22,6 +22,7 @@ from .analyzer import RegionAnalysis, analyze, region_map, render_region_map, re
 from .clock import Tick
 from .config import JanoConfig
 from .periods import PERIODS, RegionPeriods, adaptive_budget
+from .policy import branch_of_call
 from .schedule import Level, Phase, step_phase
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class AdaptiveSchedule:
             self.generation = tick.generation
         self.call_in_step = tick.call_in_step
         step = tick.step
-        branch = branch_name or ("default" if tick.call_in_step == 0 else f"call{tick.call_in_step}")
+        branch = branch_name or branch_of_call(tick.call_in_step)
         phase = step_phase(step, None, self.config)
         if phase.level != Level.FULL and not self.analysed:
             if self.config.num_inference_steps is None and not self.warned_no_length:

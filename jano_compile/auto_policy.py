@@ -22,7 +22,7 @@ from typing import Callable, Mapping, Optional
 import torch
 
 from .adaptive import AdaptiveSchedule
-from .clock import SchedulerClock, TimestepClock
+from .clock import SchedulerClock, Tick, TimestepClock
 from .config import resolve_config
 from .geometry import SequenceSlots, geometry_for, image_tokens
 from .policy import DEFAULT_BRANCH, CallPlan
@@ -91,6 +91,22 @@ class AutoPolicy:
     def _on_grid(self, errors: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """Per-token `errors` of the graph's sequence, those of the latent grid's tokens."""
         return errors if self._slots is None else self._slots.on_grid(errors)
+
+    def manual_tick(self, graph, args) -> Optional[Tick]:
+        """Where a call under manual control falls: under enable() the scheduler's tick; in a
+        bare loop whose steps have several calls at each timestep (split CFG), the
+        timestep's, so that each branch keeps its own caches; else None (every call one step
+        of one branch). The timestep is read (one device-to-host copy per call, as the
+        automatic schedule took) once some timestep had several calls; they are branches
+        once a step with several calls ended with the timestep moving on: a loop that
+        repeats one timestep (each call a step of its own) is not split CFG."""
+        if self.scheduler_clock is not None:
+            return self.scheduler_clock.tick()
+        clock, timestep = self._timestep_clock, graph.roles.timestep
+        if clock.most_calls < 2 or timestep is None:
+            return None
+        tick = clock.tick(float(args[timestep].reshape(-1)[0]))
+        return tick if clock.last_step_calls > 1 else None
 
     def plan(self, graph, args, module: Optional[torch.nn.Module], branch_name: Optional[str],
              token_errors: Optional[Callable[[], Optional[torch.Tensor]]] = None) -> Optional[CallPlan]:

@@ -69,6 +69,11 @@ class CacheStore:
         """Drop every state (their memory is freed once nothing else holds them)."""
         self._states.clear()
 
+    def drop(self, graph_key) -> None:
+        """Drop the states of one graph (every branch): the graph is gone."""
+        for key in [k for k in self._states if k[0] == graph_key]:
+            del self._states[key]
+
     def new_generation(self) -> None:
         """A new generation starts: no branch forecasts across it."""
         for state in self._states.values():

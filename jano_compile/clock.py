@@ -13,11 +13,33 @@ Two sources, one `Tick`:
   generation, an equal timestep is another branch of the same step (split CFG). Solvers
   that call the model twice per step at different timesteps (Heun, DPM-2), and timesteps
   rounded to equal values between steps (bf16 at 100 steps) break this count.
+
+Each branch of a step has caches of its own (a set of K/V per branch), so calls within one
+step count as at most MAX_BRANCHES branches: more calls at one timestep (a warm-up or
+timing loop that repeats one input) reuse the last branch's caches, with one warning,
+instead of allocating a cache set per call.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Optional
+
+log = logging.getLogger(__name__)
+
+MAX_BRANCHES = 4    # split CFG calls the model twice per step; a few pipelines three times
+
+
+def _branch_call(calls: int, warned: bool) -> tuple[int, bool]:
+    """(the call's index among the step's branches, warned) for the `calls`-th call of a
+    step (from 0): calls beyond MAX_BRANCHES share the last branch, said once."""
+    if calls < MAX_BRANCHES:
+        return calls, warned
+    if not warned:
+        log.warning("jano: %d calls within one step (the same timestep, or no scheduler step between "
+                    "them): taken as repeats of branch %d, not as new CFG branches with caches of their "
+                    "own; in a sampling loop the timestep changes from step to step", calls + 1, MAX_BRANCHES)
+    return MAX_BRANCHES - 1, True
 
 
 @dataclass(frozen=True)
@@ -39,19 +61,28 @@ class TimestepClock:
     step: int = -1
     call_in_step: int = 0
     direction: Optional[float] = None     # -1.0 falling, 1.0 rising: learned at the first change
+    calls_in_step: int = 0                # calls of this step so far (call_in_step stops at the cap)
+    most_calls: int = 0                   # the most calls at one timestep so far
+    last_step_calls: int = 0              # the calls of the last step that ended (the timestep moved)
+    warned_branches: bool = False
 
     def tick(self, timestep: float) -> Tick:
         if self.last_timestep is not None and timestep != self.last_timestep and self.direction is None:
             self.direction = 1.0 if timestep > self.last_timestep else -1.0
         if timestep == self.last_timestep:
-            self.call_in_step += 1
+            self.calls_in_step += 1
+            self.call_in_step, self.warned_branches = _branch_call(self.calls_in_step, self.warned_branches)
         elif self.last_timestep is None or (timestep - self.last_timestep) * self.direction < 0:
+            if self.last_timestep is not None:
+                self.last_step_calls = self.calls_in_step + 1
             self.generation += 1
-            self.step, self.call_in_step = 0, 0
+            self.step, self.call_in_step, self.calls_in_step = 0, 0, 0
         else:
+            self.last_step_calls = self.calls_in_step + 1
             self.step += 1
-            self.call_in_step = 0
+            self.call_in_step, self.calls_in_step = 0, 0
         self.last_timestep = timestep
+        self.most_calls = max(self.most_calls, self.calls_in_step + 1)
         return Tick(self.generation, self.step, self.call_in_step)
 
 
@@ -63,6 +94,7 @@ class SchedulerClock:
     step: int = 0
     calls_in_step: int = 0
     times: Optional[list] = None     # per step: the scheduler's sigma (fp32), if it has them
+    warned_branches: bool = False
 
     def start_generation(self, times: Optional[list] = None) -> None:
         self.generation += 1
@@ -75,6 +107,6 @@ class SchedulerClock:
 
     def tick(self) -> Tick:
         time = self.times[self.step] if self.times and self.step < len(self.times) else None
-        tick = Tick(max(self.generation, 1), self.step, self.calls_in_step, time)
+        call, self.warned_branches = _branch_call(self.calls_in_step, self.warned_branches)
         self.calls_in_step += 1
-        return tick
+        return Tick(max(self.generation, 1), self.step, call, time)

@@ -30,7 +30,7 @@ from jano_compile.passes.signature import Role
 from .auto_policy import AutoPolicy
 from .cache_store import CacheStore
 from .manual_policy import ManualPolicy
-from .policy import DEFAULT_BRANCH, CallPlan
+from .policy import DEFAULT_BRANCH, CallPlan, branch_of_call
 from .registry import REGISTRY
 from .report import Report
 from .stats import Stats
@@ -58,7 +58,9 @@ class Controller:
         self.manual_policy = ManualPolicy()
         self.auto_policy = AutoPolicy()
         self.store = CacheStore()
-        self._graphs: dict = {}                         # id(graph) -> CompiledGraph
+        # id(graph) -> CompiledGraph, held weakly: a graph dynamo dropped (torch._dynamo.reset(),
+        # a recompile) takes its caches with it
+        self._graphs: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._num_image_tokens: Optional[int] = None    # of the last full rewritten step
         self._num_calls = 0
         self._num_full_calls = 0
@@ -216,6 +218,7 @@ class Controller:
         """One call of a compiled graph (rewritten or not) with dynamo's arguments."""
         if id(graph) not in self._graphs:
             self._graphs[id(graph)] = graph
+            weakref.finalize(graph, self.store.drop, id(graph))
             self._note_first_call(graph)
         if graph.runner is None:
             self._record(CallRecord(graph.report.graph, True, 0, 0))
@@ -251,7 +254,6 @@ class Controller:
         return outputs
 
     def _plan(self, graph, args) -> CallPlan:
-        branch = self.branch_name or DEFAULT_BRANCH
         if not self.manual:
             plan = self.auto_policy.plan(graph, args, self.module, self.branch_name,
                                          token_errors=lambda: self._token_errors(graph))
@@ -261,10 +263,10 @@ class Controller:
                     plan = dataclasses.replace(plan, index=None, exact=False,
                                                phase="refresh")
                 return plan
+        tick = self.auto_policy.manual_tick(graph, args)
+        branch = self.branch_name or (branch_of_call(tick.call_in_step) if tick is not None else DEFAULT_BRANCH)
         plan = self.manual_policy.plan(graph.signature.num_image_tokens, branch)
-        clock = self.auto_policy.scheduler_clock
-        if clock is not None:    # under enable(): the scheduler's step time, as the schedule's
-            tick = clock.tick()
+        if self.auto_policy.scheduler_clock is not None:   # under enable(): the scheduler's step time
             plan = dataclasses.replace(plan, time=tick.time if tick.time is not None else float(tick.step))
         return plan
 

@@ -27,7 +27,9 @@ def checked_index(index, num_image_tokens: int) -> torch.Tensor:
     index = index.detach().to("cpu", torch.long)
     if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
         raise IndexError(f"set_active(): positions must lie in [0, {n}) (the model has {n} "
-                         f"image tokens); got min {int(index.min())}, max {int(index.max())}")
+                         f"image tokens at the resolution of its last full step; for another "
+                         f"resolution call the model once at it first); got min {int(index.min())}, "
+                         f"max {int(index.max())}")
     index = torch.sort(index).values
     if index.numel() > 1 and bool((index[1:] == index[:-1]).any()):
         raise ValueError("set_active(): the index holds duplicate positions")

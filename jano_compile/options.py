@@ -55,7 +55,8 @@ class Options:
     mode: Optional[str] = None
     static_shapes: Optional[bool] = None   # None: on CUDA
     cuda_graphs: Optional[bool] = None     # None: with mode reduce-overhead / max-autotune on CUDA
-    static_buckets: int = STATIC_BUCKETS    # padded lengths: multiples of N / static_buckets
+    static_buckets: Optional[int] = None    # padded lengths: multiples of N / static_buckets
+                                            # (None: STATIC_BUCKETS)
     inductor: Mapping[str, Any] = field(default_factory=dict)   # torch._inductor.config patches
     schedule: Mapping[str, Any] = field(default_factory=dict)   # JanoConfig fields given
 
@@ -123,14 +124,14 @@ def parse_options(mode: Optional[str] = None, options: Optional[Mapping[str, Any
     else:
         dump_dir = None
     for key in ("static_shapes", "cuda_graphs"):
-        if options.get(key) not in (None, True, False):
+        if options.get(key) is not None and not isinstance(options[key], bool):
             raise TypeError(f"jano option {key!r} must be True, False or None (automatic), "
                             f"got {options[key]!r}")
-    buckets = options.get("static_buckets", STATIC_BUCKETS)
-    if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
+    buckets = options.get("static_buckets")
+    if buckets is not None and (isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1):
         raise ValueError(f"jano option 'static_buckets' must be a positive int (index sets are padded "
-                         f"to a multiple of N / static_buckets tokens; default {STATIC_BUCKETS}), "
-                         f"got {buckets!r}")
+                         f"to a multiple of N / static_buckets tokens; default {STATIC_BUCKETS}) or "
+                         f"None, got {buckets!r}")
     schedule = {k: v for k, v in options.items() if k in schedule_keys}
     _check_schedule(schedule)
     return Options(lowering=lowering, dump_dir=dump_dir, mode=mode, inductor=inductor,

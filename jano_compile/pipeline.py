@@ -36,14 +36,16 @@ class _Handle:
 
 
 def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
-           lowering: str = "inductor", mode: Optional[str] = None,
+           lowering: Optional[str] = None, mode: Optional[str] = None,
            options: Optional[Mapping[str, Any]] = None, **compile_kwargs) -> Controller:
     """Compile `pipe.transformer` with Jano; returns its controller. The fields `config` sets
     (for a JanoConfig: those passed to its constructor) win over the family preset, which
     wins over the JanoConfig defaults. The step count comes from the scheduler. `mode`:
     torch.compile's mode ("reduce-overhead": each step a CUDA-graph replay on a GPU).
-    `options`: backend options besides the schedule (`static_shapes`, `static_buckets`,
-    `cuda_graphs`, `dump_dir`, Inductor settings; see options.py)."""
+    `lowering`: "inductor" (the default) or "eager". `options`: backend options besides the
+    schedule (`static_shapes`, `static_buckets`, `cuda_graphs`, `dump_dir`, Inductor
+    settings; see options.py); a setting given there and as a keyword or in `config` is an
+    error."""
     if getattr(pipe, _HANDLE, None) is not None:
         raise RuntimeError("jano is already enabled on this pipeline; call jano_compile.disable(pipe) first")
     transformer = getattr(pipe, "transformer", None)
@@ -53,11 +55,13 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
         raise TypeError("pipe.transformer is already compiled with torch.compile; enable() compiles it "
                         "itself: give it the module (pipe.transformer = pipe.transformer._orig_mod)")
     schedule = explicit_options(config)
-    both = sorted(set(schedule) & set(options or {}))
+    options = dict(options or {})
+    keywords = {key: value for key, value in (("lowering", lowering), ("mode", mode)) if value is not None}
+    both = sorted(set(schedule) & set(options)) + sorted(k for k in keywords if k in options)
     if both:
-        raise ValueError(f"jano_compile.enable(): {both} given both in the config and in `options`; "
-                         "give each setting once")
-    options = {"lowering": lowering, **({"mode": mode} if mode else {}), **(options or {}), **schedule}
+        raise ValueError(f"jano_compile.enable(): {both} given twice (in the config or as a keyword, and "
+                         "in `options`); give each setting once")
+    options = {**keywords, **options, **schedule}
     parse_options(None, options)     # a bad option fails here, not at the first denoising step
     ctl = controller(transformer)
     if ctl.auto_policy.scheduler_clock is not None:

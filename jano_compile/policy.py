@@ -9,6 +9,11 @@ import torch
 DEFAULT_BRANCH = "default"
 
 
+def branch_of_call(call_in_step: int) -> str:
+    """The branch of the `call_in_step`-th call of a step (split CFG without named branches)."""
+    return DEFAULT_BRANCH if call_in_step == 0 else f"call{call_in_step}"
+
+
 @dataclass(frozen=True)
 class CallPlan:
     """One call: recompute the image tokens at `index` (sorted int64 [n] on the CPU), or

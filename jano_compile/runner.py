@@ -42,7 +42,7 @@ from jano_compile.passes.signature import GraphSignature
 
 from .cache_store import BranchState
 from .lowering import LoweredRewrite
-from .options import Options
+from .options import STATIC_BUCKETS, Options
 from .static_call import StaticCall
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,11 @@ class GraphRunner:
         self.signature = signature
         self.options = options
         self.mode = RunMode.resolve(options, signature.index_device)
+        if options.static_buckets is not None and not self.mode.static_shapes:
+            log.warning("jano: static_buckets=%d has no effect: partial steps run one symbolic graph "
+                        "for every length here (static shapes are off%s); give static_shapes=True to "
+                        "pad index sets to buckets", options.static_buckets,
+                        ", the default off CUDA" if options.static_shapes is None else "")
         n = signature.num_image_tokens
         self._rewritten = rewritten
         self.lowered = LoweredRewrite(rewritten, options, signature)
@@ -209,7 +214,8 @@ class GraphRunner:
         """(lowered graph, index length) for a partial step of n tokens."""
         if not self.mode.static_shapes or n == 0:
             return self.lowered, n
-        length = n if exact else bucket_length(n, self.signature.num_image_tokens, self.options.static_buckets)
+        length = n if exact else bucket_length(n, self.signature.num_image_tokens,
+                                               self.options.static_buckets or STATIC_BUCKETS)
         graph = self.static.get(length)
         if graph is None and len(self.static) < MAX_STATIC_GRAPHS:
             graph = self.static[length] = LoweredRewrite(self._rewritten, self.options, self.signature, length)

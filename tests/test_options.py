@@ -64,12 +64,14 @@ def test_mode_among_the_options():
 @pytest.mark.parametrize("key", ["static_shapes", "cuda_graphs"])
 def test_runtime_switches_take_booleans(key):
     assert getattr(parse_options(None, {key: True}), key) is True
-    with pytest.raises(TypeError, match=f"'{key}' must be True, False or None"):
-        parse_options(None, {key: "yes"})
+    for value in ("yes", 1, 0):     # 1 == True, but not a switch
+        with pytest.raises(TypeError, match=f"'{key}' must be True, False or None"):
+            parse_options(None, {key: value})
 
 @pytest.mark.parametrize("value", [0, -4, 2.5, True, "16"])
 def test_static_buckets_takes_a_positive_int(value):
     assert parse_options(None, {"static_buckets": 64}).static_buckets == 64
+    assert parse_options(None, {"static_buckets": None}).static_buckets is None     # the default
     with pytest.raises(ValueError, match="'static_buckets' must be a positive int"):
         parse_options(None, {"static_buckets": value})
 

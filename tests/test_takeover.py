@@ -127,8 +127,22 @@ def test_enable_takes_backend_options_beside_a_config():
     (graph,) = ctl._graphs.values()
     assert graph.runner.mode.static_shapes and graph.runner.options.static_buckets == 4
     pipe, _ = flux_pipeline()
-    with pytest.raises(ValueError, match=r"\['work'\] given both"):
+    with pytest.raises(ValueError, match=r"\['work'\] given twice"):
         jano_compile.enable(pipe, JanoConfig(work=0.5), options={"work": 0.4})
+    for keyword in (dict(mode="reduce-overhead"), dict(lowering="eager")):
+        (key, value), = keyword.items()
+        with pytest.raises(ValueError, match=rf"\['{key}'\] given twice"):
+            jano_compile.enable(pipe, **keyword, options={key: "default" if key == "mode" else "inductor"})
+
+
+def test_static_buckets_without_static_shapes_says_it_does_nothing(caplog):
+    model, kwargs, _ = flux(b=1, h=4, w=4)
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="jano_compile.runner"):
+        f = torch.compile(model.eval(), backend="jano", dynamic=False,
+                          options={"lowering": "eager", "static_buckets": 64})
+        f(**kwargs, return_dict=False)
+    assert any("static_buckets=64 has no effect" in r.message and "static_shapes=True" in r.message
+               for r in caplog.records)
 
 
 def test_stats_before_any_call_say_why_nothing_is_rewritten():
@@ -235,3 +249,103 @@ def test_a_skip_step_of_a_model_without_a_skip_tail_computes_no_image_token():
     assert graph.runner.tail is None
     skips = [r for r in ctl.step_records if r.phase == "skip"]
     assert skips and all(not r.full and r.active == 0 for r in skips)
+
+
+def test_clocks_count_at_most_max_branches_per_step(caplog):
+    """Calls within one step beyond MAX_BRANCHES share the last branch (said once); the
+    next step starts at the first branch again."""
+    from jano_compile.clock import MAX_BRANCHES, SchedulerClock, TimestepClock
+    timestep, scheduler = TimestepClock(), SchedulerClock()
+    scheduler.start_generation()
+    calls = MAX_BRANCHES + 3
+    with caplog.at_level(logging.WARNING, logger="jano_compile.clock"):
+        by_timestep = [timestep.tick(0.9).call_in_step for _ in range(calls)]
+        by_scheduler = [scheduler.tick().call_in_step for _ in range(calls)]
+    expected = [*range(MAX_BRANCHES), *[MAX_BRANCHES - 1] * 3]
+    assert by_timestep == by_scheduler == expected
+    assert sum("calls within one step" in r.message for r in caplog.records) == 2   # once per clock
+    scheduler.end_step()
+    assert (timestep.tick(0.8).call_in_step, scheduler.tick().call_in_step) == (0, 0)
+
+
+def test_repeated_calls_at_one_timestep_allocate_at_most_max_branches_cache_sets():
+    """A warm-up or timing loop that calls the model again and again on one input: the
+    caches stop growing after MAX_BRANCHES branches."""
+    from jano_compile.clock import MAX_BRANCHES
+    model, kwargs, _ = flux(b=1, h=4, w=4)
+    with torch.no_grad():
+        f = torch.compile(model.eval(), backend="jano", dynamic=False, options={"lowering": "eager"})
+        ctl = jano_compile.controller(f)
+        f(**kwargs, return_dict=False)
+        one_set = ctl.stats()["cache_bytes"]
+        for _ in range(3 * MAX_BRANCHES):
+            f(**kwargs, return_dict=False)
+    stats = ctl.stats()
+    assert stats["cache_bytes"] == MAX_BRANCHES * one_set
+    assert len(stats["branches"]) == MAX_BRANCHES
+
+
+def test_split_cfg_in_a_bare_loop_keeps_its_branches_under_set_active():
+    """Cond and uncond calls at each timestep; set_active() after the first step: each
+    branch's partial steps read its own caches, as two loops of one branch each do."""
+    model, kwargs, n = flux(b=1, h=4, w=4)
+    model.eval()
+    texts = {"cond": kwargs["encoder_hidden_states"], "uncond": torch.randn_like(kwargs["encoder_hidden_states"])}
+    active = torch.arange(0, n, 3)
+
+    def run(branches):
+        torch._dynamo.reset()
+        f = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager"})
+        ctl = jano_compile.controller(f)
+        outputs = {}
+        for step, t in enumerate((0.9, 0.8, 0.7)):
+            if step == 1:
+                ctl.set_active(active)
+            for name in branches:
+                step_kwargs = {**kwargs, "encoder_hidden_states": texts[name], "timestep": torch.full((1,), t)}
+                outputs[name] = f(**step_kwargs, return_dict=False)[0]
+        return outputs, ctl.stats()
+
+    with torch.no_grad():
+        split, stats = run(("cond", "uncond"))
+        alone = {name: run((name,))[0][name] for name in texts}
+    assert stats["full_calls"] == 2 and sorted(stats["branches"]) == ["call1", "default"]
+    for name in texts:
+        torch.testing.assert_close(split[name], alone[name], rtol=0, atol=0)
+
+
+def test_repeated_calls_at_one_timestep_are_not_taken_for_split_cfg_under_set_active():
+    """Two calls at one timestep, then set_active(), then more calls at that timestep (a
+    manual loop that never changes the timestep): each call is a step of the one branch,
+    partial on the caches the first call filled."""
+    model, kwargs, n = flux(b=1, h=4, w=4)
+    with torch.no_grad():
+        f = torch.compile(model.eval(), backend="jano", dynamic=False, options={"lowering": "eager"})
+        ctl = jano_compile.controller(f)
+        f(**kwargs, return_dict=False)
+        f(**kwargs, return_dict=False)
+        ctl.set_active(torch.arange(0, n, 2))
+        for _ in range(2):
+            f(**kwargs, return_dict=False)
+            assert not ctl.last_call.full and ctl.last_call.branch == "default"
+
+
+def test_graphs_dynamo_dropped_free_their_caches():
+    """torch._dynamo.reset() (or any recompile that drops a graph) frees that graph's caches:
+    the controller holds graphs weakly; compiling the model again starts afresh."""
+    import gc
+    model, kwargs, _ = flux(b=1, h=4, w=4)
+    model.eval()
+    with torch.no_grad():
+        f = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager"})
+        ctl = jano_compile.controller(f)
+        f(**kwargs, return_dict=False)
+        one_set = ctl.stats()["cache_bytes"]
+        assert one_set > 0 and ctl.stats()["graphs"] == 1
+        torch._dynamo.reset()
+        gc.collect()
+        assert (ctl.stats()["cache_bytes"], ctl.stats()["graphs"]) == (0, 0)
+        g = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager"})
+        g(**kwargs, return_dict=False)
+    assert jano_compile.controller(g) is ctl
+    assert ctl.stats()["cache_bytes"] == one_set and ctl.stats()["compiles"] == 1
