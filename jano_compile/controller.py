@@ -305,9 +305,7 @@ def controller(model) -> Controller:
     if not params:
         raise ValueError(f"{type(module).__name__} has no parameters: jano finds a model's "
                          "controller through its parameters")
-    ctl = REGISTRY.find(params)
-    if ctl is None:
-        ctl = Controller()
+    ctl = REGISTRY.find(params) or REGISTRY.for_module(module) or Controller()
     ctl.attach(module)
-    REGISTRY.register(params, ctl)
+    REGISTRY.register(params, ctl, module)
     return ctl

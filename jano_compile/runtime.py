@@ -63,16 +63,26 @@ class CompiledGraph:
             return self._orphan
         params = [args[i] for i in self.param_positions]
         ctl = REGISTRY.lookup(params[0])
-        if ctl is None:
-            ctl = Controller()
-            module = _calling_module(params[0])
-            if module is not None:
+        return ctl if ctl is not None else self._find_controller(params)
+
+    @staticmethod
+    def _find_controller(params: list) -> Controller:
+        """The controller of a model whose first parameter the registry does not know: through
+        its other parameters (layers added, a LoRA say), else through the module that owns
+        them (parameters replaced: `load_state_dict(..., assign=True)`), else a new one."""
+        ctl = REGISTRY.find(params)
+        module = _calling_module(params[0]) if ctl is None else None
+        if module is not None:
+            ctl = REGISTRY.for_module(module)
+            if ctl is None:
                 log.info("jano: found the model %s by walking the call stack; call "
                          "jano_compile.controller(compiled) before the first call to attach it "
                          "directly", type(module).__name__)
+                ctl = Controller()
                 ctl.attach(module)
-                REGISTRY.register(module.parameters(), ctl)
-            REGISTRY.register(params, ctl)
+            REGISTRY.register(module.parameters(), ctl, module)
+        ctl = ctl if ctl is not None else Controller()
+        REGISTRY.register(params, ctl)
         return ctl
 
     def __call__(self, *args):

@@ -349,3 +349,19 @@ def test_graphs_dynamo_dropped_free_their_caches():
         g(**kwargs, return_dict=False)
     assert jano_compile.controller(g) is ctl
     assert ctl.stats()["cache_bytes"] == one_set and ctl.stats()["compiles"] == 1
+
+
+def test_a_model_whose_parameters_were_replaced_keeps_its_controller():
+    """load_state_dict(..., assign=True) gives the model new Parameter objects: the compiled
+    graph finds the model's controller through the module, and set_active() still applies."""
+    model, kwargs, n = flux(b=1, h=4, w=4)
+    model.eval()
+    with torch.no_grad():
+        f = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager"})
+        ctl = jano_compile.controller(f)
+        f(**kwargs, return_dict=False)
+        ctl.set_active(torch.arange(0, n, 2))
+        model.load_state_dict(model.state_dict(), assign=True)
+        f(**kwargs, return_dict=False)
+    assert jano_compile.controller(f) is ctl
+    assert ctl.stats()["calls"] == 2 and not ctl.last_call.full
