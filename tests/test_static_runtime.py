@@ -18,6 +18,25 @@ from .oracle import TOLERANCE, check_oracle
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
+@pytest.mark.parametrize("device,options,expected", [
+    # device, options -> (static partial graphs, static full-step graph, static calls, CUDA capture)
+    ("cpu", {}, (False, False, False, False)),                      # one symbolic graph for every step
+    ("cpu", {"static_shapes": True}, (True, True, False, False)),
+    ("cpu", {"cuda_graphs": True}, (True, True, True, False)),      # static buffers, nothing to capture
+    ("cpu", {"cuda_graphs": True, "static_shapes": False}, (False, False, True, False)),
+    ("cuda", {}, (True, True, False, False)),
+    ("cuda", {"mode": "reduce-overhead"}, (True, True, True, True)),
+    ("cuda", {"mode": "reduce-overhead", "cuda_graphs": False}, (True, True, False, False)),
+    ("cuda", {"static_shapes": False}, (False, True, False, False)),   # full steps stay static on a GPU
+    ("cuda", {"mode": "reduce-overhead", "static_shapes": False}, (False, True, True, True)),
+])
+def test_run_modes_as_documented(device, options, expected):
+    from jano_compile.options import parse_options
+    from jano_compile.runner import RunMode
+    mode = RunMode.resolve(parse_options(None, options), torch.device(device))
+    assert (mode.static_shapes, mode.static_full, mode.static_calls, mode.capture) == expected
+
+
 def test_bucket_length_is_the_smallest_bucket_that_holds_n():
     for n_tokens in (16, 64, 100, 4096):
         for buckets in (1, 16, 64, n_tokens):
