@@ -25,8 +25,8 @@ def jano_backend(gm: fx.GraphModule, example_inputs, mode=None, options=None):
     the first call, so a bad key fails there, wrapped by dynamo, with our message)."""
     opts = parse_options(mode, options)
     rewritten, report, tail, full_variant = rewrite_graph(gm, example_inputs, opts.pass_config())
-    if opts.dump_dir:
-        write_dump(opts.dump_dir, report, gm, rewritten)
+    if opts.dump_dir and rewritten is None:
+        write_dump(opts.dump_dir, report, gm, None)
     params = param_positions(example_inputs)
     common = dict(param_positions=params, roles=input_roles(gm), schedule_options=opts.schedule)
     if rewritten is None:
@@ -39,6 +39,10 @@ def jano_backend(gm: fx.GraphModule, example_inputs, mode=None, options=None):
     sig = report.signature
     runner = GraphRunner(sig, opts, rewritten, tail=tail, full_variant=full_variant,
                          static_positions=frozenset(params))
+    if opts.dump_dir:
+        variants = {"full_step": runner.full, "skip_tail": runner.tail}
+        write_dump(opts.dump_dir, report, gm, rewritten,
+                   {name: v.gm for name, v in variants.items() if v is not None})
     return CompiledGraph(report, runner, None, grid_hint=_read_geometry(grid_from_graph, gm, sig.num_image_tokens),
                          latent_rows=_read_geometry(latent_rows_from_graph, gm), **common)
 

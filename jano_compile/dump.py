@@ -1,4 +1,5 @@
-"""Graph dumps: FX code before and after the passes with shapes, and the report."""
+"""Graph dumps: FX code before and after the passes with shapes, the variants the runtime
+runs besides the rewritten graph (the full-step graph, the skip tail), and the report."""
 from __future__ import annotations
 
 import logging
@@ -37,18 +38,19 @@ class DumpDirError(OSError):
 
 
 def write_dump(dump_dir: str, report: GraphReport, before: fx.GraphModule,
-               after: Optional[fx.GraphModule]) -> str:
-    """Write `before.txt`, `after.txt` (when rewritten) and the report under
-    `dump_dir/<graph>`; creates the directories. An OS failure raises `DumpDirError`
-    naming the option (`parse_options` checked the path, but it can change since)."""
+               after: Optional[fx.GraphModule], variants: Optional[dict] = None) -> str:
+    """Write `before.txt`, `after.txt` (when rewritten), `<name>.txt` for each of
+    `variants` ({name: graph module}) and the report under `dump_dir/<graph>`; creates the
+    directories. An OS failure raises `DumpDirError` naming the option (`parse_options`
+    checked the path, but it can change since)."""
     path = os.path.join(dump_dir, report.graph)
+    graphs = {"before": before, "after": after, **(variants or {})}
     try:
         os.makedirs(path, exist_ok=True)
-        with open(os.path.join(path, "before.txt"), "w") as f:
-            f.write(readable(before))
-        if after is not None:
-            with open(os.path.join(path, "after.txt"), "w") as f:
-                f.write(readable(after))
+        for name, gm in graphs.items():
+            if gm is not None:
+                with open(os.path.join(path, f"{name}.txt"), "w") as f:
+                    f.write(readable(gm))
         with open(os.path.join(path, "report.json"), "w") as f:
             f.write(report.to_json())
         with open(os.path.join(path, "report.txt"), "w") as f:

@@ -124,7 +124,17 @@ def test_explain_and_dump(tmp_path):
             **kwargs, return_dict=False)
     (graph_dir,) = list(tmp_path.iterdir())
     names = sorted(os.listdir(graph_dir))
-    assert names == ["after.txt", "before.txt", "report.json", "report.txt"]
+    assert names == ["after.txt", "before.txt", "report.json", "report.txt", "skip_tail.txt"]
+    torch._dynamo.reset()
+    with torch.no_grad():       # static shapes: the full-step graph, without the entry gather
+        torch.compile(model, backend="jano", options={"lowering": "eager", "dump_dir": str(tmp_path / "static"),
+                                                      "static_shapes": True})(**kwargs, return_dict=False)
+    (static_dir,) = list((tmp_path / "static").iterdir())
+    assert "full_step.txt" in os.listdir(static_dir)
+
+    def gathers(name):
+        return (static_dir / name).read_text().split("# generated code")[0].count("index_select")
+    assert gathers("full_step.txt") < gathers("after.txt")
     after = (graph_dir / "after.txt").read_text()
     assert "index_select" in after and "active_index" in after and "k_cache_0" in after
     assert "float32[1, 64, 16]" in (graph_dir / "before.txt").read_text()
