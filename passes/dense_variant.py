@@ -34,6 +34,19 @@ from .kv_forecast import KV_COMPLETE
 from .signature import COMPLETION_ROLES, ENTRY_GATHER, EXIT_SCATTER, ROLE, placeholders, state_writes
 
 
+def _impure(node: fx.Node) -> bool:
+    """FX's own rule, plus in-place tensor methods and functions (`x.copy_(y)`, `t.add_(u)`,
+    `inplace=True`): a model may fill a buffer that way (CogVideoX builds its position table
+    so away from its sample size), and FX counts an unused `copy_` as dead."""
+    if node.is_impure():
+        return True
+    if node.op not in ("call_method", "call_function"):
+        return False
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    return (isinstance(name, str) and name.endswith("_") and not name.endswith("__")) \
+        or node.kwargs.get("inplace") is True
+
+
 def dense_variant(gm: fx.GraphModule) -> fx.GraphModule:
     dense = copy.deepcopy(gm)
     graph = dense.graph
@@ -47,7 +60,7 @@ def dense_variant(gm: fx.GraphModule) -> fx.GraphModule:
             node.replace_all_uses_with(filled.get(node.args[3], node.args[3]))
         elif node.meta.get(EXIT_SCATTER):
             node.replace_all_uses_with(node.args[3])
-    graph.eliminate_dead_code()
+    graph.eliminate_dead_code(is_impure_node=_impure)
     graph.lint()
     dense.recompile()
     return dense

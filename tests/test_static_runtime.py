@@ -343,3 +343,25 @@ def test_weights_that_move_make_new_static_calls_until_the_runner_gives_up():
                                        model(**kwargs, return_dict=False)[0], **TOLERANCE[torch.float32])
     (failure,) = ctl.stats()["capture_failures"]
     assert "static calls stopped" in failure
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_cogvideox_off_its_sample_size_agrees_with_the_eager_model(static):
+    """Away from its sample size CogVideoX builds its position table in the graph, filling a
+    zero buffer in place (`x.copy_(...)`); the full-step graph must keep that write (FX's
+    dead-code elimination does not see a method's side effect), and full and partial steps
+    equal the eager model."""
+    model, kwargs, _ = FAMILIES["cogvideox"].build(b=1, h=4, w=4)      # sample size 8 x 8 pixels
+    model.eval()
+    kwargs = {**kwargs, "hidden_states": torch.randn(1, 2, 4, 12, 8)}   # 6 x 4 patches, 2 frames
+    n = 2 * 6 * 4
+    with torch.no_grad():
+        reference = model(**kwargs, return_dict=False)[0]
+        f = torch.compile(model, backend="jano", dynamic=False,
+                          options={"lowering": "eager", "static_shapes": static})
+        ctl = jano_compile.controller(f)
+        torch.testing.assert_close(f(**kwargs, return_dict=False)[0], reference, **TOLERANCE[torch.float32])
+        ctl.set_active(torch.arange(0, n, 2))
+        torch.testing.assert_close(f(**kwargs, return_dict=False)[0], reference, **TOLERANCE[torch.float32])
+    assert ctl.stats()["rewritten"]
+    torch._dynamo.reset()
