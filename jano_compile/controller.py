@@ -72,6 +72,11 @@ class Controller:
 
     # ------------------------------------------------------------------ public API
     @property
+    def calls(self) -> int:
+        """Calls of the model's compiled graphs so far."""
+        return self._num_calls
+
+    @property
     def manual(self) -> bool:
         """True once `set_active` or `refresh` took over from the automatic schedule."""
         return self.manual_policy.engaged

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
@@ -24,6 +25,8 @@ from .clock import SchedulerClock
 from .config import JanoConfig, explicit_options
 from .controller import Controller, controller
 from .options import parse_options
+
+log = logging.getLogger(__name__)
 
 _HANDLE = "_jano_handle"
 
@@ -93,7 +96,10 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
     original_set_timesteps = scheduler.set_timesteps
     original_step = scheduler.step
 
+    calls_at = {"start": ctl.calls, "warned": False}    # the controller's calls when the generation began
+
     def start_generation(begin: int = 0):
+        calls_at["start"] = ctl.calls
         sigmas = _sigmas(scheduler)
         clock.start_generation(sigmas[begin:] if sigmas is not None else None)
         ctl.set_num_inference_steps(len(scheduler.timesteps) - begin)
@@ -120,6 +126,9 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
     def step(*args, **kwargs):
         result = original_step(*args, **kwargs)
         clock.end_step()
+        if clock.step >= 2 and ctl.calls == calls_at["start"] and not calls_at["warned"]:
+            _warn_uncompiled(clock.step)
+            calls_at["warned"] = True
         return result
     set_on(scheduler, "step", step)
 
@@ -153,6 +162,15 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
     pipe.transformer = compiled
     setattr(pipe, _HANDLE, _Handle(transformer, ctl, patched))
     return ctl
+
+
+def _warn_uncompiled(steps: int) -> None:
+    """Steps of a generation ran, none through jano: dynamo ran the transformer uncompiled."""
+    limit = getattr(torch._dynamo.config, "recompile_limit", None)
+    log.warning("jano: %d denoising steps ran and none called the jano-compiled transformer: dynamo runs "
+                "it uncompiled once it reached its recompile limit (torch._dynamo.config.recompile_limit "
+                "= %s), for one after several enable()/disable() rounds with other options or shapes; "
+                "torch._dynamo.reset() before enable() clears its old graphs", steps, limit)
 
 
 def _sigmas(scheduler) -> Optional[list]:

@@ -365,3 +365,24 @@ def test_a_model_whose_parameters_were_replaced_keeps_its_controller():
         f(**kwargs, return_dict=False)
     assert jano_compile.controller(f) is ctl
     assert ctl.stats()["calls"] == 2 and not ctl.last_call.full
+
+
+def test_a_generation_dynamo_ran_uncompiled_is_said(caplog, monkeypatch):
+    """After enable()/disable() rounds with other options or shapes dynamo's recompile limit
+    can be reached: it then runs the transformer uncompiled, so jano sees no call; said once."""
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    torch._dynamo.reset()
+    pipe, inputs = flux_pipeline()
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="jano_compile.pipeline"):
+        ctl = jano_compile.enable(pipe, CONFIG, lowering="eager")
+        for height in (32, 48):                  # two graphs: the limit
+            _generate(pipe, {**inputs, "height": height})
+        assert ctl.calls == 2 * STEPS
+        jano_compile.disable(pipe)
+        ctl = jano_compile.enable(pipe, CONFIG, lowering="eager", options={"static_shapes": True})
+        calls = ctl.calls
+        _generate(pipe, inputs)
+        _generate(pipe, inputs)
+    assert ctl.calls == calls
+    assert sum("none called the jano-compiled transformer" in r.message for r in caplog.records) == 1
+    torch._dynamo.reset()
