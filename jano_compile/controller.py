@@ -120,6 +120,7 @@ class Controller:
                 graph.runner.release_calls()
         self.store.clear()
         self._graphs.clear()
+        self.step_records = []          # the stats of the run under way: none now
         self._num_image_tokens = None
         self.resume_schedule()
 

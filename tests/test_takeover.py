@@ -113,6 +113,7 @@ def test_disable_frees_the_caches_and_a_new_enable_counts_afresh(static_calls):
         gc.collect()
         assert caches and all(ref() is None for ref in caches)
         assert ctl.stats()["cache_bytes"] == 0 and ctl.stats()["graphs"] == 0
+        assert ctl.stats()["levels"] == [] and ctl.stats()["compute_saved"] == 0, "no run under way"
         ctl = jano_compile.enable(pipe, CONFIG, lowering="eager")
         _generate(pipe, inputs)
     assert ctl.stats()["graphs"] == 1 and ctl.stats()["cache_bytes"] > 0
