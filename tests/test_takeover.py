@@ -368,13 +368,13 @@ def test_a_model_whose_parameters_were_replaced_keeps_its_controller():
     assert ctl.stats()["calls"] == 2 and not ctl.last_call.full
 
 
-def test_a_generation_dynamo_ran_uncompiled_is_said(caplog, monkeypatch):
+def test_a_generation_dynamo_ran_uncompiled_is_said(caplog):
     """After enable()/disable() rounds with other options or shapes dynamo's recompile limit
     can be reached: it then runs the transformer uncompiled, so jano sees no call; said once."""
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
     torch._dynamo.reset()
     pipe, inputs = flux_pipeline()
-    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="jano_compile.pipeline"):
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="jano_compile.pipeline"), \
+            torch._dynamo.config.patch(recompile_limit=2):
         ctl = jano_compile.enable(pipe, CONFIG, lowering="eager")
         for height in (32, 48):                  # two graphs: the limit
             _generate(pipe, {**inputs, "height": height})
