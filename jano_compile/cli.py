@@ -99,6 +99,19 @@ def _check_device(parser, device: str) -> None:
         parser.error("--device cuda: this torch build or machine has no CUDA; use --device cpu")
 
 
+def _check_out(parser, out: str) -> None:
+    """Said now, not after every image is generated: `out` must be an image file PIL can
+    write (its extension says which), in a directory that exists."""
+    from PIL import Image
+    out_dir = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(out_dir):
+        parser.error(f"--out {out}: the directory {out_dir} does not exist")
+    if os.path.isdir(out):
+        parser.error(f"--out {out} is a directory; give an image file name, e.g. {os.path.join(out, 'jano_demo.png')}")
+    if os.path.splitext(out)[1].lower() not in Image.registered_extensions():
+        parser.error(f"--out {out}: give an image file name whose extension says the format, e.g. jano_demo.png")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="jano-compile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -118,9 +131,8 @@ def main(argv=None) -> int:
         if args.steps < 1 or args.seeds < 1:
             parser.error("--steps and --seeds must be at least 1")
         _check_device(parser, args.device)
-        out_dir = os.path.dirname(os.path.abspath(args.out))
-        if not os.path.isdir(out_dir):   # said now, not after every image is generated
-            parser.error(f"--out {args.out}: the directory {out_dir} does not exist")
+        _check_out(parser, args.out)
+
         return demo(args)
     return 2
 

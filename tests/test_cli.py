@@ -23,6 +23,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     (["--steps", "0"], "at least 1"),
     (["--device", "foo"], "not a device torch knows"),
     (["--out", "/nonexistent-dir/x.png"], "does not exist"),
+    (["--out", "/tmp"], "is a directory"),
+    (["--out", "jano_demo"], "extension says the format"),
 ])
 def test_demo_rejects_bad_arguments_before_any_work(args, says, capsys):
     with pytest.raises(SystemExit):
