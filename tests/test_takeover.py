@@ -24,6 +24,13 @@ def _history_times(ctl) -> list:
     return ctl.store.tensors_of(id(graph), Role.HISTORY_TIME)
 
 
+def _compiled(model, **options):
+    """(compiled model, its controller): jano on `model`, lowered eagerly, static shapes
+    from dynamo, `options` besides."""
+    f = torch.compile(model.eval(), backend="jano", dynamic=False, options={"lowering": "eager", **options})
+    return f, jano_compile.controller(f)
+
+
 def _generate(pipe, inputs, callback=None):
     return pipe(**inputs, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
                 callback_on_step_end=callback).images
@@ -139,8 +146,7 @@ def test_enable_takes_backend_options_beside_a_config():
 def test_static_buckets_without_static_shapes_says_it_does_nothing(caplog):
     model, kwargs, _ = flux(b=1, h=4, w=4)
     with torch.no_grad(), caplog.at_level(logging.WARNING, logger="jano_compile.runner"):
-        f = torch.compile(model.eval(), backend="jano", dynamic=False,
-                          options={"lowering": "eager", "static_buckets": 64})
+        f, _ = _compiled(model, static_buckets=64)
         f(**kwargs, return_dict=False)
     assert any("static_buckets=64 has no effect" in r.message and "static_shapes=True" in r.message
                for r in caplog.records)
@@ -156,8 +162,7 @@ def _bare_run(caplog, options, generations=1, steps=STEPS, take_over=False):
     model, kwargs, n = flux(b=1, h=8, w=8)
     model.eval()
     with torch.no_grad(), caplog.at_level(logging.WARNING, logger="jano_compile"):
-        f = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager", **options})
-        ctl = jano_compile.controller(f)
+        f, ctl = _compiled(model, **options)
         if take_over:
             f(**kwargs, return_dict=False)
             ctl.set_active(torch.arange(0, n, 2))
@@ -275,8 +280,7 @@ def test_repeated_calls_at_one_timestep_allocate_at_most_max_branches_cache_sets
     from jano_compile.clock import MAX_BRANCHES
     model, kwargs, _ = flux(b=1, h=4, w=4)
     with torch.no_grad():
-        f = torch.compile(model.eval(), backend="jano", dynamic=False, options={"lowering": "eager"})
-        ctl = jano_compile.controller(f)
+        f, ctl = _compiled(model)
         f(**kwargs, return_dict=False)
         one_set = ctl.stats()["cache_bytes"]
         for _ in range(3 * MAX_BRANCHES):
@@ -296,8 +300,7 @@ def test_split_cfg_in_a_bare_loop_keeps_its_branches_under_set_active():
 
     def run(branches):
         torch._dynamo.reset()
-        f = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager"})
-        ctl = jano_compile.controller(f)
+        f, ctl = _compiled(model)
         outputs = {}
         for step, t in enumerate((0.9, 0.8, 0.7)):
             if step == 1:
@@ -321,8 +324,7 @@ def test_repeated_calls_at_one_timestep_are_not_taken_for_split_cfg_under_set_ac
     partial on the caches the first call filled."""
     model, kwargs, n = flux(b=1, h=4, w=4)
     with torch.no_grad():
-        f = torch.compile(model.eval(), backend="jano", dynamic=False, options={"lowering": "eager"})
-        ctl = jano_compile.controller(f)
+        f, ctl = _compiled(model)
         f(**kwargs, return_dict=False)
         f(**kwargs, return_dict=False)
         ctl.set_active(torch.arange(0, n, 2))
@@ -338,17 +340,16 @@ def test_graphs_dynamo_dropped_free_their_caches():
     model, kwargs, _ = flux(b=1, h=4, w=4)
     model.eval()
     with torch.no_grad():
-        f = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager"})
-        ctl = jano_compile.controller(f)
+        f, ctl = _compiled(model)
         f(**kwargs, return_dict=False)
         one_set = ctl.stats()["cache_bytes"]
         assert one_set > 0 and ctl.stats()["graphs"] == 1
         torch._dynamo.reset()
         gc.collect()
         assert (ctl.stats()["cache_bytes"], ctl.stats()["graphs"]) == (0, 0)
-        g = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager"})
+        g, ctl_g = _compiled(model)
         g(**kwargs, return_dict=False)
-    assert jano_compile.controller(g) is ctl
+    assert ctl_g is ctl
     assert ctl.stats()["cache_bytes"] == one_set and ctl.stats()["compiles"] == 1
 
 
@@ -358,8 +359,7 @@ def test_a_model_whose_parameters_were_replaced_keeps_its_controller():
     model, kwargs, n = flux(b=1, h=4, w=4)
     model.eval()
     with torch.no_grad():
-        f = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager"})
-        ctl = jano_compile.controller(f)
+        f, ctl = _compiled(model)
         f(**kwargs, return_dict=False)
         ctl.set_active(torch.arange(0, n, 2))
         model.load_state_dict(model.state_dict(), assign=True)
