@@ -92,6 +92,11 @@ class AutoPolicy:
         """Per-token `errors` of the graph's sequence, those of the latent grid's tokens."""
         return errors if self._slots is None else self._slots.on_grid(errors)
 
+    def _timestep_tick(self, graph, args) -> Tick:
+        """A bare loop's tick, from the timestep the graph receives (one device-to-host copy
+        per call on a GPU)."""
+        return self._timestep_clock.tick(float(args[graph.roles.timestep].reshape(-1)[0]))
+
     def manual_tick(self, graph, args) -> Optional[Tick]:
         """Where a call under manual control falls: under enable() the scheduler's tick; in a
         bare loop whose steps have several calls at each timestep (split CFG), the
@@ -102,10 +107,10 @@ class AutoPolicy:
         repeats one timestep (each call a step of its own) is not split CFG."""
         if self.scheduler_clock is not None:
             return self.scheduler_clock.tick()
-        clock, timestep = self._timestep_clock, graph.roles.timestep
-        if clock.most_calls < 2 or timestep is None:
+        clock = self._timestep_clock
+        if clock.most_calls < 2 or graph.roles.timestep is None:
             return None
-        tick = clock.tick(float(args[timestep].reshape(-1)[0]))
+        tick = self._timestep_tick(graph, args)
         return tick if clock.last_step_calls > 1 else None
 
     def plan(self, graph, args, module: Optional[torch.nn.Module], branch_name: Optional[str],
@@ -131,8 +136,8 @@ class AutoPolicy:
         schedule = self._schedule_for(geometry.family, graph.schedule_options)
         if self.scheduler_clock is not None:
             tick = self.scheduler_clock.tick()
-        else:   # a bare loop: one device-to-host copy of the timestep per call
-            tick = self._timestep_clock.tick(float(args[roles.timestep].reshape(-1)[0]))
+        else:
+            tick = self._timestep_tick(graph, args)
             self._check_length(tick, schedule.config.num_inference_steps)
         grid_errors = None if token_errors is None else (lambda: self._on_grid(token_errors()))
         decision = schedule.decide(tick, branch_name, grid_errors)

@@ -59,9 +59,8 @@ class TimestepClock:
     last_timestep: Optional[float] = None
     generation: int = 0
     step: int = -1
-    call_in_step: int = 0
     direction: Optional[float] = None     # -1.0 falling, 1.0 rising: learned at the first change
-    calls_in_step: int = 0                # calls of this step so far (call_in_step stops at the cap)
+    calls_in_step: int = 0                # calls of this step before the last one
     most_calls: int = 0                   # the most calls at one timestep so far
     last_step_calls: int = 0              # the calls of the last step that ended (the timestep moved)
     warned_branches: bool = False
@@ -71,19 +70,19 @@ class TimestepClock:
             self.direction = 1.0 if timestep > self.last_timestep else -1.0
         if timestep == self.last_timestep:
             self.calls_in_step += 1
-            self.call_in_step, self.warned_branches = _branch_call(self.calls_in_step, self.warned_branches)
         elif self.last_timestep is None or (timestep - self.last_timestep) * self.direction < 0:
             if self.last_timestep is not None:
                 self.last_step_calls = self.calls_in_step + 1
             self.generation += 1
-            self.step, self.call_in_step, self.calls_in_step = 0, 0, 0
+            self.step, self.calls_in_step = 0, 0
         else:
             self.last_step_calls = self.calls_in_step + 1
             self.step += 1
-            self.call_in_step, self.calls_in_step = 0, 0
+            self.calls_in_step = 0
         self.last_timestep = timestep
         self.most_calls = max(self.most_calls, self.calls_in_step + 1)
-        return Tick(self.generation, self.step, self.call_in_step)
+        call, self.warned_branches = _branch_call(self.calls_in_step, self.warned_branches)
+        return Tick(self.generation, self.step, call)
 
 
 @dataclass
