@@ -63,15 +63,20 @@ def forecast_error_rate(step_time: torch.Tensor, pred_active: torch.Tensor, fres
     return torch.where(horizon > 0, error / horizon, torch.full_like(error, math.nan))
 
 
+def _shift_slots(graph: fx.Graph, slots: list, dim: int, index: fx.Node) -> None:
+    """Emit the in-place writes that move, for the rows at `index` along `dim`, slot j - 1
+    into slot j (oldest first, so each reads its neighbour before that is written)."""
+    for j in range(len(slots) - 1, 0, -1):
+        previous = graph.call_function(torch.index_select, (slots[j - 1], dim, index))
+        write_state(graph, slots[j], dim, index, previous)
+
+
 def write_shifted_history(graph: fx.Graph, active_index: fx.Node, step_time: fx.Node, fresh: fx.Node,
                           history: list, history_time: list) -> None:
     """Emit, at the graph's insertion point, the in-place writes that shift the slots of
-    the tokens at `active_index` ([n]): slot j takes slot j - 1 (oldest first, so each
-    reads its neighbour before that is written), slot 0 takes `fresh` [B, n, C] (as fp32)
-    and `step_time`. Other tokens' slots are untouched."""
-    for j in range(len(history) - 1, 0, -1):
-        previous = graph.call_function(torch.index_select, (history[j - 1], 1, active_index))
-        write_state(graph, history[j], 1, active_index, previous)
+    the tokens at `active_index` ([n]): slot j takes slot j - 1, slot 0 takes `fresh`
+    [B, n, C] (as fp32) and `step_time`. Other tokens' slots are untouched."""
+    _shift_slots(graph, history, 1, active_index)
     fresh32 = graph.call_method("to", (fresh, torch.float32))
     write_state(graph, history[0], 1, active_index, fresh32)
     write_shifted_times(graph, active_index, step_time, history_time)
@@ -80,9 +85,7 @@ def write_shifted_history(graph: fx.Graph, active_index: fx.Node, step_time: fx.
 def write_shifted_times(graph: fx.Graph, active_index: fx.Node, step_time: fx.Node, history_time: list) -> None:
     """Emit the in-place writes that shift the time slots [N] of the tokens at
     `active_index`: slot j takes slot j - 1 (oldest first), slot 0 takes `step_time`."""
-    for j in range(len(history_time) - 1, 0, -1):
-        previous = graph.call_function(torch.index_select, (history_time[j - 1], 0, active_index))
-        write_state(graph, history_time[j], 0, active_index, previous)
+    _shift_slots(graph, history_time, 0, active_index)
     now = graph.call_method("expand", (step_time, graph.call_method("size", (active_index, 0))))
     write_state(graph, history_time[0], 0, active_index, now)
 
