@@ -48,6 +48,23 @@ def add_mode_arg(parser) -> None:
                         help="torch.compile mode, the same for plain Inductor and jano (default: none given)")
 
 
+SHAPES = {"auto": None, "static": True, "symbolic": False}
+
+
+def add_shapes_arg(parser) -> None:
+    """`--shapes`: jano's `static_shapes` option (see `shapes_option`)."""
+    parser.add_argument("--shapes", choices=tuple(SHAPES), default="auto",
+                        help="jano's partial-step graphs: auto (jano's default: static per length on CUDA "
+                             "without CUDA graphs, else one symbolic graph, captured per length under "
+                             "reduce-overhead), static (static_shapes=True) or symbolic (static_shapes=False)")
+
+
+def shapes_option(args) -> dict:
+    """The jano options `--shapes` gives: {} for auto, else {"static_shapes": bool}."""
+    value = SHAPES[args.shapes]
+    return {} if value is None else {"static_shapes": value}
+
+
 def size_from_args(args) -> FluxSize:
     base = FluxSize.flux_dev() if args.flux_dev else FluxSize()
     given = {k: getattr(args, k) for k in ("grid", "text", "layers", "single_layers") if getattr(args, k) is not None}

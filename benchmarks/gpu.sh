@@ -21,16 +21,21 @@
 #       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1
 # (numpy and Pillow may be deleted from .whl: the image has them). Split a run that would
 # pass the device's 10-minute command limit with ONLY, e.g. (the last run's two calls):
-#   OUT=$OUT/a ONLY="step_default pipeline_paper_reduce-overhead profile_reduce-overhead bucket_sweep" bash benchmarks/gpu.sh
-#   OUT=$OUT/b ONLY="tests_cuda" bash benchmarks/gpu.sh
-# Owed (next device session; ~15 device minutes, each call <= 10 minutes; seconds from the last runs):
-#   call 1: OUT=$OUT/a ONLY="tests_cuda step_default step_symbolic_reduce-overhead" (~100 + 200 + 160 s):
-#           the CUDA tests after the full-step change (full steps under static
-#           shapes attend to the caches they fill: was 1.07x plain in default mode, 1.03x under
-#           reduce-overhead), step_speed's new back-to-back column, and whether the one symbolic partial
-#           graph is as fast as the static ones (then it should become the default: fewer compiles, no padding)
+#   OUT=$OUT/a ONLY="tests_cuda step_default step_symbolic_reduce-overhead" CMD_TIMEOUT=250 bash benchmarks/gpu.sh
+#   OUT=$OUT/b ONLY="step_reduce-overhead" bash benchmarks/gpu.sh
+#   OUT=$OUT/c ONLY="pipeline_symbolic_reduce-overhead" bash benchmarks/gpu.sh
+# (symbolic then meant static_shapes=False; it is reduce-overhead's default now, and the old
+# default's commands are the step_static_* ones)
+# Owed (next device session; ~15 device minutes, each call <= 10 minutes; seconds from the last runs,
+# a warm Inductor cache on the machine makes reruns of a size much shorter):
+#   call 1: OUT=$OUT/a ONLY="tests_cuda step_reduce-overhead step_symbolic_default" (~150 + 140 + 200 s):
+#           the CUDA tests with the symbolic partial graph captured per length as the
+#           reduce-overhead default; step_speed's bound timed back to back (was 1.10x / 1.13x at 30% / 10%
+#           timed per call, H200); whether default mode (no capture) should also take the symbolic graph
 #   call 2 (issued at once, while the machine is warm): OUT=$OUT/b
-#           ONLY="pipeline_symbolic_reduce-overhead profile_default" (~170 + 60 s)
+#           ONLY="profile_reduce-overhead profile_default" (~60 + 60 s): where a per-call-synchronised
+#           step's ~2 ms over its back-to-back time goes (H200: full step 35.3 against 34.8 ms back to back,
+#           plain 33.0 against 34.7)
 #   later:  ONLY=pipeline_work_reduce-overhead (~170 s); FULL_DEPTH=1 ONLY=step_full_depth alone (not yet timed; ~30 s per compile at 5 + 10 blocks,
 #           so several minutes at 19 + 38: six compiles at 3.8 times the depth; may need --fractions 1.0,0.3)
 set -u
@@ -97,12 +102,14 @@ run pipeline_work_reduce-overhead "$PY" benchmarks/pipeline_speed.py "${SIZE[@]}
     --forecast-kv --mode reduce-overhead || FAILED=1
 run profile_reduce-overhead "$PY" benchmarks/profile_step.py "${SMALL[@]}" --fractions 1.0,0.3 \
     --mode reduce-overhead || FAILED=1
-# one symbolic partial graph captured per length (static_shapes=False): fewer compiles, no
-# padding; is it as fast as the static graphs?
-run step_symbolic_reduce-overhead "$PY" benchmarks/step_speed.py "${SIZE[@]}" "${STEP[@]}" --symbolic \
+# static partial graphs captured per length (static_shapes=True; reduce-overhead's default is the
+# symbolic graph since the H200 measured it as fast: fewer compiles, no padding of region sets)
+run step_static_reduce-overhead "$PY" benchmarks/step_speed.py "${SIZE[@]}" "${STEP[@]}" --shapes static \
     --mode reduce-overhead || FAILED=1
-run pipeline_symbolic_reduce-overhead "$PY" benchmarks/pipeline_speed.py "${SIZE[@]}" --runs 3 --recipe paper \
-    --symbolic --mode reduce-overhead || FAILED=1
+run pipeline_static_reduce-overhead "$PY" benchmarks/pipeline_speed.py "${SIZE[@]}" --runs 3 --recipe paper \
+    --shapes static --mode reduce-overhead || FAILED=1
+# the symbolic partial graph without capture: should default mode on CUDA take it too?
+run step_symbolic_default "$PY" benchmarks/step_speed.py "${SIZE[@]}" "${STEP[@]}" --shapes symbolic || FAILED=1
 # why a default-mode full step costs more than under reduce-overhead (host-bound stretches show as wall above busy)
 run profile_default "$PY" benchmarks/profile_step.py "${SMALL[@]}" --fractions 1.0,0.3 || FAILED=1
 run bucket_sweep "$PY" benchmarks/bucket_sweep.py "${SMALL[@]}" --lengths 1152:1344:32 --mode reduce-overhead || FAILED=1

@@ -16,8 +16,7 @@ generation, synchronised after every step, gives the per-step table.
     --recipe paper          held outputs (the paper's reuse) instead of the forecast
     --work 0.4 [--forecast-kv]   per-region periods under a work budget instead of the
                                  reference intervals (the same warm-up and cool-down)
-    --symbolic              one symbolic partial graph (static_shapes=False) instead of one
-                            static graph per level
+    --shapes static|symbolic   jano's static_shapes option (default: jano's own choice)
 """
 from __future__ import annotations
 
@@ -28,8 +27,8 @@ from collections import defaultdict
 import torch
 
 import jano_compile
-from common import (add_mode_arg, add_size_args, build_flux, compile_jano, compile_plain, cudagraph_skips,
-                    describe, jano_summary, median, size_from_args, sync)
+from common import (add_mode_arg, add_shapes_arg, add_size_args, build_flux, compile_jano, compile_plain, cudagraph_skips,
+                    describe, jano_summary, median, shapes_option, size_from_args, sync)
 
 SCHEDULE = dict(warmup_steps=6, cooldown_steps=4, static_interval=10, medium_interval=5,
                 threshold_mode="quantile", static_fraction=0.4, medium_fraction=0.3)
@@ -67,16 +66,14 @@ def jano_options(args) -> dict:
         options["work"] = args.work
     if args.forecast_kv:
         options["forecast_kv"] = True
-    if args.symbolic:
-        options["static_shapes"] = False
-    return options
+    return options | shapes_option(args)
 
 
 def describe_jano(args) -> str:
     recipe = f"{args.recipe or 'forecast'} recipe"
     budget = f"work={args.work}" if args.work is not None else "reference intervals 10/5"
     return (f"{recipe}, {budget}" + (", forecast_kv" if args.forecast_kv else "")
-            + (", symbolic graph" if args.symbolic else ""))
+            + (f", {args.shapes} shapes" if args.shapes != "auto" else ""))
 
 
 def main(argv=None):
@@ -91,8 +88,7 @@ def main(argv=None):
     p.add_argument("--work", type=float, default=None,
                    help="a work budget (fraction of image-token work) instead of the reference intervals")
     p.add_argument("--forecast-kv", action="store_true", help="extrapolate skipped tokens' K/V")
-    p.add_argument("--symbolic", action="store_true",
-                   help="jano option static_shapes=False: one symbolic partial graph for every index length")
+    add_shapes_arg(p)
     add_mode_arg(p)
     args = p.parse_args(argv)
     if args.threads:

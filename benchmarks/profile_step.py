@@ -4,8 +4,10 @@ T + n tokens alone, the static graph a partial step cannot beat but for its wide
 attention). Prints, per setting, the time kernels kept the device busy, the wall time of
 one call between synchronisations (host work before the first kernel shows) and per call
 of calls issued back to back (as a sampling loop issues steps: the device waits on the
-host only if the host is slower), their ratios to busy time, and the ops that took the
-most device (or, on a CPU, host) time.
+host only if the host is slower), their ratios to busy time, the host time of a call
+spent outside any op (Python: guards, jano's runtime, Inductor's wrapper), and the ops that
+took the most device (or, on a CPU, host) time; on CUDA also those that took the most host
+time (launches, copies).
 
     python benchmarks/profile_step.py --flux-dev --layers 2 --single-layers 4 --dtype bfloat16 --device cuda
         [--mode reduce-overhead]
@@ -17,7 +19,7 @@ import re
 
 import torch
 from torch.autograd import DeviceType
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 
 import jano_compile
 from common import (add_mode_arg, add_size_args, build_flux, compile_jano, compile_plain,
@@ -78,24 +80,31 @@ def main(argv=None):
         for name, call in settings.items():
             wall = median(time_call(call, 5, args.device))
             in_a_row = median([time_in_a_row(call, args.in_a_row, args.device) for _ in range(3)])
+            step_range = f"step: {name}"
             with profile(activities=activities) as prof:
                 for _ in range(args.calls):
-                    call()
+                    with record_function(step_range):
+                        call()
                 if cuda:
                     torch.cuda.synchronize()
             events = prof.key_averages()
+            outside_ops = next(e.self_cpu_time_total for e in events if e.key == step_range) / args.calls / 1e3
             # kernels only: a Triton launch is listed both as an op and as its kernel
-            leaves = [e for e in events if e.device_type == DeviceType.CUDA] if cuda else events
+            leaves = ([e for e in events if e.device_type == DeviceType.CUDA] if cuda
+                      else [e for e in events if e.key != step_range])
             busy = sum(getattr(e, sort_key) for e in leaves) / args.calls / 1e3
             kinds[name] = time_by_kind(leaves, sort_key, args.calls)
             summary.append(f"| {name} | {busy:.2f} | {wall * 1e3:.2f} | {wall * 1e3 / busy:.2f} | "
-                           f"{in_a_row * 1e3:.2f} | {in_a_row * 1e3 / busy:.2f} |")
+                           f"{in_a_row * 1e3:.2f} | {in_a_row * 1e3 / busy:.2f} | {outside_ops:.2f} |")
             print(f"\n== {name}: {busy_label} {busy:.2f} ms per call; wall {wall * 1e3:.2f} ms one call at a "
                   f"time ({wall * 1e3 / busy:.2f}x busy), {in_a_row * 1e3:.2f} ms per call in a row "
-                  f"({in_a_row * 1e3 / busy:.2f}x busy)")
+                  f"({in_a_row * 1e3 / busy:.2f}x busy); host outside ops {outside_ops:.2f} ms per call "
+                  "(under the profiler)")
             print(events.table(sort_by=sort_key, row_limit=args.rows, max_name_column_width=60))
-    print(f"\n| setting | {busy_label} (ms) | wall, one call (ms) | / busy | wall, calls in a row (ms) | / busy |"
-          "\n|---|---|---|---|---|---|")
+            if cuda:   # the host's side: launches, copies, the step's own Python (its range's self time)
+                print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60))
+    print(f"\n| setting | {busy_label} (ms) | wall, one call (ms) | / busy | wall, calls in a row (ms) | / busy "
+          "| host outside ops (ms) |\n|---|---|---|---|---|---|---|")
     print("\n".join(summary))
     print(f"\n{busy_label} by kind of kernel (ms per call; attention: {KINDS['attention'].pattern}; "
           f"matmul: {KINDS['matmul'].pattern}; generated: Inductor's own kernels)")

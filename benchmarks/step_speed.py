@@ -3,7 +3,7 @@ jano at several fractions of active image tokens, in one run, medians of several
 
     python benchmarks/step_speed.py                       # CPU size: ~1 s per full step here
     python benchmarks/step_speed.py --flux-dev --dtype bfloat16 --device cuda [--layers 5 --single-layers 10]
-        [--mode reduce-overhead] [--symbolic] [--recipe paper]
+        [--mode reduce-overhead] [--shapes static|symbolic] [--recipe paper]
 
 Rounds alternate plain and jano steps so that machine noise hits both alike. Each step is
 timed between two synchronisations, and again as calls issued back to back (one
@@ -12,7 +12,8 @@ fraction f also gets its bound: n = f * N active image tokens cannot cost less t
 static-shape graph with T + n queries against T + N keys (T text tokens). It is measured
 as plain Inductor on only the T + n tokens, plus for each attention layer the extra time of
 T + n queries against T + N keys over T + n keys (scaled_dot_product_attention compiled by
-Inductor, as inside a graph; `--eager-attention` times it eagerly, as earlier runs did).
+Inductor, as inside a graph; `--eager-attention` times it eagerly, as earlier runs did);
+the bound graph is timed both ways too, so each jano time has a bound timed alike.
 On CUDA it also reports the peak memory of plain and of jano, each alone.
 """
 from __future__ import annotations
@@ -24,9 +25,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import jano_compile
-from common import (add_mode_arg, add_size_args, build_flux, compile_jano, compile_plain,
+from common import (add_mode_arg, add_shapes_arg, add_size_args, build_flux, compile_jano, compile_plain,
                     cudagraph_skips, describe, first_call_seconds, jano_step, jano_summary, median,
-                    mib, only_tokens, peak_memory, sampled_index, size_from_args, time_call,
+                    mib, only_tokens, peak_memory, sampled_index, shapes_option, size_from_args, time_call,
                     time_in_a_row)
 
 def parse_args(argv):
@@ -42,9 +43,7 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--recipe", choices=["forecast", "paper"], default=None,
                    help="jano recipe (paper: held outputs, no forecast history at the exit)")
-    p.add_argument("--symbolic", action="store_true",
-                   help="jano option static_shapes=False: one symbolic partial graph for every "
-                        "index length (under reduce-overhead captured once per length)")
+    add_shapes_arg(p)
     p.add_argument("--eager-attention", action="store_true",
                    help="the bound's extra attention timed eagerly (as before 2026-11-26 night) instead of "
                         "compiled by Inductor")
@@ -81,18 +80,20 @@ def extra_attention_seconds(size, batch: int, active: int, dtype, device, eager:
                      - sdpa_seconds(size, batch, t + active, t + active, dtype, device, attend))
 
 
-def print_table(n, indices, times, bounds, in_a_row) -> None:
+def print_table(n, indices, times, bounds, in_a_row, bounds_in_a_row) -> None:
     base, base_row = median(times["plain"]), median(in_a_row["plain"])
     print("| setting | active image tokens | step time (ms) | ratio to plain | bound (ms) | jano / bound "
-          "| back to back (ms) | ratio to plain |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| plain torch.compile (Inductor) | {n} | {base * 1e3:.1f} | 1.00x | | | {base_row * 1e3:.1f} | 1.00x |")
+          "| back to back (ms) | ratio to plain | bound (ms) | jano / bound |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| plain torch.compile (Inductor) | {n} | {base * 1e3:.1f} | 1.00x | | "
+          f"| {base_row * 1e3:.1f} | 1.00x | | |")
     for f, index in indices.items():
         t, row = median(times[f]), median(in_a_row[f])
         bound = bounds.get(f, base)   # all tokens: the bound is plain itself
+        bound_row = bounds_in_a_row.get(f, base_row)
         label = "jano, refresh (100%)" if f >= 1 else f"jano, {round(f * 100)}% active"
         print(f"| {label} | {len(index)} | {t * 1e3:.1f} | {t / base:.2f}x | {bound * 1e3:.1f} | {t / bound:.2f}x "
-              f"| {row * 1e3:.1f} | {row / base_row:.2f}x |")
+              f"| {row * 1e3:.1f} | {row / base_row:.2f}x | {bound_row * 1e3:.1f} | {row / bound_row:.2f}x |")
 
 
 def print_memory(memory, stats) -> None:
@@ -129,7 +130,7 @@ def main(argv=None):
 
     with torch.no_grad():
         plain = compile_plain(model, args.mode)
-        options = ({"recipe": args.recipe} if args.recipe else {}) | ({"static_shapes": False} if args.symbolic else {})
+        options = ({"recipe": args.recipe} if args.recipe else {}) | shapes_option(args)
         jano = compile_jano(model, args.mode, options or None)
         ctl = jano_compile.controller(jano)
         settings = {"plain": lambda: plain(**kwargs)}
@@ -153,20 +154,20 @@ def main(argv=None):
             first_call_seconds(settings["bound", f], device)
 
         times = {name: [] for name in settings}
-        in_a_row = {name: [] for name in settings if not isinstance(name, tuple)}
+        in_a_row = {name: [] for name in settings}
         for _ in tqdm(range(args.rounds), desc="rounds"):
             for name, step in settings.items():
                 times[name] += time_call(step, args.steps, device)
-                if name in in_a_row:
-                    in_a_row[name].append(time_in_a_row(step, args.in_a_row, device))
-        bounds = {f: median(times["bound", f])
-                  + extra_attention_seconds(size, args.batch, len(indices[f]), dtype, device,
+                in_a_row[name].append(time_in_a_row(step, args.in_a_row, device))
+        extra = {f: extra_attention_seconds(size, args.batch, len(indices[f]), dtype, device,
                                             eager=args.eager_attention) for f in partial}
+        bounds = {f: median(times["bound", f]) + extra[f] for f in partial}
+        bounds_in_a_row = {f: median(in_a_row["bound", f]) + extra[f] for f in partial}
 
     stats = ctl.stats()
     assert stats["rewritten"], stats["fallback_reason"]
     print(f"\n{jano_summary(stats)}\n")
-    print_table(n, indices, times, bounds, in_a_row)
+    print_table(n, indices, times, bounds, in_a_row, bounds_in_a_row)
     print("\nstep time: each call between two synchronisations (host work before the first kernel shows); "
           f"back to back: {args.in_a_row} calls, one synchronisation at the end, as a sampling loop runs")
     print("bound: plain Inductor on the T + n tokens alone, plus per attention layer the extra time of "

@@ -3,13 +3,13 @@
 Keys: `lowering` ("inductor", the default, or "eager": run the rewritten FX graph in
 Python, for tests and debugging), `dump_dir` (also the env var JANO_DUMP_DIR),
 `static_shapes` (one graph per active-token count instead of one symbolic graph; default
-on CUDA only), `static_buckets` (under static shapes, index sets that are not one of the
-automatic schedule's regions are padded to a multiple of N / static_buckets tokens,
-default 16: more buckets, less padding, more compiles; see the README's bucket
-measurement), `cuda_graphs` (capture each step as a CUDA graph and replay it; default
-with mode="reduce-overhead" or "max-autotune" on CUDA; True on a CPU runs the same static
-buffers without capture, for tests; with `static_shapes=False` the one symbolic partial
-graph is captured once per index length: fewer compiles, no padding), the Jano
+on CUDA without CUDA graphs), `static_buckets` (under static shapes or CUDA graphs, index
+sets that are not one of the automatic schedule's regions are padded to a multiple of
+N / static_buckets tokens, default 16: more buckets, less padding, more compiles or
+captures; see the README's bucket measurement), `cuda_graphs` (capture each step as a CUDA
+graph and replay it; default with mode="reduce-overhead" or "max-autotune" on CUDA; True on
+a CPU runs the same static buffers without capture, for tests; the one symbolic partial
+graph is captured once per index length unless `static_shapes=True`), the Jano
 schedule settings (the fields of `JanoConfig`), and any `torch._inductor.config` setting,
 which is passed to Inductor together with what `mode=` selects.
 

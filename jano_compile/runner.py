@@ -4,14 +4,14 @@ from the graph's signature.
 
 Which lowered variant a step runs:
 
-    step                       dynamic shapes (CPU default)     static shapes (CUDA default)
+    step                       symbolic (CPU, CUDA graphs)      static shapes (CUDA without graphs)
     full                       rewritten graph, index 0..N-1    `full` variant: every token at the
                                (on CUDA: the `full` variant)    static length N, no gather; it
                                                                 fills the caches (dense_variant.py)
-    partial, n tokens          rewritten graph, symbolic n      one graph per exact n (the automatic
-                                                                schedule's region sets) or per bucket
-                                                                (other sets, padded by repeating an
-                                                                active index to a multiple of
+    partial, n tokens          rewritten graph, symbolic n;     one graph per exact n (the automatic
+                               under static calls captured      schedule's region sets) or per bucket
+                               once per length: exact n, or     (other sets, padded by repeating an
+                               other sets padded to a bucket    active index to a multiple of
                                                                 N / `static_buckets`); at most
                                                                 MAX_STATIC_GRAPHS, then symbolic
     no token due               skip tail                        skip tail
@@ -21,13 +21,19 @@ once, straight into the caches its attention then reads, while a second full-ste
 skips the writes would cost a compile (~16 s at FLUX.1-dev width, 5 + 10 blocks, H100) and
 a capture per branch. On a CPU the symbolic graph runs a full step as fast as a static one
 (2 + 4-block FLUX: 0.95x against 0.98x of plain, within noise), so it serves both there: one
-compile; on a GPU its kernels for unknown lengths run slower (the H200 measured a
-single-stream cat/GELU kernel at 3x the static one's time), so full steps get their graph.
+compile; on a GPU the full step gets its graph (the H200 once measured a symbolic
+single-stream cat/GELU kernel at 3x the static one's time).
 
 With `static_calls` every call runs through a `StaticCall` (static_call.py): on CUDA one
-captured CUDA graph per (variant, length, branch), replayed each step. Static calls imply
-static shapes unless the user sets `static_shapes=False`: then the one symbolic partial
-graph (one compile for every length, no padding) is captured once per index length.
+captured CUDA graph per (variant, length, branch), replayed each step. There the partial
+steps run the one symbolic graph unless the user sets `static_shapes=True`: captured per
+length it ran at least as fast as the per-length static graphs (H200, FLUX.1-dev width,
+5 + 10 blocks, 30% active: 15.5 ms at 1229 tokens against 16.6 ms for the static graph
+padded to 1280, whose 51 padding rows an H100 profile put at ~0.5 ms; a 50-step generation
+with the schedule's exact sets: 1.58x plain) at one compile for every length instead of one
+per length. Sets other than the schedule's regions are padded to buckets there too, so that
+a policy whose set changes size every step captures a bounded number of lengths rather than
+one per step.
 """
 from __future__ import annotations
 
@@ -75,15 +81,19 @@ class RunMode:
     static_calls: bool      # through StaticCall buffers (CUDA graphs when `capture`)
     capture: bool
 
+    @property
+    def pads(self) -> bool:
+        """Index sets other than the schedule's regions are padded to a bucket length."""
+        return self.static_shapes or self.static_calls
+
     @staticmethod
     def resolve(options: Options, device: torch.device) -> "RunMode":
         cuda = device.type == "cuda"
-        static = cuda if options.static_shapes is None else options.static_shapes
         calls = (cuda and options.mode in ("reduce-overhead", "max-autotune")
                  if options.cuda_graphs is None else options.cuda_graphs)
-        # static calls use static shapes unless the user asked for the symbolic graph: then
-        # its one compile is captured once per index length
-        static = static or (calls and options.static_shapes is None)
+        # static calls capture the one symbolic graph once per length unless the user asks
+        # for static shapes; without them a GPU runs a static graph per length
+        static = cuda and not calls if options.static_shapes is None else options.static_shapes
         return RunMode(static_shapes=static, static_full=static or cuda, static_calls=calls,
                        capture=calls and cuda)
 
@@ -100,7 +110,7 @@ class GraphRunner:
         self.signature = signature
         self.options = options
         self.mode = RunMode.resolve(options, signature.index_device)
-        if options.static_buckets is not None and not self.mode.static_shapes:
+        if options.static_buckets is not None and not self.mode.pads:
             log.warning("jano: static_buckets=%d has no effect: partial steps run one symbolic graph "
                         "for every length here (static shapes are off%s); give static_shapes=True to "
                         "pad index sets to buckets", options.static_buckets,
@@ -212,10 +222,12 @@ class GraphRunner:
 
     def _partial_graph(self, n: int, exact: bool) -> tuple[LoweredRewrite, int]:
         """(lowered graph, index length) for a partial step of n tokens."""
-        if not self.mode.static_shapes or n == 0:
+        if not self.mode.pads or n == 0:
             return self.lowered, n
         length = n if exact else bucket_length(n, self.signature.num_image_tokens,
                                                self.options.static_buckets or STATIC_BUCKETS)
+        if not self.mode.static_shapes:     # the symbolic graph, one static call per length
+            return self.lowered, length
         graph = self.static.get(length)
         if graph is None and len(self.static) < MAX_STATIC_GRAPHS:
             graph = self.static[length] = LoweredRewrite(self._rewritten, self.options, self.signature, length)

@@ -22,10 +22,11 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
     # device, options -> (static partial graphs, static full-step graph, static calls, CUDA capture)
     ("cpu", {}, (False, False, False, False)),                      # one symbolic graph for every step
     ("cpu", {"static_shapes": True}, (True, True, False, False)),
-    ("cpu", {"cuda_graphs": True}, (True, True, True, False)),      # static buffers, nothing to capture
-    ("cpu", {"cuda_graphs": True, "static_shapes": False}, (False, False, True, False)),
+    ("cpu", {"cuda_graphs": True}, (False, False, True, False)),    # static buffers, nothing to capture
+    ("cpu", {"cuda_graphs": True, "static_shapes": True}, (True, True, True, False)),
     ("cuda", {}, (True, True, False, False)),
-    ("cuda", {"mode": "reduce-overhead"}, (True, True, True, True)),
+    ("cuda", {"mode": "reduce-overhead"}, (False, True, True, True)),   # the symbolic graph captured per length
+    ("cuda", {"mode": "reduce-overhead", "static_shapes": True}, (True, True, True, True)),
     ("cuda", {"mode": "reduce-overhead", "cuda_graphs": False}, (True, True, False, False)),
     ("cuda", {"static_shapes": False}, (False, True, False, False)),   # full steps stay static on a GPU
     ("cuda", {"mode": "reduce-overhead", "static_shapes": False}, (False, True, True, True)),
@@ -54,17 +55,24 @@ def test_padding_repeats_an_active_position():
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_static_lengths_agree_with_the_eager_model(family):
+@pytest.mark.parametrize("options", [{"static_shapes": True}, {"cuda_graphs": True}], ids=["static", "calls"])
+def test_static_lengths_agree_with_the_eager_model(family, options):
     """Counts just below, at and above a bucket edge, 0 and all: one static graph per
-    bucket, each equal to the eager model (the oracle)."""
+    bucket (static shapes), or the symbolic graph through one static call per bucket (what
+    CUDA graphs capture), each length equal to the eager model (the oracle)."""
     size = dict(h=8, w=8)
     n = 64 * (2 if family in ("wan", "cogvideox", "cogvideox_rope") else 1)
     step = -(-n // BUCKETS)
     subsets = [[], list(range(step - 1)), list(range(step)), list(range(step + 1)),
                list(range(0, n, 2)), list(range(n))]
-    ctl, _ = check_oracle(family, 2, torch.float32, subsets, options={"static_shapes": True}, **size)
+    ctl, _ = check_oracle(family, 2, torch.float32, subsets, options=options, **size)
     expected = {bucket_length(len(s), n, BUCKETS) for s in subsets if s}
-    assert ctl.stats()["static_graphs"] == len(expected) == 4
+    (graph,) = ctl._graphs.values()
+    if "static_shapes" in options:
+        assert ctl.stats()["static_graphs"] == len(expected) == 4
+    else:
+        partial_lengths = {numel for name, numel, _ in graph.runner._calls if name[0] == "partial"}
+        assert partial_lengths == expected and ctl.stats()["static_graphs"] == 0
 
 
 def test_static_buckets_sets_the_padded_lengths():
@@ -79,19 +87,20 @@ def test_static_buckets_sets_the_padded_lengths():
         assert set(graph.runner.static) == lengths
 
 
-def test_static_calls_of_the_symbolic_graph_take_every_length_unpadded():
-    """cuda_graphs with static_shapes=False: one symbolic partial graph, lowered once,
-    called through one static call per exact index length (what CUDA captures once per
-    length), every length equal to the eager model."""
-    subsets = [list(range(5)), list(range(0, 64, 3)), list(range(5)), list(range(0, 64, 2))]
-    ctl, _ = check_oracle("flux", 2, torch.float32, subsets,
-                          options={"static_shapes": False, "cuda_graphs": True}, h=8, w=8)
+def test_static_calls_of_the_symbolic_graph_pad_manual_sets_to_buckets():
+    """cuda_graphs (static_shapes left automatic): one symbolic partial graph, lowered once,
+    called through one static call per index length (what CUDA captures once per length);
+    manual sets are padded to a multiple of N / 16, so sets of 5 and 7 tokens share a
+    length; every length equal to the eager model."""
+    n, step = 64, 64 // BUCKETS
+    subsets = [list(range(5)), list(range(0, n, 3)), list(range(7)), list(range(0, n, 2))]
+    ctl, _ = check_oracle("flux", 2, torch.float32, subsets, options={"cuda_graphs": True}, h=8, w=8)
     (graph,) = ctl._graphs.values()
     runner = graph.runner
     assert not runner.mode.static_shapes and ctl.stats()["static_graphs"] == 0
     assert runner.lowered.compiles == 1
     partial_lengths = {numel for name, numel, _ in runner._calls if name[0] == "partial"}
-    assert partial_lengths == {5, 22, 32}
+    assert partial_lengths == {-(-len(s) // step) * step for s in subsets} == {8, 24, 32}
 
 
 def test_lengths_past_the_static_call_bound_run_uncaptured(monkeypatch):
@@ -99,9 +108,8 @@ def test_lengths_past_the_static_call_bound_run_uncaptured(monkeypatch):
     lengths run the lowered graph directly, still equal to the eager model."""
     import jano_compile.runner as runner_module
     monkeypatch.setattr(runner_module, "MAX_STATIC_CALLS", 2)
-    subsets = [list(range(k)) for k in (3, 4, 5, 6)]
-    ctl, _ = check_oracle("flux", 1, torch.float32, subsets,
-                          options={"static_shapes": False, "cuda_graphs": True}, h=8, w=8)
+    subsets = [list(range(k)) for k in (3, 7, 11, 15)]     # four buckets of N / 16 = 4 tokens
+    ctl, _ = check_oracle("flux", 1, torch.float32, subsets, options={"cuda_graphs": True}, h=8, w=8)
     (graph,) = ctl._graphs.values()
     assert len(graph.runner._calls) == 2     # the full step's and the first length's
 
@@ -267,12 +275,13 @@ def test_static_buffer_calls_equal_direct_calls():
 
 
 @cuda
-@pytest.mark.parametrize("family,static_shapes", [("flux", None), ("sd3", None), ("flux", False)])
+@pytest.mark.parametrize("family,static_shapes", [("flux", None), ("sd3", None), ("flux", True)])
 def test_cuda_graphs_reduce_overhead(family, static_shapes):
     """mode="reduce-overhead": every step a replay, equal to the eager model; no cudagraph
     skip; an output held across a later replay of the same graph stays as it was. Held
     outputs (`reuse="hold"`): the later call computes garbage on purpose, which a forecast
-    would extrapolate from. static_shapes=False: the symbolic graph captured per length."""
+    would extrapolate from. static_shapes=None: the symbolic graph captured per length;
+    True: a static graph per length."""
     from torch._dynamo.utils import counters
     counters.clear()
     subsets = [list(range(5)), list(range(0, 64, 2)), list(range(5)), list(range(64))]
