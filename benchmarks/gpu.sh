@@ -31,13 +31,16 @@
 #   call 1: OUT=$OUT/a ONLY="tests_cuda step_reduce-overhead step_symbolic_default" (~150 + 140 + 200 s):
 #           the CUDA tests with the symbolic partial graph captured per length as the
 #           reduce-overhead default; step_speed's bound timed back to back (was 1.10x / 1.13x at 30% / 10%
-#           timed per call, H200); whether default mode (no capture) should also take the symbolic graph
+#           timed per call, H200); whether default mode (no capture) should also take the symbolic graph;
+#           both with every token as a partial step: if the symbolic graph at n = N runs a full step as
+#           fast as the full-step graph, CUDA can drop that compile (first generation: 2 compiles -> 1)
 #   call 2 (issued at once, while the machine is warm): OUT=$OUT/b
 #           ONLY="profile_reduce-overhead profile_default" (~60 + 60 s): where a per-call-synchronised
 #           step's ~2 ms over its back-to-back time goes (H200: full step 35.3 against 34.8 ms back to back,
-#           plain 33.0 against 34.7)
-#   later:  ONLY=pipeline_work_reduce-overhead (~170 s); FULL_DEPTH=1 ONLY=step_full_depth alone (not yet timed; ~30 s per compile at 5 + 10 blocks,
-#           so several minutes at 19 + 38: six compiles at 3.8 times the depth; may need --fractions 1.0,0.3)
+#           plain 33.0 against 34.7; the profile now reports the host time outside ops and the host's top ops)
+#   later:  ONLY=pipeline_work_reduce-overhead (~170 s); FULL_DEPTH=1 ONLY=step_full_depth alone
+#           (reduce-overhead, no bound graphs: a plain compile and jano's two, each ~3.8 times the
+#           5 + 10-block compile of ~30 s, so ~6 minutes cold; give CMD_TIMEOUT and timeout_s 590)
 set -u
 OUT=${OUT:-./gpu_out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
@@ -92,7 +95,8 @@ case $? in
 esac
 
 run step_default "$PY" benchmarks/step_speed.py "${SIZE[@]}" "${STEP[@]}" || FAILED=1
-run step_reduce-overhead "$PY" benchmarks/step_speed.py "${SIZE[@]}" "${STEP[@]}" --mode reduce-overhead || FAILED=1
+run step_reduce-overhead "$PY" benchmarks/step_speed.py "${SIZE[@]}" "${STEP[@]}" --mode reduce-overhead \
+    --full-through-partial || FAILED=1
 # the same schedule as the default-mode figure the issue starts from (paper recipe, reference intervals)
 run pipeline_paper_reduce-overhead "$PY" benchmarks/pipeline_speed.py "${SIZE[@]}" --runs 3 --recipe paper \
     --mode reduce-overhead || FAILED=1
@@ -109,13 +113,16 @@ run step_static_reduce-overhead "$PY" benchmarks/step_speed.py "${SIZE[@]}" "${S
 run pipeline_static_reduce-overhead "$PY" benchmarks/pipeline_speed.py "${SIZE[@]}" --runs 3 --recipe paper \
     --shapes static --mode reduce-overhead || FAILED=1
 # the symbolic partial graph without capture: should default mode on CUDA take it too?
-run step_symbolic_default "$PY" benchmarks/step_speed.py "${SIZE[@]}" "${STEP[@]}" --shapes symbolic || FAILED=1
+run step_symbolic_default "$PY" benchmarks/step_speed.py "${SIZE[@]}" "${STEP[@]}" --shapes symbolic \
+    --full-through-partial || FAILED=1
 # why a default-mode full step costs more than under reduce-overhead (host-bound stretches show as wall above busy)
 run profile_default "$PY" benchmarks/profile_step.py "${SMALL[@]}" --fractions 1.0,0.3 || FAILED=1
 run bucket_sweep "$PY" benchmarks/bucket_sweep.py "${SMALL[@]}" --lengths 1152:1344:32 --mode reduce-overhead || FAILED=1
 if [ "${FULL_DEPTH:-0}" = 1 ]; then
+    # no bound graphs (each a plain compile at the full depth): the per-block bound ratios are
+    # the 5 + 10-block figures
     run step_full_depth "$PY" benchmarks/step_speed.py --flux-dev --dtype bfloat16 --device cuda \
-        --fractions 1.0,0.3,0.1 --rounds 3 || FAILED=1
+        --fractions 1.0,0.3,0.1 --rounds 3 --no-bound --mode reduce-overhead || FAILED=1
 else
     note "full depth (19 + 38 blocks): owed, not run (FULL_DEPTH=1 runs it)"
 fi

@@ -44,6 +44,11 @@ def parse_args(argv):
     p.add_argument("--recipe", choices=["forecast", "paper"], default=None,
                    help="jano recipe (paper: held outputs, no forecast history at the exit)")
     add_shapes_arg(p)
+    p.add_argument("--no-bound", action="store_true",
+                   help="skip the bound graphs (one plain compile per partial fraction; for the full depth)")
+    p.add_argument("--full-through-partial", action="store_true",
+                   help="also time every token as a partial step (set_active of all N): the partial graph at "
+                        "n = N, against the full-step graph jano compiles for full steps on CUDA")
     p.add_argument("--eager-attention", action="store_true",
                    help="the bound's extra attention timed eagerly (as before 2026-11-26 night) instead of "
                         "compiled by Inductor")
@@ -80,20 +85,31 @@ def extra_attention_seconds(size, batch: int, active: int, dtype, device, eager:
                      - sdpa_seconds(size, batch, t + active, t + active, dtype, device, attend))
 
 
+ALL_AS_PARTIAL = "all tokens as a partial step"
+
+
 def print_table(n, indices, times, bounds, in_a_row, bounds_in_a_row) -> None:
+    """One row per setting; a partial fraction without a measured bound leaves its bound
+    columns empty (for every token, the bound is plain itself)."""
     base, base_row = median(times["plain"]), median(in_a_row["plain"])
     print("| setting | active image tokens | step time (ms) | ratio to plain | bound (ms) | jano / bound "
           "| back to back (ms) | ratio to plain | bound (ms) | jano / bound |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     print(f"| plain torch.compile (Inductor) | {n} | {base * 1e3:.1f} | 1.00x | | "
           f"| {base_row * 1e3:.1f} | 1.00x | | |")
-    for f, index in indices.items():
-        t, row = median(times[f]), median(in_a_row[f])
-        bound = bounds.get(f, base)   # all tokens: the bound is plain itself
-        bound_row = bounds_in_a_row.get(f, base_row)
-        label = "jano, refresh (100%)" if f >= 1 else f"jano, {round(f * 100)}% active"
-        print(f"| {label} | {len(index)} | {t * 1e3:.1f} | {t / base:.2f}x | {bound * 1e3:.1f} | {t / bound:.2f}x "
-              f"| {row * 1e3:.1f} | {row / base_row:.2f}x | {bound_row * 1e3:.1f} | {row / bound_row:.2f}x |")
+    rows = {f: ("jano, refresh (100%)" if f >= 1 else f"jano, {round(f * 100)}% active", len(index))
+            for f, index in indices.items()}
+    if ALL_AS_PARTIAL in times:
+        rows[ALL_AS_PARTIAL] = (f"jano, {ALL_AS_PARTIAL}", n)
+    for key, (label, tokens) in rows.items():
+        t, row = median(times[key]), median(in_a_row[key])
+        full = key == ALL_AS_PARTIAL or key >= 1
+        bound, bound_row = (base, base_row) if full else (bounds.get(key), bounds_in_a_row.get(key))
+        columns = [f"{t * 1e3:.1f}", f"{t / base:.2f}x"]
+        columns += [f"{bound * 1e3:.1f}", f"{t / bound:.2f}x"] if bound else ["", ""]
+        columns += [f"{row * 1e3:.1f}", f"{row / base_row:.2f}x"]
+        columns += [f"{bound_row * 1e3:.1f}", f"{row / bound_row:.2f}x"] if bound_row else ["", ""]
+        print(f"| {label} | {tokens} | " + " | ".join(columns) + " |")
 
 
 def print_memory(memory, stats) -> None:
@@ -135,13 +151,18 @@ def main(argv=None):
         ctl = jano_compile.controller(jano)
         settings = {"plain": lambda: plain(**kwargs)}
         settings |= {f: (lambda f=f: jano_step(ctl, jano, kwargs, indices[f], n)) for f in fractions}
-        bound_kwargs = {f: only_tokens(kwargs, indices[f]) for f in partial}
-        settings |= {("bound", f): (lambda f=f: plain(**bound_kwargs[f])) for f in partial}
+        full = torch.arange(n)
+        if args.full_through_partial:
+            settings[ALL_AS_PARTIAL] = lambda: (ctl.set_active(full), jano(**kwargs))
+        bounded = [] if args.no_bound else partial
+        bound_kwargs = {f: only_tokens(kwargs, indices[f]) for f in bounded}
+        settings |= {("bound", f): (lambda f=f: plain(**bound_kwargs[f])) for f in bounded}
 
-        def warm_jano():
-            full = torch.arange(n)   # the first call must be full: it fills the caches
+        def warm_jano():   # the first call must be full: it fills the caches
             return ({"jano": first_call_seconds(lambda: jano_step(ctl, jano, kwargs, full, n), device)}
-                    | {f: first_call_seconds(settings[f], device) for f in partial})
+                    | {f: first_call_seconds(settings[f], device) for f in partial}
+                    | ({ALL_AS_PARTIAL: first_call_seconds(settings[ALL_AS_PARTIAL], device)}
+                       if args.full_through_partial else {}))
 
         print("compiling plain Inductor ...", flush=True)
         memory = {}
@@ -149,8 +170,9 @@ def main(argv=None):
         print("compiling jano ...", flush=True)
         first, memory["jano"] = peak_memory(warm_jano, device)
         first["plain"] = first_plain
-        print("compiling the bounds' static graphs ...", flush=True)
-        for f in partial:
+        if bounded:
+            print("compiling the bounds' static graphs ...", flush=True)
+        for f in bounded:
             first_call_seconds(settings["bound", f], device)
 
         times = {name: [] for name in settings}
@@ -160,9 +182,9 @@ def main(argv=None):
                 times[name] += time_call(step, args.steps, device)
                 in_a_row[name].append(time_in_a_row(step, args.in_a_row, device))
         extra = {f: extra_attention_seconds(size, args.batch, len(indices[f]), dtype, device,
-                                            eager=args.eager_attention) for f in partial}
-        bounds = {f: median(times["bound", f]) + extra[f] for f in partial}
-        bounds_in_a_row = {f: median(in_a_row["bound", f]) + extra[f] for f in partial}
+                                            eager=args.eager_attention) for f in bounded}
+        bounds = {f: median(times["bound", f]) + extra[f] for f in bounded}
+        bounds_in_a_row = {f: median(in_a_row["bound", f]) + extra[f] for f in bounded}
 
     stats = ctl.stats()
     assert stats["rewritten"], stats["fallback_reason"]
@@ -175,7 +197,9 @@ def main(argv=None):
           "scaled_dot_product_attention)")
     print("\nfirst call, compile included (s): " + ", ".join(
         [f"plain {first['plain']:.1f}", f"jano {first['jano']:.1f}"]
-        + [f"jano's first {round(f * 100)}% call {first[f]:.1f}" for f in partial]))
+        + [f"jano's first {round(f * 100)}% call {first[f]:.1f}" for f in partial]
+        + ([f"jano's first call with {ALL_AS_PARTIAL} {first[ALL_AS_PARTIAL]:.1f}"]
+           if ALL_AS_PARTIAL in first else [])))
     print_memory(memory, stats)
     print(f"cudagraph skips: {cudagraph_skips()}")
 
