@@ -58,8 +58,9 @@ def test_padding_repeats_an_active_position():
 @pytest.mark.parametrize("options", [{"static_shapes": True}, {"cuda_graphs": True}], ids=["static", "calls"])
 def test_static_lengths_agree_with_the_eager_model(family, options):
     """Counts just below, at and above a bucket edge, 0 and all: one static graph per
-    bucket (static shapes), or the symbolic graph through one static call per bucket (what
-    CUDA graphs capture), each length equal to the eager model (the oracle)."""
+    bucket (static shapes), or the one symbolic graph, lowered once, through one static call
+    per bucket (what CUDA graphs capture: manual sets padded to N / 16 there too), each
+    length equal to the eager model (the oracle)."""
     size = dict(h=8, w=8)
     n = 64 * (2 if family in ("wan", "cogvideox", "cogvideox_rope") else 1)
     step = -(-n // BUCKETS)
@@ -73,6 +74,7 @@ def test_static_lengths_agree_with_the_eager_model(family, options):
     else:
         partial_lengths = {numel for name, numel, _ in graph.runner._calls if name[0] == "partial"}
         assert partial_lengths == expected and ctl.stats()["static_graphs"] == 0
+        assert not graph.runner.mode.static_shapes and graph.runner.lowered.compiles == 1
 
 
 def test_static_buckets_sets_the_padded_lengths():
@@ -85,22 +87,6 @@ def test_static_buckets_sets_the_padded_lengths():
                               options={"static_shapes": True, "static_buckets": buckets}, h=8, w=8)
         (graph,) = ctl._graphs.values()
         assert set(graph.runner.static) == lengths
-
-
-def test_static_calls_of_the_symbolic_graph_pad_manual_sets_to_buckets():
-    """cuda_graphs (static_shapes left automatic): one symbolic partial graph, lowered once,
-    called through one static call per index length (what CUDA captures once per length);
-    manual sets are padded to a multiple of N / 16, so sets of 5 and 7 tokens share a
-    length; every length equal to the eager model."""
-    n, step = 64, 64 // BUCKETS
-    subsets = [list(range(5)), list(range(0, n, 3)), list(range(7)), list(range(0, n, 2))]
-    ctl, _ = check_oracle("flux", 2, torch.float32, subsets, options={"cuda_graphs": True}, h=8, w=8)
-    (graph,) = ctl._graphs.values()
-    runner = graph.runner
-    assert not runner.mode.static_shapes and ctl.stats()["static_graphs"] == 0
-    assert runner.lowered.compiles == 1
-    partial_lengths = {numel for name, numel, _ in runner._calls if name[0] == "partial"}
-    assert partial_lengths == {-(-len(s) // step) * step for s in subsets} == {8, 24, 32}
 
 
 def test_lengths_past_the_static_call_bound_run_uncaptured(monkeypatch):
