@@ -35,9 +35,13 @@
 #           both with every token as a partial step: if the symbolic graph at n = N runs a full step as
 #           fast as the full-step graph, CUDA can drop that compile (first generation: 2 compiles -> 1)
 #   call 2 (issued at once, while the machine is warm): OUT=$OUT/b
-#           ONLY="profile_reduce-overhead profile_default" (~60 + 60 s): where a per-call-synchronised
-#           step's ~2 ms over its back-to-back time goes (H200: full step 35.3 against 34.8 ms back to back,
-#           plain 33.0 against 34.7; the profile now reports the host time outside ops and the host's top ops)
+#           ONLY="profile_refresh_reduce-overhead profile_reduce-overhead profile_default" (~100 + 60 + 60 s):
+#           where a per-call-synchronised refresh step's ~2 ms over plain goes (H200: 35.3 against 33.0 ms
+#           per call, 34.8 against 34.7 back to back): each profiled call's timeline splits it into host
+#           time before the first kernel, device idle inside the step and busy time (kernels by kind), at
+#           the 5 + 10 blocks where it was seen and at 2 + 4; traces.tar holds one Chrome trace per
+#           setting; gpu_clocks.csv the SM clock and power (is plain slower back to back because the
+#           clock drops under sustained load?)
 #   later:  ONLY=pipeline_work_reduce-overhead (~170 s); FULL_DEPTH=1 ONLY=step_full_depth alone
 #           (reduce-overhead, no bound graphs: a plain compile and jano's two, each ~3.8 times the
 #           5 + 10-block compile of ~30 s, so ~6 minutes cold; give CMD_TIMEOUT and timeout_s 590)
@@ -54,6 +58,16 @@ FAILED=0
 
 note() { echo "$*" | tee -a "$SUMMARY"; }
 
+# the SM clock, power and temperature every 250 ms while the script runs (a clock that drops under
+# sustained load makes calls issued back to back slower than calls one at a time)
+log_clocks() {
+    command -v nvidia-smi >/dev/null || return 0
+    nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu \
+        --format=csv,nounits -lms 250 >"$OUT/gpu_clocks.csv" 2>/dev/null &
+    CLOCKS_PID=$!
+    trap 'kill $CLOCKS_PID 2>/dev/null' EXIT
+}
+
 # run NAME CMD...: CMD's output to stdout and $OUT/NAME.log, its exit status to the summary;
 # rc 0 without running it when ONLY leaves NAME out.
 run() {
@@ -62,10 +76,10 @@ run() {
     if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then
         return 0
     fi
-    note "== $name: $*"
+    note "== $name: $* (from $(date +%T))"
     timeout "${CMD_TIMEOUT:-0}" "$@" 2>&1 | tee "$OUT/$name.log"
     rc=${PIPESTATUS[0]}
-    note "== $name: rc=$rc, $((SECONDS - start)) s"
+    note "== $name: rc=$rc, $((SECONDS - start)) s (until $(date +%T))"
     return "$rc"
 }
 
@@ -85,6 +99,7 @@ setup() {
 
 : >"$SUMMARY"
 setup 2>&1 | tee -a "$SUMMARY"
+log_clocks
 
 SMALL=(--flux-dev --layers 2 --single-layers 4 --dtype bfloat16 --device cuda)
 run tests_cuda "$PY" -m pytest -q -x tests -k cuda
@@ -104,8 +119,11 @@ run pipeline_paper_default "$PY" benchmarks/pipeline_speed.py "${SIZE[@]}" --run
 run pipeline_reduce-overhead "$PY" benchmarks/pipeline_speed.py "${SIZE[@]}" --runs 3 --mode reduce-overhead || FAILED=1
 run pipeline_work_reduce-overhead "$PY" benchmarks/pipeline_speed.py "${SIZE[@]}" --runs 3 --work 0.4 \
     --forecast-kv --mode reduce-overhead || FAILED=1
+# a refresh step against plain at the depth whose per-call excess is to be explained, then 2 + 4 blocks
+run profile_refresh_reduce-overhead "$PY" benchmarks/profile_step.py "${SIZE[@]}" --fractions 1.0 \
+    --mode reduce-overhead --trace "$OUT/traces/refresh_reduce-overhead" || FAILED=1
 run profile_reduce-overhead "$PY" benchmarks/profile_step.py "${SMALL[@]}" --fractions 1.0,0.3 \
-    --mode reduce-overhead || FAILED=1
+    --mode reduce-overhead --trace "$OUT/traces/reduce-overhead" || FAILED=1
 # static partial graphs captured per length (static_shapes=True; reduce-overhead's default is the
 # symbolic graph since the H200 measured it as fast: fewer compiles, no padding of region sets)
 run step_static_reduce-overhead "$PY" benchmarks/step_speed.py "${SIZE[@]}" "${STEP[@]}" --shapes static \
@@ -116,7 +134,11 @@ run pipeline_static_reduce-overhead "$PY" benchmarks/pipeline_speed.py "${SIZE[@
 run step_symbolic_default "$PY" benchmarks/step_speed.py "${SIZE[@]}" "${STEP[@]}" --shapes symbolic \
     --full-through-partial || FAILED=1
 # why a default-mode full step costs more than under reduce-overhead (host-bound stretches show as wall above busy)
-run profile_default "$PY" benchmarks/profile_step.py "${SMALL[@]}" --fractions 1.0,0.3 || FAILED=1
+run profile_default "$PY" benchmarks/profile_step.py "${SMALL[@]}" --fractions 1.0,0.3 \
+    --trace "$OUT/traces/default" || FAILED=1
+if [ -d "$OUT/traces" ]; then   # one file back from the device instead of one per setting
+    tar cf "$OUT/traces.tar" -C "$OUT" traces && rm -r "$OUT/traces"
+fi
 run bucket_sweep "$PY" benchmarks/bucket_sweep.py "${SMALL[@]}" --lengths 1152:1344:32 --mode reduce-overhead || FAILED=1
 if [ "${FULL_DEPTH:-0}" = 1 ]; then
     # no bound graphs (each a plain compile at the full depth): the per-block bound ratios are

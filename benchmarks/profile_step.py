@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 import torch
 from torch.autograd import DeviceType
@@ -24,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 import jano_compile
 from common import (add_mode_arg, add_size_args, build_flux, compile_jano, compile_plain,
                     cudagraph_skips, describe, jano_step, median, only_tokens, sampled_index,
-                    size_from_args, time_call, time_in_a_row)
+                    size_from_args, sync, time_call, time_in_a_row)
 
 
 KINDS = {   # kernel (CUDA) or op (CPU) names -> kind, first match wins
@@ -32,6 +33,9 @@ KINDS = {   # kernel (CUDA) or op (CPU) names -> kind, first match wins
     "matmul": re.compile(r"gemm|nvjet|cutlass|xmma|addmm|aten::mm|aten::bmm|matmul|linear", re.I),
     "generated": re.compile(r"^triton_|cpp_fused"),
 }
+
+
+TIMELINE = ("before_first", "busy", "idle", "after_last", "host")
 
 
 def time_by_kind(leaves, key: str, calls: int) -> dict[str, float]:
@@ -43,6 +47,61 @@ def time_by_kind(leaves, key: str, calls: int) -> dict[str, float]:
     return totals
 
 
+def _interval(event) -> tuple[float, float]:
+    return event.time_range.start, event.time_range.end
+
+
+def _union_length(intervals) -> float:
+    """Total length covered by possibly overlapping (start, end) intervals."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def call_timelines(events, step_range: str, is_kernel) -> list[dict[str, float]]:
+    """One timeline (ms) per profiled call: `events` from a profile whose calls each ran in a
+    `record_function(step_range)` range followed by a synchronisation, so every kernel of a
+    call starts before the next call's range. `is_kernel(event)`: the events that count as
+    device work (CUDA kernels and copies; on a CPU, top-level ops). Keys: `before_first`
+    (range start to first kernel start), `busy` (the union of kernel intervals), `idle`
+    (first kernel start to last kernel end, less busy), `after_last` (last kernel end to the
+    range's end, negative while kernels run past the host's return), `host` (the range)."""
+    ranges = sorted((e for e in events if e.name == step_range and not is_kernel(e)),
+                    key=lambda e: e.time_range.start)
+    kernels = sorted((_interval(e) for e in events if is_kernel(e) and e.name != step_range))
+    timelines = []
+    for i, call in enumerate(ranges):
+        start, end = _interval(call)
+        until = ranges[i + 1].time_range.start if i + 1 < len(ranges) else float("inf")
+        mine = [k for k in kernels if start <= k[0] < until]
+        if not mine:
+            continue
+        first, last = mine[0][0], max(k[1] for k in mine)
+        busy = _union_length(mine)
+        timelines.append({"before_first": (first - start) / 1e3, "busy": busy / 1e3,
+                          "idle": (last - first - busy) / 1e3, "after_last": (end - last) / 1e3,
+                          "host": (end - start) / 1e3})
+    return timelines
+
+
+def cuda_work(event) -> bool:
+    """A CUDA kernel, copy or memset."""
+    return event.device_type == DeviceType.CUDA
+
+
+def top_level_op(event) -> bool:
+    """On a CPU, what stands in for a kernel: an aten op called from outside any aten op."""
+    return (event.device_type == DeviceType.CPU and event.name.startswith("aten::")
+            and (event.cpu_parent is None or not event.cpu_parent.name.startswith("aten::")))
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_size_args(p)
@@ -52,6 +111,7 @@ def main(argv=None):
     p.add_argument("--calls", type=int, default=3, help="profiled calls per setting")
     p.add_argument("--in-a-row", type=int, default=20, help="calls per back-to-back timing")
     p.add_argument("--rows", type=int, default=12, help="ops listed per setting")
+    p.add_argument("--trace", type=Path, help="write one call per setting as a Chrome trace here")
     add_mode_arg(p)
     args = p.parse_args(argv)
     size = size_from_args(args)
@@ -76,17 +136,27 @@ def main(argv=None):
         for call in settings.values():   # compile, warm up and (reduce-overhead) capture
             call(), call(), call()
         busy_label = "device busy" if cuda else "host self time"
-        summary, kinds = [], {}
+        is_kernel = cuda_work if cuda else top_level_op
+        summary, kinds, timelines = [], {}, {}
         for name, call in settings.items():
             wall = median(time_call(call, 5, args.device))
             in_a_row = median([time_in_a_row(call, args.in_a_row, args.device) for _ in range(3)])
             step_range = f"step: {name}"
             with profile(activities=activities) as prof:
-                for _ in range(args.calls):
+                for _ in range(args.calls):   # each call between synchronisations: its own timeline
                     with record_function(step_range):
                         call()
-                if cuda:
-                    torch.cuda.synchronize()
+                    sync(args.device)
+            if args.trace:
+                args.trace.mkdir(parents=True, exist_ok=True)
+                with profile(activities=activities) as one:
+                    with record_function(step_range):
+                        call()
+                    sync(args.device)
+                one.export_chrome_trace(str(args.trace / f"{_slug(name)}.json.gz"))
+            calls = call_timelines(prof.events(), step_range, is_kernel)
+            if calls:
+                timelines[name] = {key: median([t[key] for t in calls]) for key in TIMELINE}
             events = prof.key_averages()
             outside_ops = next(e.self_cpu_time_total for e in events if e.key == step_range) / args.calls / 1e3
             # kernels only: a Triton launch is listed both as an op and as its kernel
@@ -106,6 +176,16 @@ def main(argv=None):
     print(f"\n| setting | {busy_label} (ms) | wall, one call (ms) | / busy | wall, calls in a row (ms) | / busy "
           "| host outside ops (ms) |\n|---|---|---|---|---|---|---|")
     print("\n".join(summary))
+    print("\nOne call between synchronisations, under the profiler (ms, medians of "
+          f"{args.calls} calls; on a CPU \"kernels\" are the aten ops Python calls, and Inductor's C++ "
+          "kernels count as idle): host time before the "
+          "first kernel; the kernels' busy time; device idle between the first kernel's start and the "
+          "last one's end; from the last kernel's end to the host's return (negative: kernels run on "
+          "after it); the host's time in the call")
+    print("| setting | before first kernel | busy | idle inside | last kernel to return | host |\n"
+          "|---|---|---|---|---|---|")
+    for name, t in timelines.items():
+        print(f"| {name} | " + " | ".join(f"{t[key]:.2f}" for key in TIMELINE) + " |")
     print(f"\n{busy_label} by kind of kernel (ms per call; attention: {KINDS['attention'].pattern}; "
           f"matmul: {KINDS['matmul'].pattern}; generated: Inductor's own kernels)")
     print("| setting | " + " | ".join(KINDS) + " | other |\n|---|" + "---|" * (len(KINDS) + 1))

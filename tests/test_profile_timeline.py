@@ -1,0 +1,49 @@
+"""benchmarks/profile_step.py's per-call timeline reads a real profile correctly: host time
+before the first op, idle time between ops, and the ops' busy time, each call apart."""
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+
+def _profile_step():
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(benchmarks))     # profile_step imports its neighbour common.py
+    try:
+        spec = importlib.util.spec_from_file_location("profile_step", benchmarks / "profile_step.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(benchmarks))
+    return module
+
+
+def test_timeline_splits_each_call_into_host_wait_idle_and_busy():
+    step = _profile_step()
+    a = torch.randn(64, 64)
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            with record_function("step: probe"):
+                time.sleep(0.030)           # host work before the first op
+                torch.mm(a, a)
+                time.sleep(0.020)           # nothing runs between the two ops
+                torch.relu(torch.mm(a, a))
+        with record_function("step: other"):
+            torch.mm(a, a)
+    timelines = step.call_timelines(prof.events(), "step: probe", step.top_level_op)
+    assert len(timelines) == 2              # the other range's op belongs to neither call
+    for t in timelines:
+        assert 30 <= t["before_first"] < 30 + 25
+        assert 20 <= t["idle"] < 20 + 25
+        assert 0 < t["busy"] < 10           # three small ops, not the sleeps
+        assert abs(t["after_last"]) < 5     # the range closes right after the last op
+        assert 50 <= t["host"] < 50 + 40
+
+
+def test_union_length_counts_overlaps_once():
+    step = _profile_step()
+    assert step._union_length([(0, 4), (2, 6), (10, 11), (10.5, 10.7)]) == 7
+    assert step._union_length([]) == 0
