@@ -165,6 +165,26 @@ def time_in_a_row(fn, calls: int, device) -> float:
     return (time.perf_counter() - t0) / calls
 
 
+def interleaved_timings(settings: dict, rounds, calls: int, in_a_row: int, device) -> tuple[dict, dict]:
+    """Per setting name: wall seconds of each single call between synchronisations, and
+    per call of each block of `in_a_row` calls back to back (`time_call`, `time_in_a_row`).
+    `rounds`: an iterable of round numbers (a progress bar, say). The settings take turns
+    call by call, and block by block, each round starting at the next setting: a machine
+    whose speed drifts (a GPU clock that drops under sustained load, another job) slows
+    every setting alike instead of whichever follows the heaviest one."""
+    names = list(settings)
+    single = {name: [] for name in names}
+    in_row = {name: [] for name in names}
+    for r in rounds:
+        order = names[r % len(names):] + names[:r % len(names)]
+        for _ in range(calls):
+            for name in order:
+                single[name] += time_call(settings[name], 1, device)
+        for name in order:
+            in_row[name].append(time_in_a_row(settings[name], in_a_row, device))
+    return single, in_row
+
+
 def first_call_seconds(fn, device, calls: int = 3) -> float:
     """Wall seconds of the first of `calls` calls of `fn` (compile included); the others
     warm it up (under reduce-overhead: the CUDA-graph warm-up run and capture)."""

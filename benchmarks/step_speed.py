@@ -5,9 +5,11 @@ jano at several fractions of active image tokens, in one run, medians of several
     python benchmarks/step_speed.py --flux-dev --dtype bfloat16 --device cuda [--layers 5 --single-layers 10]
         [--mode reduce-overhead] [--shapes static|symbolic] [--recipe paper]
 
-Rounds alternate plain and jano steps so that machine noise hits both alike. Each step is
-timed between two synchronisations, and again as calls issued back to back (one
-synchronisation at the end, as a sampling loop runs: host work overlaps the device's). Each partial
+Plain and jano take turns call by call (and block by block for the back-to-back timings,
+each round starting at another setting), so that machine noise and a GPU clock that drops
+under sustained load hit every setting alike. Each step is timed between two
+synchronisations, and again as calls issued back to back (one synchronisation at the end,
+as a sampling loop runs: host work overlaps the device's). Each partial
 fraction f also gets its bound: n = f * N active image tokens cannot cost less than a
 static-shape graph with T + n queries against T + N keys (T text tokens). It is measured
 as plain Inductor on only the T + n tokens, plus for each attention layer the extra time of
@@ -26,9 +28,9 @@ from tqdm import tqdm
 
 import jano_compile
 from common import (add_mode_arg, add_shapes_arg, add_size_args, build_flux, compile_jano, compile_plain,
-                    cudagraph_skips, describe, first_call_seconds, jano_step, jano_summary, median,
-                    mib, only_tokens, peak_memory, sampled_index, shapes_option, size_from_args, time_call,
-                    time_in_a_row)
+                    cudagraph_skips, describe, first_call_seconds, interleaved_timings, jano_step,
+                    jano_summary, median, mib, only_tokens, peak_memory, sampled_index, shapes_option,
+                    size_from_args, time_call)
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -175,12 +177,8 @@ def main(argv=None):
         for f in bounded:
             first_call_seconds(settings["bound", f], device)
 
-        times = {name: [] for name in settings}
-        in_a_row = {name: [] for name in settings}
-        for _ in tqdm(range(args.rounds), desc="rounds"):
-            for name, step in settings.items():
-                times[name] += time_call(step, args.steps, device)
-                in_a_row[name].append(time_in_a_row(step, args.in_a_row, device))
+        times, in_a_row = interleaved_timings(settings, tqdm(range(args.rounds), desc="rounds"),
+                                              args.steps, args.in_a_row, device)
         extra = {f: extra_attention_seconds(size, args.batch, len(indices[f]), dtype, device,
                                             eager=args.eager_attention) for f in bounded}
         bounds = {f: median(times["bound", f]) + extra[f] for f in bounded}
@@ -190,8 +188,9 @@ def main(argv=None):
     assert stats["rewritten"], stats["fallback_reason"]
     print(f"\n{jano_summary(stats)}\n")
     print_table(n, indices, times, bounds, in_a_row, bounds_in_a_row)
-    print("\nstep time: each call between two synchronisations (host work before the first kernel shows); "
-          f"back to back: {args.in_a_row} calls, one synchronisation at the end, as a sampling loop runs")
+    print("\nstep time: each call between two synchronisations (host work before the first kernel shows), "
+          f"the settings taking turns call by call; back to back: {args.in_a_row} calls, one synchronisation "
+          "at the end, as a sampling loop runs (the settings take turns block by block)")
     print("bound: plain Inductor on the T + n tokens alone, plus per attention layer the extra time of "
           f"T + n queries against T + N keys ({'eager' if args.eager_attention else 'Inductor-compiled'} "
           "scaled_dot_product_attention)")
