@@ -1,5 +1,11 @@
 """Manual index policy: the user picks the active tokens (`set_active`) and asks for full
-steps (`refresh`); every call before the first `set_active` is a full step."""
+steps (`refresh`); every call before the first `set_active` is a full step.
+
+Where lengths are static (static shapes, CUDA graphs) a set runs at its exact length when
+that length was set before or is among the first MAX_EXACT_LENGTHS lengths set: a set the
+user keeps step after step costs no padding and one graph or capture. Sets of ever new
+sizes (a policy of the user's own) are padded to buckets from then on, so that they compile
+or capture a bounded number of lengths."""
 from __future__ import annotations
 
 from typing import Optional
@@ -7,6 +13,8 @@ from typing import Optional
 import torch
 
 from .policy import CallPlan
+
+MAX_EXACT_LENGTHS = 2   # set lengths that run unpadded; later new lengths are padded to buckets
 
 
 def checked_index(index, num_image_tokens: int) -> torch.Tensor:
@@ -42,7 +50,9 @@ class ManualPolicy:
     def __init__(self):
         self.engaged = False            # set_active() or refresh() was called
         self.active: Optional[torch.Tensor] = None
+        self.exact = False              # `active` runs at its exact length (static lengths)
         self.refresh_next = False
+        self._exact_lengths: set[int] = set()
 
     def refresh(self) -> None:
         self.engaged = True
@@ -52,6 +62,10 @@ class ManualPolicy:
         index = checked_index(index, num_image_tokens)
         if self.active is None or not torch.equal(index, self.active):   # the same set: keep the
             self.active = index                                          # tensor (its device copy)
+        n = index.numel()
+        self.exact = n in self._exact_lengths or len(self._exact_lengths) < MAX_EXACT_LENGTHS
+        if self.exact:
+            self._exact_lengths.add(n)
         self.engaged = True
 
     def plan(self, num_image_tokens: int, branch: str) -> CallPlan:
@@ -60,7 +74,7 @@ class ManualPolicy:
         if self.active.numel() and int(self.active[-1]) >= num_image_tokens:
             raise IndexError(f"the active index reaches past the {num_image_tokens} image tokens of "
                              "this graph (did the resolution change?); call set_active() again")
-        return CallPlan(self.active, branch)
+        return CallPlan(self.active, branch, exact=self.exact)
 
     def ran_full(self) -> None:
         self.refresh_next = False

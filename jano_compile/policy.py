@@ -27,7 +27,8 @@ class CallPlan:
     time: Optional[float] = None      # forecast time of the step (None: the step index, or
                                       # under manual control the branch's call count)
     exact: bool = False               # `index` is one of a few fixed sets (the schedule's
-                                      # regions): worth a static graph of its own length
+                                      # regions, a set the user keeps): worth a static graph
+                                      # or capture of its own length, not a padded bucket
 
     @property
     def skip(self) -> bool:

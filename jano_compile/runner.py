@@ -9,9 +9,10 @@ Which lowered variant a step runs:
                                (on CUDA: the `full` variant)    static length N, no gather; it
                                                                 fills the caches (dense_variant.py)
     partial, n tokens          rewritten graph, symbolic n;     one graph per exact n (the automatic
-                               under static calls captured      schedule's region sets) or per bucket
-                               once per length: exact n, or     (other sets, padded by repeating an
-                               other sets padded to a bucket    active index to a multiple of
+                               under static calls captured      schedule's region sets, the sets a
+                               once per length: exact n, or     user keeps: manual_policy.py) or per
+                               other sets padded to a bucket    bucket (other sets, padded by repeating
+                                                                an active index to a multiple of
                                                                 N / `static_buckets`); at most
                                                                 MAX_STATIC_GRAPHS, then symbolic
     no token due               skip tail                        skip tail
@@ -243,7 +244,8 @@ class GraphRunner:
                      exact: bool = False) -> tuple:
         """Recompute the image tokens at `index` (sorted int64 [n], CPU or device): the
         other tokens keep (or forecast) their outputs and K/V. `exact`: `index` is one of a
-        few fixed sets (the schedule's regions), worth a graph of its own length."""
+        few fixed sets (the schedule's regions, a set the user keeps), worth a graph of its
+        own length."""
         graph, length = self._partial_graph(index.numel(), exact)
         outputs = self._run(("partial", length), graph, args, self.device_index(index, length),
                             state, step_time)

@@ -56,11 +56,13 @@ def test_padding_repeats_an_active_position():
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("options", [{"static_shapes": True}, {"cuda_graphs": True}], ids=["static", "calls"])
-def test_static_lengths_agree_with_the_eager_model(family, options):
+def test_static_lengths_agree_with_the_eager_model(family, options, monkeypatch):
     """Counts just below, at and above a bucket edge, 0 and all: one static graph per
     bucket (static shapes), or the one symbolic graph, lowered once, through one static call
     per bucket (what CUDA graphs capture: manual sets padded to N / 16 there too), each
-    length equal to the eager model (the oracle)."""
+    length equal to the eager model (the oracle). (No set runs unpadded here: see
+    test_kept_sets_run_unpadded.)"""
+    monkeypatch.setattr("jano_compile.manual_policy.MAX_EXACT_LENGTHS", 0)
     size = dict(h=8, w=8)
     n = 64 * (2 if family in ("wan", "cogvideox", "cogvideox_rope") else 1)
     step = -(-n // BUCKETS)
@@ -77,9 +79,10 @@ def test_static_lengths_agree_with_the_eager_model(family, options):
         assert not graph.runner.mode.static_shapes and graph.runner.lowered.compiles == 1
 
 
-def test_static_buckets_sets_the_padded_lengths():
+def test_static_buckets_sets_the_padded_lengths(monkeypatch):
     """options={"static_buckets": b}: a manual set of n tokens runs a graph of the smallest
     multiple of N / b that holds it, and still matches the eager model."""
+    monkeypatch.setattr("jano_compile.manual_policy.MAX_EXACT_LENGTHS", 0)
     n = 64
     subsets = [list(range(0, n, 5)), list(range(0, n, 3))]      # 13 and 22 tokens
     for buckets, lengths in ((4, {16, 32}), (32, {14, 22})):
@@ -87,6 +90,22 @@ def test_static_buckets_sets_the_padded_lengths():
                               options={"static_shapes": True, "static_buckets": buckets}, h=8, w=8)
         (graph,) = ctl._graphs.values()
         assert set(graph.runner.static) == lengths
+
+
+@pytest.mark.parametrize("options", [{"static_shapes": True}, {"cuda_graphs": True}], ids=["static", "calls"])
+def test_kept_sets_run_unpadded(options):
+    """A manual set that stays (set_active once, then step after step) runs at its own
+    length, and so does a second one; from the third new length on, sets are padded to
+    their bucket, while the lengths set before stay unpadded. Each equals the eager model."""
+    n = 64                                   # FLUX at 8 x 8: buckets of N / 16 = 4 tokens
+    kept, other, third = list(range(0, n, 5)), list(range(0, n, 3)), [1, 9, 20, 33, 40]
+    subsets = [kept, kept, other, third, kept, third, other[:-1] + [n - 1]]
+    ctl, _ = check_oracle("flux", 1, torch.float32, subsets, options=options, h=8, w=8)
+    (graph,) = ctl._graphs.values()
+    runner = graph.runner
+    lengths = (set(runner.static) if "static_shapes" in options
+               else {numel for name, numel, _ in runner._calls if name[0] == "partial"})
+    assert lengths == {len(kept), len(other), 8}      # 13 and 22 unpadded, 5 -> 8
 
 
 def test_lengths_past_the_static_call_bound_run_uncaptured(monkeypatch):
