@@ -28,20 +28,19 @@
 # default's commands are the step_static_* ones)
 # Owed (next device session; ~15 device minutes, each call <= 10 minutes; seconds from the last runs,
 # a warm Inductor cache on the machine makes reruns of a size much shorter):
-#   call 1: OUT=$OUT/a ONLY="tests_cuda step_reduce-overhead step_symbolic_default" (~150 + 140 + 200 s):
-#           the CUDA tests with the symbolic partial graph captured per length as the
-#           reduce-overhead default; step_speed's bound timed back to back (was 1.10x / 1.13x at 30% / 10%
-#           timed per call, H200); whether default mode (no capture) should also take the symbolic graph;
-#           both with every token as a partial step: if the symbolic graph at n = N runs a full step as
-#           fast as the full-step graph, CUDA can drop that compile (first generation: 2 compiles -> 1)
+#   call 1: OUT=$OUT/a ONLY="tests_cuda step_reduce-overhead profile_refresh_reduce-overhead"
+#           (~150 + 140 + 100 s): the CUDA tests (kept manual sets now run unpadded under capture);
+#           step_speed with the settings taking turns call by call (the H200's per-call refresh,
+#           35.3 against 33.0 ms, was timed right after plain's back-to-back block), the manual 30% / 10%
+#           sets unpadded (1229 / 410 tokens), the bound timed back to back too (was 1.10x / 1.13x per call),
+#           and every token as a partial step (if the symbolic graph at n = N runs a full step as fast as
+#           the full-step graph, CUDA can drop that compile: first generation 2 compiles -> 1); then a
+#           refresh step against plain at 5 + 10 blocks under the profiler: host time before the first
+#           kernel, device idle inside the step, busy time by kind; traces.tar (Chrome traces) and
+#           gpu_clocks.csv (SM clock, power: does the clock drop under sustained load?)
 #   call 2 (issued at once, while the machine is warm): OUT=$OUT/b
-#           ONLY="profile_refresh_reduce-overhead profile_reduce-overhead profile_default" (~100 + 60 + 60 s):
-#           where a per-call-synchronised refresh step's ~2 ms over plain goes (H200: 35.3 against 33.0 ms
-#           per call, 34.8 against 34.7 back to back): each profiled call's timeline splits it into host
-#           time before the first kernel, device idle inside the step and busy time (kernels by kind), at
-#           the 5 + 10 blocks where it was seen and at 2 + 4; traces.tar holds one Chrome trace per
-#           setting; gpu_clocks.csv the SM clock and power (is plain slower back to back because the
-#           clock drops under sustained load?)
+#           ONLY="step_symbolic_default profile_reduce-overhead" (~200 + 60 s): whether default mode (no
+#           capture) should take the symbolic partial graph too; the 30% step's time by kind at 2 + 4 blocks
 #   later:  ONLY=pipeline_work_reduce-overhead (~170 s); FULL_DEPTH=1 ONLY=step_full_depth alone
 #           (reduce-overhead, no bound graphs: a plain compile and jano's two, each ~3.8 times the
 #           5 + 10-block compile of ~30 s, so ~6 minutes cold; give CMD_TIMEOUT and timeout_s 590)
