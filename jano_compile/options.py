@@ -5,12 +5,12 @@ Python, for tests and debugging), `dump_dir` (also the env var JANO_DUMP_DIR),
 `static_shapes` (one graph per active-token count instead of one symbolic graph; default
 on CUDA without CUDA graphs), `static_buckets` (under static shapes or CUDA graphs, index
 sets that are neither one of the automatic schedule's regions nor a set the user keeps
-(manual_policy.py) are padded to a multiple of N / static_buckets tokens, default 16: more buckets, less padding, more compiles or
-captures; see the README's bucket measurement), `cuda_graphs` (capture each step as a CUDA
-graph and replay it; default with mode="reduce-overhead" or "max-autotune" on CUDA; True on
-a CPU runs the same static buffers without capture, for tests; the one symbolic partial
-graph is captured once per index length unless `static_shapes=True`), the Jano
-schedule settings (the fields of `JanoConfig`), and any `torch._inductor.config` setting,
+(manual_policy.py) are padded to a multiple of N / static_buckets tokens, default 16: more
+buckets, less padding, more compiles or captures; see the README's bucket measurement),
+`cuda_graphs` (capture each step as a CUDA graph and replay it; default with
+mode="reduce-overhead" or "max-autotune" on CUDA; True on a CPU runs the same static
+buffers without capture, for tests; the one symbolic partial graph is captured once per
+index length unless `static_shapes=True`), the Jano schedule settings (the fields of `JanoConfig`), and any `torch._inductor.config` setting,
 which is passed to Inductor together with what `mode=` selects.
 
 `torch.compile` itself refuses `mode` together with `options` ("Either mode or options can
