@@ -10,8 +10,9 @@ buckets, less padding, more compiles or captures; see the README's bucket measur
 `cuda_graphs` (capture each step as a CUDA graph and replay it; default with
 mode="reduce-overhead" or "max-autotune" on CUDA; True on a CPU runs the same static
 buffers without capture, for tests; the one symbolic partial graph is captured once per
-index length unless `static_shapes=True`), the Jano schedule settings (the fields of `JanoConfig`), and any `torch._inductor.config` setting,
-which is passed to Inductor together with what `mode=` selects.
+index length unless `static_shapes=True`), the Jano schedule settings (the fields of
+`JanoConfig`), and any `torch._inductor.config` setting, which is passed to Inductor
+together with what `mode=` selects.
 
 `torch.compile` itself refuses `mode` together with `options` ("Either mode or options can
 be specified"), so through it the backend gets one or the other; to give both, put the mode
