@@ -4,6 +4,7 @@ signature: the runtime swaps callables, not calling conventions.
 
     rewritten graph (any n)                        full step (active_index = arange(N) only)
     h_g = index_select(h, 1, idx)                  h_g = h
+    cos_rows = index_select(cos, 0, rows)          cos_rows = cos      (position tables)
     k_all = index_copy_(k_cache_0, 2, rows, k)     k_all = index_copy_(k_cache_0, 2, rows, k)   (every row)
     o = attention(q, k_all, v_all)                 o = attention(q, k_all, v_all)
     full = index_copy(pred, 1, idx, out)           full = out
@@ -31,7 +32,8 @@ import copy
 import torch.fx as fx
 
 from .kv_forecast import KV_COMPLETE
-from .signature import COMPLETION_ROLES, ENTRY_GATHER, EXIT_SCATTER, ROLE, placeholders, state_writes
+from .signature import (COMPLETION_ROLES, ENTRY_GATHER, EXIT_SCATTER, ROLE, TABLE_GATHER, placeholders,
+                        state_writes)
 
 
 def _impure(node: fx.Node) -> bool:
@@ -54,7 +56,7 @@ def dense_variant(gm: fx.GraphModule) -> fx.GraphModule:
     # fresh value -> its write into a completion state (kv_forecast's readers read that)
     filled = {w.args[3]: w for w in state_writes(graph) if w.args[0].name in completion}
     for node in list(graph.nodes):
-        if node.meta.get(ENTRY_GATHER):
+        if node.meta.get(ENTRY_GATHER) or node.meta.get(TABLE_GATHER):   # every row, in order
             node.replace_all_uses_with(node.args[0])
         elif node.meta.get(KV_COMPLETE):      # every row fresh: read the filled cache
             node.replace_all_uses_with(filled.get(node.args[3], node.args[3]))

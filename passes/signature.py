@@ -33,6 +33,8 @@ EXIT_SCATTER = "jano_exit_scatter"     # node meta: the index_copy that writes c
                                        # into the full exit tensor
 ENTRY_GATHER = "jano_entry_gather"     # node meta: the index_select of the computed tokens
                                        # at the entry
+TABLE_GATHER = "jano_table_gather"     # node meta: the index_select of a position table's rows
+                                       # for the computed tokens (token_shapes.py)
 
 
 class Role(str, enum.Enum):

@@ -37,6 +37,7 @@ import torch.fx as fx
 
 from .plan import (ConstantPad, FrameKeys, GridShape, GroupCount, PointwiseConv, SegmentSlice, ShapeLiteral,
                    SplitSizes, SqueezeDims, TokenPlan)
+from .signature import TABLE_GATHER
 from .token_inputs import gathered_length, grid_axis_length, layout_rows, num_active, segment_bounds
 from .token_layout import value
 
@@ -220,6 +221,7 @@ def token_shapes(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:
             with graph.inserting_before(table.node):
                 g = graph.call_function(torch.index_select, (table.arg, table.dim, rows))
             g.name = f"{table.arg.name}_rows"
+            g.meta[TABLE_GATHER] = True
             gathered[key] = g
         table.node.replace_input_with(table.arg, gathered[key])
     frame_of: dict = {}
