@@ -341,3 +341,27 @@ def test_flux_in_float16_is_rewritten_through_its_clip():
     token-wise op like clamp, so the model is rewritten and matches the eager model."""
     ctl, n = check_oracle("flux", 1, torch.float16, [list(range(0, 64, 3)), list(range(64))], h=8, w=8)
     assert ctl.stats()["rewritten"]
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3", "cogvideox_rope"])
+def test_a_literal_the_passes_miss_ends_as_a_fallback(family, monkeypatch):
+    """The shape check after the passes is the net under them: with the rewriting of token
+    literals turned off (a pass that misses a reshape to [.., T + N, ..]), the graph is not
+    rewritten, the reason names the failed shape check, and the model runs as eager."""
+    import sys
+
+    from .oracle import build
+    monkeypatch.setattr(sys.modules["jano_compile.passes.token_shapes"], "_rewrite_literal",
+                        lambda graph, edit: None)
+    torch._dynamo.reset()
+    model, kwargs, n = build(family, 1, torch.float32, h=4, w=4)
+    compiled = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager"})
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = model(**kwargs, return_dict=False)[0]
+        out = compiled(**kwargs, return_dict=False)[0]
+    torch.testing.assert_close(out, reference)
+    stats = jano_compile.controller(compiled).stats()
+    assert stats["rewritten"] is False
+    assert "shape check with" in stats["fallback_reason"], stats["fallback_reason"]
+    torch._dynamo.reset()
