@@ -15,6 +15,7 @@ import torch
 from .policy import CallPlan
 
 MAX_EXACT_LENGTHS = 2   # set lengths that run unpadded; later new lengths are padded to buckets
+MAX_RECENT_SETS = 4     # sets remembered, so that one set again is the same tensor (its device copy)
 
 
 def checked_index(index, num_image_tokens: int) -> torch.Tensor:
@@ -53,6 +54,7 @@ class ManualPolicy:
         self.exact = False              # `active` runs at its exact length (static lengths)
         self.refresh_next = False
         self._exact_lengths: set[int] = set()
+        self._recent: list[torch.Tensor] = []     # the last sets, most recent first
 
     def refresh(self) -> None:
         self.engaged = True
@@ -60,8 +62,11 @@ class ManualPolicy:
 
     def set_active(self, index, num_image_tokens: int) -> None:
         index = checked_index(index, num_image_tokens)
-        if self.active is None or not torch.equal(index, self.active):   # the same set: keep the
-            self.active = index                                          # tensor (its device copy)
+        # a set given before is that same tensor again, whose device copy the runner keeps:
+        # sets used in turn (by hand, or a benchmark's settings) cost no copy per call
+        same = next((t for t in self._recent if t.shape == index.shape and torch.equal(t, index)), None)
+        self.active = same if same is not None else index
+        self._recent = [self.active] + [t for t in self._recent if t is not self.active][:MAX_RECENT_SETS - 1]
         n = index.numel()
         self.exact = n in self._exact_lengths or len(self._exact_lengths) < MAX_EXACT_LENGTHS
         if self.exact:

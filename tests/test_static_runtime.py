@@ -108,6 +108,33 @@ def test_kept_sets_run_unpadded(options):
     assert lengths == {len(kept), len(other), 8}      # 13 and 22 unpadded, 5 -> 8
 
 
+def test_sets_used_in_turn_keep_their_device_copies():
+    """Two manual sets used in turn (each set_active() a new tensor of the same positions)
+    are each copied to the index's device once: the policy hands back the tensor it saw
+    before, whose device copy the runner keeps. Both runs equal the eager model."""
+    n = 64
+    first, second = list(range(0, n, 5)), list(range(1, n, 4))
+    ctl, _ = check_oracle("flux", 1, torch.float32, [first, second, first, second, first],
+                          options={"cuda_graphs": True}, h=8, w=8)
+    (graph,) = ctl._graphs.values()
+    assert len(graph.runner._on_device) == 2
+
+
+def test_the_policy_remembers_a_few_recent_sets():
+    from jano_compile.manual_policy import MAX_RECENT_SETS, ManualPolicy
+    policy = ManualPolicy()
+    policy.set_active(torch.tensor([3, 1]), 16)
+    kept = policy.active
+    for k in range(MAX_RECENT_SETS - 1):
+        policy.set_active(torch.tensor([k + 5]), 16)
+    policy.set_active(torch.tensor([1, 3]), 16)          # the same positions, a new tensor
+    assert policy.active is kept
+    for k in range(MAX_RECENT_SETS):
+        policy.set_active(torch.tensor([k + 5, k + 6]), 16)
+    policy.set_active(torch.tensor([1, 3]), 16)          # forgotten: a tensor of its own
+    assert policy.active is not kept and policy.active.tolist() == [1, 3]
+
+
 def test_lengths_past_the_static_call_bound_run_uncaptured(monkeypatch):
     """The symbolic graph under ever new lengths: after MAX_STATIC_CALLS static calls, new
     lengths run the lowered graph directly, still equal to the eager model."""
