@@ -2,6 +2,7 @@
 block by block with the order rotated each round, so that a machine whose speed drifts
 slows every setting alike."""
 import importlib.util
+import sys
 from pathlib import Path
 
 
@@ -9,6 +10,7 @@ def _common():
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "common.py"
     spec = importlib.util.spec_from_file_location("bench_common", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module          # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
