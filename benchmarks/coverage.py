@@ -525,6 +525,17 @@ def _run_all(classes: list, config_names: list, capture_names: set, timeout: flo
     return [done[n] for n in classes]
 
 
+def _json_object(text: str) -> dict:
+    """--options: a JSON object of backend options."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object is needed, e.g. '{{\"static_shapes\": true}}', got {text!r}")
+    return value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--classes", help="comma-separated class names (default: all 56)")
@@ -533,7 +544,7 @@ def main(argv=None) -> int:
                         help="configurations to run torch._dynamo.explain on even when dynamo handed jano one "
                              "graph: 'all', 'none' (default) or a comma list; a configuration with more or fewer "
                              "graphs is always explained")
-    parser.add_argument("--options", type=json.loads, default=None,
+    parser.add_argument("--options", type=_json_object, default=None,
                         help="more backend options as JSON, e.g. '{\"static_shapes\": true}' (the GPU's "
                              "full-step graph and static lengths) or '{\"cuda_graphs\": true}' (its static calls)")
     parser.add_argument("--class-timeout", type=float, default=240.0, help="seconds per class (0: none)")
@@ -556,9 +567,10 @@ def main(argv=None) -> int:
     else:
         capture_names = set(_pick(args.explain, CONFIGS, "config"))
 
+    if args.options and args.out == DEFAULT_OUT and not args.no_write:
+        parser.error(f"--options: {DEFAULT_OUT} holds the run without options; give --out PATH or --no-write")
+
     start = time.perf_counter()
-    if args.options is not None and not isinstance(args.options, dict):
-        parser.error(f"--options takes a JSON object, got {args.options!r}")
     results = _run_all(classes, config_names, capture_names, args.class_timeout,
                        min(args.jobs, len(classes)), args.verbose, args.options)
     elapsed = time.perf_counter() - start
