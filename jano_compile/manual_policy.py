@@ -68,8 +68,9 @@ class ManualPolicy:
         self.active = same if same is not None else index
         self._recent = [self.active] + [t for t in self._recent if t is not self.active][:MAX_RECENT_SETS - 1]
         n = index.numel()
-        self.exact = n in self._exact_lengths or len(self._exact_lengths) < MAX_EXACT_LENGTHS
-        if self.exact:
+        never_padded = n in (0, num_image_tokens)    # no graph or a bucket of its own: no allowance spent
+        self.exact = never_padded or n in self._exact_lengths or len(self._exact_lengths) < MAX_EXACT_LENGTHS
+        if self.exact and not never_padded:
             self._exact_lengths.add(n)
         self.engaged = True
 

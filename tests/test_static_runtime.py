@@ -120,6 +120,18 @@ def test_sets_used_in_turn_keep_their_device_copies():
     assert len(graph.runner._on_device) == 2
 
 
+def test_empty_and_full_sets_spend_no_exact_length():
+    """0 tokens (no graph) and all N (its own bucket) are never padded: they leave both
+    unpadded lengths to the sets that follow."""
+    from jano_compile.manual_policy import MAX_EXACT_LENGTHS, ManualPolicy
+    policy = ManualPolicy()
+    exact = []
+    for index in ([], list(range(16)), [1, 2], [1, 2, 3], [4, 5], [1, 2, 3, 4, 5]):
+        policy.set_active(torch.tensor(index, dtype=torch.long), 16)
+        exact.append(policy.exact)
+    assert MAX_EXACT_LENGTHS == 2 and exact == [True, True, True, True, True, False]
+
+
 def test_the_policy_remembers_a_few_recent_sets():
     from jano_compile.manual_policy import MAX_RECENT_SETS, ManualPolicy
     policy = ManualPolicy()
