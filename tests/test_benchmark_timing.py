@@ -1,22 +1,11 @@
 """benchmarks/common.py's interleaved timings: the settings take turns call by call, and
 block by block with the order rotated each round, so that a machine whose speed drifts
 slows every setting alike."""
-import importlib.util
-import sys
-from pathlib import Path
-
-
-def _common():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "common.py"
-    spec = importlib.util.spec_from_file_location("bench_common", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module          # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from .benchmark_modules import load
 
 
 def test_settings_take_turns_and_each_round_starts_at_the_next():
-    common = _common()
+    common = load("common")
     log = []
     settings = {name: (lambda name=name: log.append(name)) for name in "abc"}
     single, in_row = common.interleaved_timings(settings, range(3), calls=2, in_a_row=4, device="cpu")

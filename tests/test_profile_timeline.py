@@ -1,28 +1,15 @@
 """benchmarks/profile_step.py's per-call timeline reads a real profile correctly: host time
 before the first op, idle time between ops, and the ops' busy time, each call apart."""
-import importlib.util
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-
-def _profile_step():
-    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(benchmarks))     # profile_step imports its neighbour common.py
-    try:
-        spec = importlib.util.spec_from_file_location("profile_step", benchmarks / "profile_step.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(benchmarks))
-    return module
+from .benchmark_modules import load
 
 
 def test_timeline_splits_each_call_into_host_wait_idle_and_busy():
-    step = _profile_step()
+    step = load("profile_step")
     a = torch.randn(64, 64)
     with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(2):
@@ -44,6 +31,6 @@ def test_timeline_splits_each_call_into_host_wait_idle_and_busy():
 
 
 def test_union_length_counts_overlaps_once():
-    step = _profile_step()
+    step = load("profile_step")
     assert step._union_length([(0, 4), (2, 6), (10, 11), (10.5, 10.7)]) == 7
     assert step._union_length([]) == 0

@@ -1,26 +1,16 @@
 """The FLOP counter behind benchmarks/quality_speed.py's "work done" column counts what it
 claims: matrix products and attention by hand, and the ops of a compiled jano graph."""
-import importlib.util
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
 import jano_compile
 
+from .benchmark_modules import load
 from .models import FAMILIES
 
 
-def _work_counter():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "work_counter.py"
-    spec = importlib.util.spec_from_file_location("work_counter", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.WorkCounter
-
-
 def test_counts_matrix_products_and_attention_by_hand():
-    WorkCounter = _work_counter()
+    WorkCounter = load("work_counter").WorkCounter
     linear = torch.nn.Linear(8, 16)
     x = torch.randn(2, 5, 8)
     q, k, v = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 7, 4), torch.randn(2, 3, 7, 4)
@@ -34,7 +24,7 @@ def test_counts_matrix_products_and_attention_by_hand():
 def test_sees_inside_a_compiled_jano_graph():
     """A refresh step does the model's work; a step with a quarter of the image tokens active
     does less, and at least the text tokens' share."""
-    WorkCounter = _work_counter()
+    WorkCounter = load("work_counter").WorkCounter
     model, kwargs, n = FAMILIES["flux"].build(b=1)
     model.eval()
     compiled = torch.compile(model, backend="jano", options={"lowering": "eager"})
