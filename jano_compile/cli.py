@@ -132,7 +132,6 @@ def main(argv=None) -> int:
             parser.error("--steps and --seeds must be at least 1")
         _check_device(parser, args.device)
         _check_out(parser, args.out)
-
         return demo(args)
     return 2
 
