@@ -47,7 +47,7 @@ import torch
 import torch.fx as fx
 
 from jano_compile.passes.input_roles import argument_name, input_roles
-from jano_compile.passes.token_layout import ancestors
+from jano_compile.passes.nodes import ancestors
 
 PACKED, IMAGE, VIDEO_CF, VIDEO_FC, VIDEO_FHWC = "packed", "image", "video_cf", "video_fc", "video_fhwc"
 #: the axis of a video's channels, per layout: [B, C, F, H, W], [B, F, C, H, W], [B, F, H, W, C]

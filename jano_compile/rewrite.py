@@ -25,7 +25,7 @@ from jano_compile.passes.plan import (CROSS, SELF, TO_IMAGE, AttentionSite, Cons
                                       MixingSite, PointwiseConv, SegmentSlice, ShapeLiteral, SplitSizes,
                                       SqueezeDims, TokenPlan)
 from jano_compile.passes.signature import GraphSignature, graph_signature
-from jano_compile.passes.token_layout import value
+from jano_compile.passes.nodes import value
 
 from .fake_inputs import fake_inputs
 from .report import GraphReport

@@ -28,7 +28,7 @@ import torch.fx as fx
 from .plan import TokenPlan
 from .signature import (EXIT_SCATTER, Role, declare_state, declare_step_time, declared_input, retire_state,
                         write_state)
-from .token_layout import value
+from .nodes import value
 
 MAX_ORDER = 2
 

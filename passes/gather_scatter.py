@@ -28,7 +28,7 @@ import torch.fx as fx
 from .plan import TokenPlan
 from .signature import ENTRY_GATHER, EXIT_SCATTER, Role, declare_state, write_state
 from .token_inputs import active_index, grid_axis_length, num_active
-from .token_layout import value
+from .nodes import value
 
 
 def gather_scatter(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:

@@ -22,7 +22,7 @@ import torch.fx as fx
 from .plan import AttentionSite, TokenPlan
 from .signature import Role, declare_state, write_state
 from .token_inputs import layout_rows
-from .token_layout import value
+from .nodes import value
 
 _KEY_VALUE_ARGS = (("key", 1), ("value", 2))   # (keyword, position) in scaled_dot_product_attention
 

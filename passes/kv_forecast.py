@@ -25,7 +25,7 @@ import torch.fx as fx
 from .forecast import write_shifted_times
 from .plan import TokenPlan
 from .signature import ROLE, STATE, Role, declare_state, declared_input, placeholders, state_writes, write_state
-from .token_layout import value
+from .nodes import value
 
 KV_COMPLETE = "jano_kv_complete"    # node.meta: the completed K/V an attention reads (index_copy of a forecast)
 _KV_ROLES = (Role.K_CACHE, Role.V_CACHE)

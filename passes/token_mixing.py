@@ -47,7 +47,7 @@ from .plan import GridTable, MixingSite, TokenAxis, TokenGrid, TokenPlan
 from .signature import Role, declare_state, declared_input, write_state
 from .token_grid import canonical_order, other_sizes
 from .token_inputs import grid_axis_length, layout_rows, num_active
-from .token_layout import value
+from .nodes import value
 
 
 def token_mixing(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:

@@ -39,7 +39,7 @@ from .plan import (ConstantPad, FrameKeys, GridShape, GroupCount, PointwiseConv,
                    SplitSizes, SqueezeDims, TokenPlan)
 from .signature import TABLE_GATHER
 from .token_inputs import gathered_length, grid_axis_length, layout_rows, num_active, segment_bounds
-from .token_layout import value
+from .nodes import value
 
 
 def _get_shape(node: fx.Node):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import jano_compile
-from jano_compile.passes.token_layout import value
+from jano_compile.passes.nodes import value
 
 from .capture import count_calls, snapshot
 from .toy import ToyDiT
@@ -899,3 +899,20 @@ def test_attention_within_groups_folded_into_the_batch_of_diffusers_class():
     """Latte: 2 frames of 4 x 6 tokens, spatial and temporal blocks, entry and exit
     [B*F, S, C]; at batch 2 the batch axis holds (sample, frame) rows."""
     assert image_tokens_of_class("LatteTransformer3DModel", 2) == 48
+
+
+# --------------------------------------------------------------------------- the rule tables
+def test_rule_tables_give_one_rule_per_op():
+    """The tables from op to rule (passes/token_rules) refuse a second, different rule for
+    an op, accept the same rule named twice (cumsum is a reduction and order-dependent), and
+    cannot be changed once built."""
+    from jano_compile.passes.token_rules import GRID_RULES, RULES, by_key, elementwise
+
+    with pytest.raises(ValueError, match="two token rules for 'add': pointwise and linear"):
+        by_key((["add", "mul"], elementwise.pointwise), (["add"], elementwise.linear))
+    table = by_key((["cumsum", "sum"], elementwise.reduction), (["cumsum"], elementwise.reduction))
+    assert dict(table) == {"cumsum": elementwise.reduction, "sum": elementwise.reduction}
+    for rules in (RULES, GRID_RULES):
+        with pytest.raises(TypeError):
+            rules["add"] = elementwise.linear
+    assert RULES["cumsum"] is RULES["sum"] is elementwise.reduction

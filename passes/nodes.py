@@ -1,0 +1,68 @@
+"""nodes: what dynamo recorded about an FX node, and its arguments read by name whichever
+way the call was written (positional or keyword)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+
+def value(node: Any):
+    """The example value (fake tensor, tuple or int) dynamo recorded for `node`."""
+    if not isinstance(node, fx.Node):
+        return node
+    return node.meta.get("example_value", node.meta.get("val"))
+
+
+def op_name(node: fx.Node) -> str:
+    """`add` for torch.add, Tensor.add and operator.add alike; a method's name for a method call."""
+    if node.op == "call_method":
+        return str(node.target)
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def is_tensor_node(a: Any) -> bool:
+    return isinstance(a, fx.Node) and isinstance(value(a), torch.Tensor)
+
+
+def ancestors(node: fx.Node) -> set:
+    """`node` and every node it is computed from."""
+    seen, todo = {node}, [node]
+    while todo:
+        for a in todo.pop().all_input_nodes:
+            if a not in seen:
+                seen.add(a)
+                todo.append(a)
+    return seen
+
+
+def arg(node: fx.Node, pos: int, name: str, default=None):
+    """Argument `name` of the call, given at position `pos` or by keyword."""
+    if len(node.args) > pos:
+        return node.args[pos]
+    return node.kwargs.get(name, default)
+
+
+def normal_dim(d: int, ndim: int) -> int:
+    return d + ndim if d < 0 else d
+
+
+def shape_args(node: fx.Node) -> list:
+    """The target shape of view/reshape/expand as a flat list, whichever call form."""
+    if "shape" in node.kwargs:
+        return list(node.kwargs["shape"])
+    if "size" in node.kwargs:
+        return list(node.kwargs["size"])
+    rest = node.args[1:]
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
+        return list(rest[0])
+    return list(rest)
+
+
+def attention_args(node: fx.Node) -> dict:
+    """The arguments of a scaled_dot_product_attention call by name, whichever call form."""
+    names = ["query", "key", "value", "attn_mask", "dropout_p", "is_causal"]
+    args = dict(zip(names, node.args))
+    args.update(node.kwargs)
+    return args
