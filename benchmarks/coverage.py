@@ -261,7 +261,7 @@ def derived_grid(model, kwargs, ctl, n: int) -> str:
         ids = next((kwargs[name] for name in ROLE_NAMES["position_ids"] if name in kwargs), None)
         ids = ids if roles.position_ids is not None else None
         rows = graph.latent_rows.of_arguments(kwargs) if graph.latent_rows is not None else None
-        tokens, grid = image_tokens(geometry_for(model), model, kwargs["hidden_states"], ids, graph.grid_hint, n,
+        tokens, grid = image_tokens(geometry_for(model), kwargs["hidden_states"], ids, graph.grid_hint, n,
                                     rows)
     except Exception as e:  # noqa: BLE001 - recorded as the reason
         return f"none: {type(e).__name__}: {str(e)[:120]}"

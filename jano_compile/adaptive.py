@@ -130,7 +130,7 @@ class AdaptiveSchedule:
         if self.periods.token_periods is None:
             self.periods.assign()
             self.reranks = self.periods.assignments
-            self._save_region_map(f"_periods{self.reranks:02d}")
+            self._save_region_map(f"_periods{self.reranks:02d}", of_periods=True)
         index = self.periods.due(step - self.config.warmup_steps)
         if index.numel() == self.analysis.num_tokens:
             self.rerank_due = True
@@ -191,14 +191,14 @@ class AdaptiveSchedule:
         self.warmup_latents = []
         self._save_region_map("")
 
-    def _save_region_map(self, suffix: str) -> None:
+    def _save_region_map(self, suffix: str, of_periods: bool = False) -> None:
         """With `save_dir`: the levels as a PNG, `region_map_<generation><suffix>.png` (one
-        for the warm-up analysis, one per re-ranking by error, one per period assignment:
-        red period 1, yellow 2, blue longer)."""
+        for the warm-up analysis, one per re-ranking by error, one per period assignment,
+        `of_periods`: red period 1, yellow 2, blue longer)."""
         if self.config.save_dir:
             os.makedirs(self.config.save_dir, exist_ok=True)
             path = os.path.join(self.config.save_dir, f"region_map_{self.generation:03d}{suffix}.png")
-            levels = self.periods.levels().view(self.grid) if suffix.startswith("_periods") else \
+            levels = self.periods.levels().view(self.grid) if of_periods else \
                 region_map(self.analysis, self.grid)
             render_region_map(levels).save(path)
             log.info("jano: wrote %s", path)

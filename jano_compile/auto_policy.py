@@ -148,8 +148,7 @@ class AutoPolicy:
             n = graph.signature.num_image_tokens
             try:
                 rows = graph.latent_rows(args) if graph.latent_rows is not None else None
-                tokens, grid = image_tokens(geometry, module, args[roles.hidden_states], ids, graph.grid_hint, n,
-                                            rows)
+                tokens, grid = image_tokens(geometry, args[roles.hidden_states], ids, graph.grid_hint, n, rows)
             except Exception as e:  # noqa: BLE001 - as above
                 self._turn_off(f"the latent could not be cut into image tokens: {type(e).__name__}: {e}")
                 return None

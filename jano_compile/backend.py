@@ -49,11 +49,14 @@ def jano_backend(gm: fx.GraphModule, example_inputs, mode=None, options=None):
 
 def _read_geometry(read, gm: fx.GraphModule, *args):
     """What `read` (geometry.py) finds in the graph: the token grid its position table holds,
-    the mask of the latent's rows; None where it tells nothing."""
+    the mask of the latent's rows; None where it tells nothing. Both return None for a graph
+    without them, so an exception here is a bug: logged, and the model runs on (only the
+    automatic schedule reads them, and says why when it turns off)."""
     try:
         return read(gm, *args)
-    except Exception:  # noqa: BLE001 - only the automatic schedule needs it; it says so if missing
-        log.debug("jano: %s found nothing in %s", read.__name__, gm, exc_info=True)
+    except Exception:  # noqa: BLE001 - a bug in reading the geometry must not break the model
+        log.warning("jano: %s failed on a graph; the automatic schedule may turn off", read.__name__,
+                    exc_info=True)
         return None
 
 

@@ -87,8 +87,9 @@ class JanoConfig:
             cool-down; ``None`` when unknown.
         reuse: what a token that a step does not compute outputs: ``"hold"`` (its last
             computed output, the paper) or ``"forecast"`` (extrapolated from its own last
-            ``forecast_order + 1`` computed outputs over the step index, Newton divided
-            differences). Read when the graph is rewritten: set it as an option, presets
+            ``forecast_order + 1`` computed outputs, Newton divided differences over the
+            scheduler's sigmas where ``enable()`` finds flow-matching ones, else over the step
+            index). Read when the graph is rewritten: set it as an option, presets
             do not change it.
         forecast_order: 1 (linear) or 2 (quadratic), for ``reuse="forecast"``.
         forecast_kv: ``reuse="forecast"`` only: the keys and values of tokens a step does not
@@ -248,8 +249,6 @@ def explicit_options(config: "JanoConfig | Mapping[str, Any] | None") -> dict:
         return dict(config)
     raise TypeError(f"a Jano config is a JanoConfig or a dict of its fields, got {type(config).__name__}")
 
-#: What the reference tuned per model family (keys: lower-case family names). Families
-#: without an entry use the ``JanoConfig`` defaults.
 #: Base values of each recipe over the ``JanoConfig`` defaults (which are ``"forecast"``).
 RECIPES: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "forecast": MappingProxyType({}),

@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def _shape(node: fx.Node) -> str:
+    # "val" first: the rewritten graph's symbolic shapes (rewrite._validate) over dynamo's
     v = node.meta.get("val", node.meta.get("example_value"))
     if isinstance(v, torch.Tensor):
         return f"{str(v.dtype).replace('torch.', '')}{list(v.shape)}"

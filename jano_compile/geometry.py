@@ -32,7 +32,7 @@ left, `video_layout_table()`, is keyed by class and read only when a 5-D input i
 ambiguous (several of its axes could hold the channels).
 
     geometry = geometry_for(model)                                   # cheap: class and config
-    tokens, grid = image_tokens(geometry, model, hidden_states, img_ids)   # per warm-up step
+    tokens, grid = image_tokens(geometry, hidden_states, img_ids)          # per warm-up step
     rows = latent_rows_from_graph(gm)(args)                          # packed slots: the latent's rows
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ import torch
 import torch.fx as fx
 
 from jano_compile.passes.input_roles import argument_name, input_roles
-from jano_compile.passes.nodes import ancestors
+from jano_compile.passes.nodes import ancestors, value
 
 PACKED, IMAGE, VIDEO_CF, VIDEO_FC, VIDEO_FHWC = "packed", "image", "video_cf", "video_fc", "video_fhwc"
 #: the axis of a video's channels, per layout: [B, C, F, H, W], [B, F, C, H, W], [B, F, H, W, C]
@@ -170,12 +170,8 @@ def grid_from_ids(ids: torch.Tensor, num_tokens: int) -> tuple[int, int, int]:
     return grids[0]
 
 
-def _value(node) -> Optional[torch.Tensor]:
-    return node.meta.get("example_value", node.meta.get("val")) if isinstance(node, fx.Node) else None
-
-
 def _static_shape(node) -> Optional[tuple[int, ...]]:
-    shape = getattr(_value(node), "shape", None)
+    shape = getattr(value(node), "shape", None)
     return tuple(shape) if shape is not None and all(isinstance(d, int) for d in shape) else None
 
 
@@ -385,7 +381,7 @@ def _video_grid(shape: tuple, layout: str, patch: tuple[int, int, int]) -> tuple
     return f // patch[0], h // patch[1], w // patch[2]
 
 
-def image_tokens(geometry: TokenGeometry, module, hidden_states: torch.Tensor,
+def image_tokens(geometry: TokenGeometry, hidden_states: torch.Tensor,
                  img_ids: Optional[torch.Tensor] = None,
                  grid_hint: Optional[tuple[int, int, int]] = None,
                  num_tokens: Optional[int] = None,
@@ -398,9 +394,7 @@ def image_tokens(geometry: TokenGeometry, module, hidden_states: torch.Tensor,
     dropped); C' = C * pt * ph * pw. `num_tokens`, the graph's image tokens, decides the
     layout of a video whose config names no channels. `rows` (`LatentRows`): the rows of packed
     tokens that hold the latent; the others are slots, left out (position ids covering every
-    row are cut to these rows too). Raises GeometryError when the grid cannot be derived.
-    `module` is not read (the geometry holds what its config says); kept
-    for callers."""
+    row are cut to these rows too). Raises GeometryError when the grid cannot be derived."""
     x = hidden_states
     layout = token_layout(geometry, x, num_tokens)
     if layout == PACKED:

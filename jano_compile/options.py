@@ -119,9 +119,10 @@ def parse_options(mode: Optional[str] = None, options: Optional[Mapping[str, Any
     if lowering not in LOWERINGS:
         raise ValueError(f"jano option 'lowering' must be one of {LOWERINGS}, got {lowering!r}")
     if options.get("dump_dir"):
-        dump_dir = _check_dump_dir(options["dump_dir"], "jano option 'dump_dir'")
+        dump_dir = _check_dump_dir(options["dump_dir"], "jano option 'dump_dir'", "leave dump_dir out")
     elif os.environ.get(DUMP_DIR_ENV):
-        dump_dir = _check_dump_dir(os.environ[DUMP_DIR_ENV], f"environment variable {DUMP_DIR_ENV}")
+        dump_dir = _check_dump_dir(os.environ[DUMP_DIR_ENV], f"environment variable {DUMP_DIR_ENV}",
+                                   f"unset {DUMP_DIR_ENV}")
     else:
         dump_dir = None
     for key in ("static_shapes", "cuda_graphs"):
@@ -178,15 +179,15 @@ def _check_inductor_type(key: str, setting: str, value: Any) -> None:
                         f"{name}, got {value!r} of type {type(value).__name__}.")
 
 
-def _check_dump_dir(value: Any, source: str) -> str:
+def _check_dump_dir(value: Any, source: str, unset: str) -> str:
     """`value` as a str path to a directory that exists or can be created; else raise,
-    naming `source` ("jano option 'dump_dir'" or the env var). Creates nothing."""
+    naming `source` ("jano option 'dump_dir'" or the env var) and offering `unset` (how to
+    do without one) beside a writable path. Creates nothing."""
     path = os.fspath(value) if isinstance(value, os.PathLike) else value
     if not isinstance(path, str):
         raise TypeError(f"{source} must be a directory path (str or os.PathLike), got "
                         f"{value!r} of type {type(value).__name__}.")
-    fix = ("give a writable directory path (it is created if missing)"
-           + (" or leave dump_dir out" if "option" in source else f" or unset {DUMP_DIR_ENV}"))
+    fix = f"give a writable directory path (it is created if missing) or {unset}"
     if os.path.lexists(path):
         if not os.path.isdir(path):
             raise ValueError(f"{source}={path!r} is not a directory (a file is there); {fix}.")

@@ -16,8 +16,10 @@ per-region periods: ``k == 0`` and the last step before cool-down are ``REFRESH`
 other adaptive step is ``ACTIVE`` here, meaning "the regions that are due", which the
 schedule turns into a full step, a partial one or a ``SKIP`` (``adaptive.py``).
 
-The defaults over 50 steps give 6 + 4 warm-up/cool-down steps, refreshes at 6, 16, 26, 36,
-medium steps at 11, 21, 31, 41 and 32 active steps.
+Over 50 steps the defaults (the ``"forecast"`` recipe) give 3 warm-up steps, 1 cool-down step,
+and refreshes every 3rd step in between (16) with 30 skipped steps; the ``"paper"`` recipe
+gives 6 + 4 warm-up/cool-down steps, refreshes at 6, 16, 26, 36, medium steps at 11, 21,
+31, 41 and 32 active steps.
 
 A step's ``Level`` is the lowest region level it recomputes: tokens whose region level
 (0 static, 1 medium, 2 active; see ``analyzer.RegionLevel``) is ``>= level`` are computed;

@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Optional
 
 import torch.fx as fx
 
-#: Argument names per role, first match wins. Data: extend it for a family that names
-#: its inputs otherwise.
-ROLE_NAMES = {
+#: Argument names per role, first match wins. Data: a family that names its inputs
+#: otherwise is one more alias here.
+ROLE_NAMES = MappingProxyType({
     "hidden_states": ("hidden_states", "x"),
     "timestep": ("timestep", "timesteps", "t"),
     "position_ids": ("img_ids", "position_ids"),
-}
+})
 
 
 @dataclass(frozen=True)

@@ -50,14 +50,30 @@ def normal_dim(d: int, ndim: int) -> int:
 
 def shape_args(node: fx.Node) -> list:
     """The target shape of view/reshape/expand as a flat list, whichever call form."""
-    if "shape" in node.kwargs:
-        return list(node.kwargs["shape"])
-    if "size" in node.kwargs:
-        return list(node.kwargs["size"])
+    return shape_args_and_form(node)[0]
+
+
+def shape_args_and_form(node: fx.Node) -> tuple[list, tuple]:
+    """(the target shape of view/reshape/expand as a list, how the call spells it): a
+    keyword (`shape=` or `size=`), one tuple, or one argument per size."""
+    for key in ("shape", "size"):
+        if key in node.kwargs:
+            return list(node.kwargs[key]), ("kw", key)
     rest = node.args[1:]
     if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
-        return list(rest[0])
-    return list(rest)
+        return list(rest[0]), ("tuple", None)
+    return list(rest), ("varargs", None)
+
+
+def set_shape_args(node: fx.Node, shape: list, form: tuple) -> None:
+    """Write `shape` back into the call, spelled as `form` (from `shape_args_and_form`)."""
+    kind, key = form
+    if kind == "kw":
+        node.kwargs = {**node.kwargs, key: tuple(shape)}
+    elif kind == "tuple":
+        node.args = (node.args[0], tuple(shape)) + tuple(node.args[2:])
+    else:
+        node.args = (node.args[0], *shape)
 
 
 def attention_args(node: fx.Node) -> dict:

@@ -37,10 +37,6 @@ class Layout:
         return sum(s.size for s in self.segments)
 
     @property
-    def text_length(self) -> int:
-        return sum(s.size for s in self.segments if s.kind == TEXT)
-
-    @property
     def is_image_only(self) -> bool:
         return len(self.segments) == 1
 
@@ -291,7 +287,7 @@ class TokenPlan:
     # entry and exit with groups of tokens folded into the batch (Latte's frames, [B*F, S, C]:
     # ((B, frames), (tokens of a frame,), (C,))); None: [B, N, C] or [N, B, C]
     folded: Optional[TokenGrid] = None
-    axes: dict = field(default_factory=dict)          # Node -> TokenAxis | tuple | None
+    axes: dict = field(default_factory=dict)          # Node -> label (token_propagation), never None
     attention: list = field(default_factory=list)     # AttentionSite
     # per-node edits of token_shapes: ShapeLiteral | SplitSizes | SegmentSlice | SqueezeDims |
     # GroupCount | GridShape | ConstantPad | PointwiseConv

@@ -188,35 +188,25 @@ def _derived(gm: fx.GraphModule, source: fx.Node, until: fx.Node) -> list[fx.Nod
     return out
 
 
-def _entry_candidates(gm: fx.GraphModule, source: fx.Node, exit_node: fx.Node) -> list[tuple[fx.Node, int]]:
-    """The tensors derived from `source` that may hold the N image tokens of the exit, in
-    graph order, each with its token axis: [B, N, C] (axis 1) or sequence-first [N, B, C]
-    (axis 0, ErnieImage's blocks)."""
-    if value(source).dim() == 0:
-        return []
-    batch = value(source).shape[0]
-    tokens = value(exit_node).shape[1]
+def _candidates(derived: list[fx.Node], exit_node: fx.Node, token_axis_of) -> list[tuple[fx.Node, int]]:
+    """The 3-d tensors among `derived` before the exit to which `token_axis_of(shape)` gives
+    a token axis, in graph order: (node, axis), at most MAX_ENTRY_CANDIDATES."""
     out = []
-    for n in _derived(gm, source, exit_node):
+    for n in derived:
         if n is exit_node:
             break
         v = value(n)
-        if not (isinstance(v, torch.Tensor) and v.dim() == 3):
-            continue
-        if v.shape[0] == batch and v.shape[1] == tokens:
-            out.append((n, 1))
-        elif v.shape[0] == tokens and v.shape[1] == batch:
-            out.append((n, 0))
+        if isinstance(v, torch.Tensor) and v.dim() == 3:
+            axis = token_axis_of(tuple(v.shape))
+            if axis is not None:
+                out.append((n, axis))
     return out[:MAX_ENTRY_CANDIDATES]
 
 
-def _folded_layout(gm: fx.GraphModule, source: fx.Node, exit_node: fx.Node):
+def _folded_layout(batch: int, exit_node: fx.Node):
     """The TokenGrid of an exit [B*G, S, C] whose batch axis holds G groups of S image tokens
-    behind the batch B of `source` (Latte's frames: rows b*G + g, token g*S + s), or None.
-    The entry is then a tensor of the same shape derived from `source`."""
-    if value(source).dim() == 0 or exit_node not in _derived(gm, source, exit_node):
-        return None
-    batch = value(source).shape[0]
+    behind the batch B of the `hidden_states` input (Latte's frames: rows b*G + g, token
+    g*S + s), or None. The entry is then a tensor of the same shape derived from the input."""
     rows, size, channels = tuple(value(exit_node).shape)
     if rows == batch or rows % batch or size < 2:
         return None
@@ -227,26 +217,11 @@ def _folded_layout(gm: fx.GraphModule, source: fx.Node, exit_node: fx.Node):
                                       (GridFactor(None, channels),) if channels > 1 else ()), layout)
 
 
-def _folded_candidates(gm: fx.GraphModule, source: fx.Node, exit_node: fx.Node) -> list[fx.Node]:
-    """The tensors derived from `source` shaped like the folded exit, in graph order."""
-    shape = tuple(value(exit_node).shape[:2])
-    out = []
-    for n in _derived(gm, source, exit_node):
-        if n is exit_node:
-            break
-        v = value(n)
-        if isinstance(v, torch.Tensor) and v.dim() == 3 and tuple(v.shape[:2]) == shape:
-            out.append(n)
-    return out[:MAX_ENTRY_CANDIDATES]
-
-
-def _no_entry(gm: fx.GraphModule, source: fx.Node, exit_node: fx.Node):
+def _no_entry(source: fx.Node, exit_node: fx.Node, batch):
     """Raise why no entry candidate exists. The exit [d0, d1, C] was read as
-    [batch, tokens, channels]; when it is computed from `source` but d0 is not its batch, the
-    graph holds image tokens in a layout the analysis does not follow."""
-    batch = value(source).shape[0] if value(source).dim() else None
-    if exit_node not in _derived(gm, source, exit_node):
-        batch = None
+    [batch, tokens, channels]; when it is computed from `source` (`batch` given, else None)
+    but d0 is not its batch, the graph holds image tokens in a layout the analysis does not
+    follow."""
     shape = tuple(value(exit_node).shape)
     found = f"the last computed tensor before the output ({exit_node.name}, shape {shape})"
     if batch is not None and shape[0] != batch and shape[1] == batch:
@@ -273,12 +248,22 @@ def token_layout(gm: fx.GraphModule) -> TokenPlan:
     source = _hidden_states_input(gm)
     batch = value(source).shape[0] if value(source).dim() else None
     exit_node = _batch_first_exit(path, batch) or exit_node
-    candidates = [(entry, entry_dim, None) for entry, entry_dim in _entry_candidates(gm, source, exit_node)]
-    folded = None if candidates else _folded_layout(gm, source, exit_node)
+    derived = _derived(gm, source, exit_node)
+    reaches_exit = batch is not None and bool(derived) and derived[-1] is exit_node
+    tokens = value(exit_node).shape[1]
+
+    def token_axis(shape):      # [B, N, C], or sequence-first [N, B, C] (ErnieImage's blocks)
+        return 1 if shape[:2] == (batch, tokens) else 0 if shape[:2] == (tokens, batch) else None
+
+    candidates = ([(entry, axis, None) for entry, axis in _candidates(derived, exit_node, token_axis)]
+                  if batch is not None else [])
+    folded = _folded_layout(batch, exit_node) if reaches_exit and not candidates else None
     if folded is not None:
-        candidates = [(entry, 1, folded) for entry in _folded_candidates(gm, source, exit_node)]
+        exit_rows = tuple(value(exit_node).shape[:2])
+        candidates = [(entry, 1, folded) for entry, _ in
+                      _candidates(derived, exit_node, lambda shape: 1 if shape[:2] == exit_rows else None)]
     if not candidates:
-        _no_entry(gm, source, exit_node)
+        _no_entry(source, exit_node, batch if reaches_exit else None)
     errors = []
     for entry, entry_dim, grid in candidates:
         try:

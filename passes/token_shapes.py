@@ -35,93 +35,90 @@ import operator
 import torch
 import torch.fx as fx
 
+from .nodes import arg, op_name, set_shape_args, shape_args_and_form, value
 from .plan import (ConstantPad, FrameKeys, GridShape, GroupCount, PointwiseConv, SegmentSlice, ShapeLiteral,
                    SplitSizes, SqueezeDims, TokenPlan)
 from .signature import TABLE_GATHER
 from .token_inputs import gathered_length, grid_axis_length, layout_rows, num_active, segment_bounds
-from .nodes import value
-
-
-def _get_shape(node: fx.Node):
-    for key in ("shape", "size"):
-        if key in node.kwargs:
-            return list(node.kwargs[key]), ("kw", key)
-    rest = node.args[1:]
-    if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
-        return list(rest[0]), ("tuple", None)
-    return list(rest), ("varargs", None)
-
-
-def _set_shape(node: fx.Node, shape: list, form) -> None:
-    kind, key = form
-    if kind == "kw":
-        node.kwargs = {**node.kwargs, key: tuple(shape)}
-    elif kind == "tuple":
-        node.args = (node.args[0], tuple(shape)) + tuple(node.args[2:])
-    else:
-        node.args = (node.args[0], *shape)
 
 
 def _rewrite_literal(graph: fx.Graph, edit) -> None:
+    rewrite = _LITERAL_REWRITES.get(type(edit))
+    if rewrite is None:     # a plan edit without its rewrite: the graph must not run as it is
+        raise TypeError(f"token_shapes has no rewrite for {type(edit).__name__}")
+    rewrite(graph, edit)
+
+
+def _set_token_length(graph: fx.Graph, edit: ShapeLiteral) -> None:
+    """reshape/view/expand: the size on the token axis becomes its gathered length (or -1)."""
+    shape, form = shape_args_and_form(edit.node)
+    if edit.use_minus_one:
+        shape[edit.position] = -1
+    else:
+        # other dims are static: spell out their -1, which is ambiguous when n is 0
+        full = value(edit.node).shape
+        shape = [full[i] if s == -1 else s for i, s in enumerate(shape)]
+        shape[edit.position] = gathered_length(graph, edit.layout)
+    set_shape_args(edit.node, shape, form)
+
+
+def _set_split_sizes(graph: fx.Graph, edit: SplitSizes) -> None:
+    """split along the token axis: each segment's size becomes its gathered length."""
     node = edit.node
-    if isinstance(edit, ShapeLiteral):
-        shape, form = _get_shape(node)
-        if edit.use_minus_one:
-            shape[edit.position] = -1
-        else:
-            # other dims are static: spell out their -1, which is ambiguous when n is 0
-            full = value(node).shape
-            shape = [full[i] if s == -1 else s for i, s in enumerate(shape)]
-            shape[edit.position] = gathered_length(graph, edit.layout)
-        _set_shape(node, shape, form)
-    elif isinstance(edit, SplitSizes):
-        sizes = [gathered_length(graph, type(edit.layout)((s,))) for s in edit.layout.segments]
-        if "split_size_or_sections" in node.kwargs or "split_sizes" in node.kwargs:
-            key = "split_sizes" if "split_sizes" in node.kwargs else "split_size_or_sections"
-            node.kwargs = {**node.kwargs, key: sizes}
-        else:
-            node.args = (node.args[0], sizes) + tuple(node.args[2:])
-    elif isinstance(edit, SegmentSlice):
-        index = node.args[1]
-        items = list(index) if isinstance(index, tuple) else [index]
-        start, stop = segment_bounds(graph, edit.layout, edit.segment)
-        items[edit.position] = slice(start, stop)
-        node.args = (node.args[0], tuple(items) if isinstance(index, tuple) else items[0],
-                     *node.args[2:])          # setitem keeps its value
-        if node.target is operator.getitem and edit.position > 0:
-            _make_contiguous(graph, node)
-    elif isinstance(edit, GroupCount):
-        _set_group_count(graph, node, edit.position)
-    elif isinstance(edit, GridShape):
-        _set_grid_sizes(graph, node, edit)
-    elif isinstance(edit, ConstantPad):
-        _pad_as_cat(graph, node)
-    elif isinstance(edit, PointwiseConv):
-        _conv_as_linear(graph, node)
-    elif isinstance(edit, SqueezeDims):
-        node.args = (node.args[0], edit.dims)
-        node.kwargs = {k: v for k, v in node.kwargs.items() if k != "dim"}
+    sizes = [gathered_length(graph, type(edit.layout)((s,))) for s in edit.layout.segments]
+    if "split_size_or_sections" in node.kwargs or "split_sizes" in node.kwargs:
+        key = "split_sizes" if "split_sizes" in node.kwargs else "split_size_or_sections"
+        node.kwargs = {**node.kwargs, key: sizes}
+    else:
+        node.args = (node.args[0], sizes) + tuple(node.args[2:])
 
 
-def _set_group_count(graph: fx.Graph, node: fx.Node, position: int) -> None:
-    """unflatten(x, dim, sizes): sizes[position] (a frame count) becomes n, the group size
-    after it, if any, 1: (T, -1) -> (n, 1), (B, T) -> (B, n)."""
-    in_args = len(node.args) > 2
-    sizes = list(node.args[2] if in_args else node.kwargs["sizes"])
-    sizes[position] = num_active(graph)
-    if position + 1 < len(sizes):
-        sizes[position + 1] = 1
-    if in_args:
+def _set_segment_bounds(graph: fx.Graph, edit: SegmentSlice) -> None:
+    """A slice of one segment of the token axis takes the segment's gathered bounds."""
+    node = edit.node
+    index = node.args[1]
+    items = list(index) if isinstance(index, tuple) else [index]
+    start, stop = segment_bounds(graph, edit.layout, edit.segment)
+    items[edit.position] = slice(start, stop)
+    node.args = (node.args[0], tuple(items) if isinstance(index, tuple) else items[0],
+                 *node.args[2:])          # setitem keeps its value
+    if node.target is operator.getitem and edit.position > 0:
+        _make_contiguous(graph, node)
+
+
+def _set_squeeze_dims(graph: fx.Graph, edit: SqueezeDims) -> None:
+    """squeeze() -> squeeze(dims): the token axis is never squeezed, whatever n is."""
+    edit.node.args = (edit.node.args[0], edit.dims)
+    edit.node.kwargs = {k: v for k, v in edit.node.kwargs.items() if k != "dim"}
+
+
+def _unflatten_sizes(node: fx.Node) -> list:
+    return list(node.args[2] if len(node.args) > 2 else node.kwargs["sizes"])
+
+
+def _set_unflatten_sizes(node: fx.Node, sizes: list) -> None:
+    if len(node.args) > 2:
         node.args = (*node.args[:2], tuple(sizes), *node.args[3:])
     else:
         node.kwargs = {**node.kwargs, "sizes": tuple(sizes)}
 
 
-def _pad_as_cat(graph: fx.Graph, node: fx.Node) -> None:
+def _set_group_count(graph: fx.Graph, edit: GroupCount) -> None:
+    """unflatten(x, dim, sizes): sizes[position] (a frame count) becomes n, the group size
+    after it, if any, 1: (T, -1) -> (n, 1), (B, T) -> (B, n)."""
+    sizes = _unflatten_sizes(edit.node)
+    sizes[edit.position] = num_active(graph)
+    if edit.position + 1 < len(sizes):
+        sizes[edit.position + 1] = 1
+    _set_unflatten_sizes(edit.node, sizes)
+
+
+def _pad_as_cat(graph: fx.Graph, edit: ConstantPad) -> None:
     """F.pad(x, (0, 0, 0, 1), "constant", 1.0) on [B, H, D, n] -> cat([x, ones [B, H, 1, n]], 2),
     each constant block full_like(x.narrow(d, 0, 1), value).expand(-1, .., pad, .., -1)."""
-    x, pads = node.args[0], list(_arg_of(node, 1, "pad"))
-    fill = _arg_of(node, 3, "value", None)
+    node = edit.node
+    x, pads = node.args[0], list(arg(node, 1, "pad"))
+    fill = arg(node, 3, "value", None)
     fill = 0.0 if fill is None else fill
     ndim = value(node).dim()
     out = x
@@ -141,9 +138,10 @@ def _pad_as_cat(graph: fx.Graph, node: fx.Node) -> None:
     graph.erase_node(node)
 
 
-def _conv_as_linear(graph: fx.Graph, node: fx.Node) -> None:
+def _conv_as_linear(graph: fx.Graph, edit: PointwiseConv) -> None:
     """conv2d(x [B, C, n, 1], w [D, C, 1, 1], b) -> linear(x.movedim(1, -1), w.flatten(1), b).movedim(-1, 1)."""
-    x, weight, bias = node.args[0], _arg_of(node, 1, "weight"), _arg_of(node, 2, "bias")
+    node = edit.node
+    x, weight, bias = node.args[0], arg(node, 1, "weight"), arg(node, 2, "bias")
     with graph.inserting_before(node):
         channels_last = graph.call_method("movedim", (x, 1, -1))
         matrix = graph.call_method("flatten", (weight, 1))
@@ -153,34 +151,37 @@ def _conv_as_linear(graph: fx.Graph, node: fx.Node) -> None:
     graph.erase_node(node)
 
 
-def _arg_of(node: fx.Node, pos: int, name: str, default=None):
-    return node.args[pos] if len(node.args) > pos else node.kwargs.get(name, default)
-
-
-def _set_grid_sizes(graph: fx.Graph, node: fx.Node, edit: GridShape) -> None:
+def _set_grid_sizes(graph: fx.Graph, edit: GridShape) -> None:
     """view/reshape/unflatten onto the token grid: the axes holding grid factors take their
     gathered sizes, (B*F, H, W, C) -> (B*n, 1, 1, C); the other sizes are spelled out (a -1
     is ambiguous when n is 0)."""
-    if node.target == "unflatten" or getattr(node.target, "__name__", "") == "unflatten":
-        in_args = len(node.args) > 2
-        sizes = list(node.args[2] if in_args else node.kwargs["sizes"])
-        full = value(node).shape[edit.first:edit.first + len(sizes)]
-        sizes = [full[i] if s == -1 else s for i, s in enumerate(sizes)]
-        for i, size in enumerate(edit.sizes):
-            if size is not None:
-                sizes[i] = grid_axis_length(graph, *size)
-        if in_args:
-            node.args = (*node.args[:2], tuple(sizes), *node.args[3:])
-        else:
-            node.kwargs = {**node.kwargs, "sizes": tuple(sizes)}
-        return
-    shape, form = _get_shape(node)
-    full = value(node).shape
-    shape = [full[i] if s == -1 else s for i, s in enumerate(shape)]
+    node = edit.node
+    unflatten = op_name(node) == "unflatten"
+    if unflatten:
+        sizes, first = _unflatten_sizes(node), edit.first
+    else:
+        (sizes, form), first = shape_args_and_form(node), 0
+    full = value(node).shape[first:first + len(sizes)]
+    sizes = [full[i] if s == -1 else s for i, s in enumerate(sizes)]
     for i, size in enumerate(edit.sizes):
         if size is not None:
-            shape[edit.first + i] = grid_axis_length(graph, *size)
-    _set_shape(node, shape, form)
+            sizes[edit.first - first + i] = grid_axis_length(graph, *size)
+    if unflatten:
+        _set_unflatten_sizes(node, sizes)
+    else:
+        set_shape_args(node, sizes, form)
+
+
+_LITERAL_REWRITES = {
+    ShapeLiteral: _set_token_length,
+    SplitSizes: _set_split_sizes,
+    SegmentSlice: _set_segment_bounds,
+    SqueezeDims: _set_squeeze_dims,
+    GroupCount: _set_group_count,
+    GridShape: _set_grid_sizes,
+    ConstantPad: _pad_as_cat,
+    PointwiseConv: _conv_as_linear,
+}
 
 
 def _gather_frame_keys(graph: fx.Graph, edit: FrameKeys, frame_of: dict) -> None:

@@ -116,7 +116,7 @@ class Derived:
         self.rows = latent_rows(self.inputs) if latent_rows is not None else torch.arange(self.report.num_image_tokens)
 
     def tokens(self, hidden_states):
-        return image_tokens(self.geometry, self.model, hidden_states, self.ids, self.grid_hint,
+        return image_tokens(self.geometry, hidden_states, self.ids, self.grid_hint,
                             self.report.num_image_tokens, self.rows)
 
     def token_positions(self) -> torch.Tensor:
@@ -226,22 +226,22 @@ def test_ids_give_the_grid_with_any_offset_and_only_in_sequence_order():
 
 def test_channels_last_video_is_found_by_its_config_channels_or_the_graphs_tokens():
     video = torch.randn(1, 4, 3, 6, 8)                                  # [B, C, F, H, W]
-    expected = image_tokens(IMAGE, None, video)
+    expected = image_tokens(IMAGE, video)
     last = video.permute(0, 2, 3, 4, 1)                                 # [B, F, H, W, C] (Kandinsky 5)
     for geometry, n in ((IMAGE, None), (TokenGeometry("x", (1, 2, 2), None), 36)):
-        tokens, grid = image_tokens(geometry, None, last, num_tokens=n)
+        tokens, grid = image_tokens(geometry, last, num_tokens=n)
         assert grid == expected[1] == (3, 3, 4)
         torch.testing.assert_close(tokens, expected[0])
 
 
 def test_image_and_video_layouts_patchify_frames_first_row_major():
     image = torch.arange(4 * 4 * 6).reshape(1, 4, 4, 6)
-    tokens, grid = image_tokens(IMAGE, None, image)
+    tokens, grid = image_tokens(IMAGE, image)
     assert grid == (1, 2, 3) and tokens.shape == (1, 6, 16)
     assert tokens[0, 1, 0] == image[0, 0, 0, 2] and tokens[0, 3, 0] == image[0, 0, 2, 0]
     video = torch.randn(1, 4, 3, 4, 6)
-    cf, grid_cf = image_tokens(IMAGE, None, video)
-    fc, grid_fc = image_tokens(IMAGE, None, video.transpose(1, 2))
+    cf, grid_cf = image_tokens(IMAGE, video)
+    fc, grid_fc = image_tokens(IMAGE, video.transpose(1, 2))
     assert grid_cf == grid_fc == (3, 2, 3)
     torch.testing.assert_close(cf, fc)
 
@@ -263,7 +263,7 @@ def test_patchify_inverts_the_models_unpatchify(layout, b, frames, h, w, patch, 
         latent = latent.transpose(1, 2)
     elif layout == "video_fhwc":
         latent = latent.permute(0, 2, 3, 4, 1)
-    got, grid = image_tokens(TokenGeometry("x", (pt, ph, pw), c, layout), None, latent)
+    got, grid = image_tokens(TokenGeometry("x", (pt, ph, pw), c, layout), latent)
     assert grid == (frames, h, w)
     expected = tokens.view(b, frames * h * w, pt, ph, pw, c).permute(0, 1, 5, 2, 3, 4).reshape(tokens.shape)
     torch.testing.assert_close(got, expected)
@@ -271,24 +271,24 @@ def test_patchify_inverts_the_models_unpatchify(layout, b, frames, h, w, patch, 
 
 def test_what_cannot_be_derived_raises_instead_of_guessing_a_grid():
     with pytest.raises(GeometryError, match=r"axes \[1, 2\] could hold the config's 4 channels"):
-        image_tokens(IMAGE, None, torch.randn(1, 4, 4, 4, 6))
+        image_tokens(IMAGE, torch.randn(1, 4, 4, 4, 6))
     frames_first = TokenGeometry("x", (1, 2, 2), 4, "video_fc")          # what the table says for CogVideoX
-    assert image_tokens(frames_first, None, torch.randn(1, 4, 4, 4, 6))[1] == (4, 2, 3)
+    assert image_tokens(frames_first, torch.randn(1, 4, 4, 4, 6))[1] == (4, 2, 3)
     with pytest.raises(GeometryError, match="channel axis"):              # no axis holds the 4 channels
-        image_tokens(IMAGE, None, torch.randn(1, 2, 8, 12, 3))
+        image_tokens(IMAGE, torch.randn(1, 2, 8, 12, 3))
     unnamed = TokenGeometry("x", (1, 2, 2), None)                        # Kandinsky: no in_channels
     with pytest.raises(GeometryError, match="no in_channels"):
-        image_tokens(unnamed, None, torch.randn(1, 2, 8, 12, 4))
+        image_tokens(unnamed, torch.randn(1, 2, 8, 12, 4))
     with pytest.raises(GeometryError, match="0 of these layouts"):
-        image_tokens(unnamed, None, torch.randn(1, 2, 8, 12, 4), num_tokens=50)
+        image_tokens(unnamed, torch.randn(1, 2, 8, 12, 4), num_tokens=50)
     with pytest.raises(GeometryError, match="3 of these layouts"):       # [B, 4, 4, 4, 4]: every grid holds 16
-        image_tokens(unnamed, None, torch.randn(1, 4, 4, 4, 4), num_tokens=16)
+        image_tokens(unnamed, torch.randn(1, 4, 4, 4, 4), num_tokens=16)
     with pytest.raises(GeometryError, match="without position ids"):      # 64 tokens: never a guessed 8 x 8
-        image_tokens(IMAGE, None, torch.randn(1, 64, 4))
+        image_tokens(IMAGE, torch.randn(1, 64, 4))
     with pytest.raises(GeometryError, match="channels"):
-        image_tokens(IMAGE, None, torch.randn(1, 8, 8, 4))
+        image_tokens(IMAGE, torch.randn(1, 8, 8, 4))
     with pytest.raises(GeometryError, match="patch_size"):
-        image_tokens(TokenGeometry("x", None, 4), None, torch.randn(1, 4, 8, 8))
+        image_tokens(TokenGeometry("x", None, 4), torch.randn(1, 4, 8, 8))
 
 
 def test_grid_from_graph_reads_position_tables_built_from_sizes_only():
@@ -379,7 +379,7 @@ def test_ideogram4_grid_is_the_latent_rows_of_the_pipelines_packed_layout():
     rows = latent_rows(inputs)
     torch.testing.assert_close(rows, torch.arange(TEXT, TEXT + GRID_H * GRID_W))
     torch.testing.assert_close(latent_rows.of_arguments(kwargs), rows)
-    tokens, grid = image_tokens(geometry_for(model), model, kwargs["hidden_states"], kwargs["position_ids"],
+    tokens, grid = image_tokens(geometry_for(model), kwargs["hidden_states"], kwargs["position_ids"],
                                 None, report.num_image_tokens, rows)
     assert grid == (1, GRID_H, GRID_W)
     torch.testing.assert_close(tokens, kwargs["hidden_states"][:, TEXT:])

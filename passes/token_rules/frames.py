@@ -47,7 +47,7 @@ def in_frames(p: Propagation, node: fx.Node, name: str):
     others = [a for a in node.all_input_nodes if a is not x and p.ax(a) is not None]
     if s is None or (others and name not in DATA_FIRST_ONLY):
         return p.on_grid(node, name)
-    if name in DATA_FIRST_ONLY or name == "contiguous":
+    if name in DATA_FIRST_ONLY:
         return s
     if name == "flatten":
         return flatten_frames(p, node, s)

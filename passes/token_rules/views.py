@@ -137,10 +137,10 @@ def getitem(p: Propagation, node: fx.Node, name: str):
             p.fail(node, f"index {index!r} into a tuple of {len(t)} token-carrying outputs")
         return t[index]
     t = p.token_axis(node, src)
-    return index_axis(p, node, src, index, t, record=True)
+    return index_axis(p, node, src, index, t)
 
 
-def index_axis(p: Propagation, node: fx.Node, src: fx.Node, index, t: TokenAxis, record: bool):
+def index_axis(p: Propagation, node: fx.Node, src: fx.Node, index, t: TokenAxis):
     """Token axis of `src[index]` (basic indexing only)."""
     if isinstance(index, fx.Node) or (isinstance(index, (tuple, list))
                                       and any(isinstance(i, fx.Node) for i in index)):
@@ -164,7 +164,7 @@ def index_axis(p: Propagation, node: fx.Node, src: fx.Node, index, t: TokenAxis,
             in_dim += 1
         elif isinstance(it, slice):
             if in_dim == t.dim:
-                result = token_slice(p, node, pos, it, t, out_dim, record)
+                result = token_slice(p, node, pos, it, t, out_dim)
             in_dim += 1
             out_dim += 1
         else:
@@ -174,7 +174,7 @@ def index_axis(p: Propagation, node: fx.Node, src: fx.Node, index, t: TokenAxis,
     return result
 
 
-def token_slice(p: Propagation, node, pos, sl: slice, t: TokenAxis, out_dim: int, record: bool):
+def token_slice(p: Propagation, node, pos, sl: slice, t: TokenAxis, out_dim: int):
     if sl.step not in (None, 1):
         p.fail(node, "strided slice of the token axis")
     if not all(b is None or isinstance(b, int) for b in (sl.start, sl.stop)):
@@ -185,7 +185,7 @@ def token_slice(p: Propagation, node, pos, sl: slice, t: TokenAxis, out_dim: int
     if (start, stop) == (0, full):
         return TokenAxis(out_dim, t.layout)
     for k, (off, seg) in enumerate(zip(t.layout.offsets(), t.layout.segments)):
-        if (start, stop) == (off, off + seg.size) and record:
+        if (start, stop) == (off, off + seg.size):
             p.plan.literals.append(SegmentSlice(node, pos, t.layout, k))
             return TokenAxis(out_dim, Layout.image(seg.size)) if seg.kind == IMAGE else None
     p.fail(node, f"slice {start}:{stop} of the token axis {t.layout} is not one segment")
@@ -198,7 +198,7 @@ def setitem(p: Propagation, node: fx.Node, name: str):
     t = p.ax(target)
     if not isinstance(t, TokenAxis):
         p.fail(node, "image tokens written into a tensor without a token axis")
-    view = index_axis(p, node, target, index, t, record=True)   # None: the text segment
+    view = index_axis(p, node, target, index, t)   # None: the text segment
     vt = p.ax(val) if is_tensor_node(val) else None
     if vt is not None and (view is None or not isinstance(vt, TokenAxis) or vt.layout != view.layout):
         p.fail(node, "the written value holds other tokens than the slice it fills")
