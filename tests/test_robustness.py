@@ -365,3 +365,28 @@ def test_a_literal_the_passes_miss_ends_as_a_fallback(family, monkeypatch):
     assert stats["rewritten"] is False
     assert "shape check with" in stats["fallback_reason"], stats["fallback_reason"]
     torch._dynamo.reset()
+
+
+def test_a_plan_edit_without_its_rewrite_ends_as_a_fallback(monkeypatch):
+    """token_shapes applies each kind of literal edit through its table; a kind the table
+    lacks (a new edit added to the plan but not to the pass) stops the rewrite with that
+    reason, before any shape check, and the model runs as eager."""
+    import sys
+
+    from jano_compile.passes.plan import ShapeLiteral
+
+    from .oracle import build
+    shapes = sys.modules["jano_compile.passes.token_shapes"]
+    monkeypatch.setattr(shapes, "_LITERAL_REWRITES",
+                        {kind: f for kind, f in shapes._LITERAL_REWRITES.items() if kind is not ShapeLiteral})
+    torch._dynamo.reset()
+    model, kwargs, n = build("flux", 1, torch.float32, h=4, w=4)
+    compiled = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager"})
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = model(**kwargs, return_dict=False)[0]
+        out = compiled(**kwargs, return_dict=False)[0]
+    torch.testing.assert_close(out, reference)
+    stats = jano_compile.controller(compiled).stats()
+    assert stats["rewritten"] is False
+    assert "token_shapes has no rewrite for ShapeLiteral" in stats["fallback_reason"], stats["fallback_reason"]
