@@ -57,15 +57,7 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
     if hasattr(transformer, "_orig_mod"):
         raise TypeError("pipe.transformer is already compiled with torch.compile; enable() compiles it "
                         "itself: give it the module (pipe.transformer = pipe.transformer._orig_mod)")
-    schedule = explicit_options(config)
-    options = dict(options or {})
-    keywords = {key: value for key, value in (("lowering", lowering), ("mode", mode)) if value is not None}
-    both = sorted(set(schedule) & set(options)) + sorted(k for k in keywords if k in options)
-    if both:
-        raise ValueError(f"jano_compile.enable(): {both} given twice (in the config or as a keyword, and "
-                         "in `options`); give each setting once")
-    options = {**keywords, **options, **schedule}
-    parse_options(None, options)     # a bad option fails here, not at the first denoising step
+    options = _merged_options(config, lowering, mode, options)
     ctl = controller(transformer)
     if ctl.auto_policy.scheduler_clock is not None:
         raise RuntimeError("this transformer is already enabled on another pipeline (one schedule clock "
@@ -78,28 +70,67 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
         obj.__dict__[name] = value
         patched.append((obj, name))
 
-    original_context = getattr(transformer, "cache_context", None)
-    if original_context is not None:
-        @contextlib.contextmanager
-        def cache_context(name, **kwargs):
-            ctl.branch_name = name
-            try:
-                with original_context(name, **kwargs):
-                    yield
-            finally:
-                ctl.branch_name = None
-        set_on(transformer, "cache_context", cache_context)
+    _name_branches(transformer, ctl, set_on)
+    _drive_clock(pipe.scheduler, ctl, set_on)
+    _show_levels(pipe, ctl, set_on)
+    _save_overlays(pipe, ctl, set_on)
+    pipe.transformer = compiled
+    setattr(pipe, _HANDLE, _Handle(transformer, ctl, patched))
+    return ctl
 
-    scheduler = pipe.scheduler
+
+def _merged_options(config, lowering: Optional[str], mode: Optional[str],
+                    options: Optional[Mapping[str, Any]]) -> dict:
+    """The backend options of `enable()`'s arguments, validated now (a bad one fails here,
+    not at the first denoising step); a setting given twice is an error."""
+    schedule = explicit_options(config)
+    options = dict(options or {})
+    keywords = {key: value for key, value in (("lowering", lowering), ("mode", mode)) if value is not None}
+    both = sorted(set(schedule) & set(options)) + sorted(k for k in keywords if k in options)
+    if both:
+        raise ValueError(f"jano_compile.enable(): {both} given twice (in the config or as a keyword, and "
+                         "in `options`); give each setting once")
+    options = {**keywords, **options, **schedule}
+    parse_options(None, options)
+    return options
+
+
+def _name_branches(transformer, ctl: Controller, set_on) -> None:
+    """`transformer.cache_context("cond")` names the CFG branch of the calls inside it."""
+    original_context = getattr(transformer, "cache_context", None)
+    if original_context is None:
+        return
+
+    @contextlib.contextmanager
+    def cache_context(name, **kwargs):
+        ctl.branch_name = name
+        try:
+            with original_context(name, **kwargs):
+                yield
+        finally:
+            ctl.branch_name = None
+    set_on(transformer, "cache_context", cache_context)
+
+
+@dataclass
+class _Generation:
+    """The controller's call count when the current generation began, and whether the
+    warning that no step reached the compiled transformer was given (once per enable())."""
+    calls_at_start: int
+    warned: bool = False
+
+
+def _drive_clock(scheduler, ctl: Controller, set_on) -> None:
+    """The scheduler drives the step clock: `set_timesteps` (or `set_begin_index`, img2img)
+    starts a generation and gives its length, `step` ends a step; no timestep is read from
+    the device."""
     clock = SchedulerClock()
     ctl.auto_policy.scheduler_clock = clock
-    original_set_timesteps = scheduler.set_timesteps
-    original_step = scheduler.step
-
-    calls_at = {"start": ctl.calls, "warned": False}    # the controller's calls when the generation began
+    generation = _Generation(ctl.calls)
+    original_set_timesteps, original_step = scheduler.set_timesteps, scheduler.step
 
     def start_generation(begin: int = 0):
-        calls_at["start"] = ctl.calls
+        generation.calls_at_start = ctl.calls
         sigmas = _sigmas(scheduler)
         clock.start_generation(sigmas[begin:] if sigmas is not None else None)
         ctl.set_num_inference_steps(len(scheduler.timesteps) - begin)
@@ -126,12 +157,15 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
     def step(*args, **kwargs):
         result = original_step(*args, **kwargs)
         clock.end_step()
-        if clock.step >= 2 and ctl.calls == calls_at["start"] and not calls_at["warned"]:
+        if clock.step >= 2 and ctl.calls == generation.calls_at_start and not generation.warned:
             _warn_uncompiled(clock.step)
-            calls_at["warned"] = True
+            generation.warned = True
         return result
     set_on(scheduler, "step", step)
 
+
+def _show_levels(pipe, ctl: Controller, set_on) -> None:
+    """The pipeline's progress bar shows each step's level and active fraction."""
     original_progress_bar = pipe.progress_bar
 
     @functools.wraps(original_progress_bar)
@@ -148,20 +182,20 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
         return bar
     set_on(pipe, "progress_bar", progress_bar)
 
+
+def _save_overlays(pipe, ctl: Controller, set_on) -> None:
+    """With `save_dir`, each decoded image gets its region map overlaid (`_save_overlay`)."""
     vae = getattr(pipe, "vae", None)
-    if vae is not None and hasattr(vae, "decode"):
-        original_decode = vae.decode
+    if vae is None or not hasattr(vae, "decode"):
+        return
+    original_decode = vae.decode
 
-        @functools.wraps(original_decode)
-        def decode(*args, **kwargs):
-            result = original_decode(*args, **kwargs)
-            _save_overlay(ctl, result)
-            return result
-        set_on(vae, "decode", decode)
-
-    pipe.transformer = compiled
-    setattr(pipe, _HANDLE, _Handle(transformer, ctl, patched))
-    return ctl
+    @functools.wraps(original_decode)
+    def decode(*args, **kwargs):
+        result = original_decode(*args, **kwargs)
+        _save_overlay(ctl, result)
+        return result
+    set_on(vae, "decode", decode)
 
 
 def _warn_uncompiled(steps: int) -> None:
