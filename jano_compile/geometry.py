@@ -328,7 +328,7 @@ class SequenceSlots:
         return values if values is None or values.numel() != self.length else values[self.rows]
 
 
-def token_layout(geometry: TokenGeometry, hidden_states: torch.Tensor,
+def latent_layout(geometry: TokenGeometry, hidden_states: torch.Tensor,
                  num_tokens: Optional[int] = None) -> str:
     """PACKED, IMAGE, VIDEO_CF, VIDEO_FC or VIDEO_FHWC: how `hidden_states` holds the image.
     `num_tokens` (the graph's image tokens) decides between video layouts the config's
@@ -396,7 +396,7 @@ def image_tokens(geometry: TokenGeometry, hidden_states: torch.Tensor,
     tokens that hold the latent; the others are slots, left out (position ids covering every
     row are cut to these rows too). Raises GeometryError when the grid cannot be derived."""
     x = hidden_states
-    layout = token_layout(geometry, x, num_tokens)
+    layout = latent_layout(geometry, x, num_tokens)
     if layout == PACKED:
         if rows is not None:
             if img_ids is not None and img_ids.dim() >= 2 and img_ids.shape[-2] == x.shape[1]:

@@ -21,11 +21,11 @@ from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from jano_compile.passes import (NoImageTokens, PassConfig, Unrewritable, dense_variant, rewrite_passes,
                                  skip_tail, token_layout)
+from jano_compile.passes.nodes import value
 from jano_compile.passes.plan import (CROSS, SELF, TO_IMAGE, AttentionSite, ConstantPad, GridShape, GroupCount,
                                       MixingSite, PointwiseConv, SegmentSlice, ShapeLiteral, SplitSizes,
                                       SqueezeDims, TokenPlan)
 from jano_compile.passes.signature import GraphSignature, graph_signature
-from jano_compile.passes.nodes import value
 
 from .fake_inputs import fake_inputs
 from .report import GraphReport

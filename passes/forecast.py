@@ -25,10 +25,10 @@ import math
 import torch
 import torch.fx as fx
 
+from .nodes import rename, value
 from .plan import TokenPlan
 from .signature import (EXIT_SCATTER, Role, declare_state, declare_step_time, declared_input, retire_state,
                         write_state)
-from .nodes import value
 
 MAX_ORDER = 2
 
@@ -113,7 +113,7 @@ def forecast(gm: fx.GraphModule, plan: TokenPlan, order: int = 1) -> fx.GraphMod
                           exit_value.new_empty((n,), dtype=torch.float32), token_dim=0, reset_value=math.nan)
     with graph.inserting_before(scatter):
         pred = graph.call_function(forecast_output, (step_time, history, history_time))
-        pred.name = "forecast"
+        rename(pred, "forecast")
         held = graph.call_method("to", (pred, exit_value.dtype))
         pred_active = graph.call_function(torch.index_select, (pred, 1, index))
         last_time = graph.call_function(torch.index_select, (history_time[0], 0, index))

@@ -25,10 +25,10 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
+from .nodes import rename, value
 from .plan import TokenPlan
 from .signature import ENTRY_GATHER, EXIT_SCATTER, Role, declare_state, write_state
 from .token_inputs import active_index, grid_axis_length, num_active
-from .nodes import value
 
 
 def gather_scatter(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:
@@ -51,7 +51,7 @@ def gather_scatter(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:
         if plan.folded is not None:
             result = graph.call_method("reshape", (gathered, (grid_axis_length(graph, batch, True), 1,
                                                               entry_val.shape[2])))
-    gathered.name = "gathered_" + plan.entry.name
+    rename(gathered, "gathered_" + plan.entry.name)
     gathered.meta[ENTRY_GATHER] = True
     plan.entry.replace_all_uses_with(result, delete_user_cb=lambda u: u is not tokens and u is not gathered)
 
@@ -63,7 +63,7 @@ def gather_scatter(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:
         result = full
         if plan.folded is not None:
             result = graph.call_method("reshape", (full, tuple(value(plan.exit).shape)))
-    full.name = "scattered_" + plan.exit.name
+    rename(full, "scattered_" + plan.exit.name)
     full.meta[EXIT_SCATTER] = True
     plan.exit.replace_all_uses_with(result, delete_user_cb=lambda u: u is not fresh and u is not full)
     with graph.inserting_after(result):

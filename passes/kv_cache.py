@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import torch.fx as fx
 
+from .nodes import rename, value
 from .plan import AttentionSite, TokenPlan
 from .signature import Role, declare_state, write_state
 from .token_inputs import layout_rows
-from .nodes import value
 
 _KEY_VALUE_ARGS = (("key", 1), ("value", 2))   # (keyword, position) in scaled_dot_product_attention
 
@@ -47,7 +47,7 @@ def _complete_keys(graph: fx.Graph, site: AttentionSite, layer: int) -> None:
                               token_dim=site.key.dim, layer=layer)
         with graph.inserting_before(site.node):
             full = write_state(graph, cache, site.key.dim, rows, src)
-        full.name = f"{role.value}_{layer}_filled"
+        rename(full, f"{role.value}_{layer}_filled")
         completed[src] = full
     _replace_key_value(site.node, completed)
 

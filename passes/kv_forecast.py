@@ -23,9 +23,9 @@ import torch
 import torch.fx as fx
 
 from .forecast import write_shifted_times
+from .nodes import value
 from .plan import TokenPlan
 from .signature import ROLE, STATE, Role, declare_state, declared_input, placeholders, state_writes, write_state
-from .nodes import value
 
 KV_COMPLETE = "jano_kv_complete"    # node.meta: the completed K/V an attention reads (index_copy of a forecast)
 _KV_ROLES = (Role.K_CACHE, Role.V_CACHE)

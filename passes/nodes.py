@@ -22,6 +22,14 @@ def op_name(node: fx.Node) -> str:
     return getattr(node.target, "__name__", str(node.target))
 
 
+def rename(node: fx.Node, candidate: str) -> fx.Node:
+    """Name `node` `candidate` in its graph, made unique by the graph's namespace (a model's
+    own node may hold that name: `candidate_1` then). A plain `node.name = ...` would leave
+    two nodes of one name, which `graph.lint()` refuses."""
+    node._rename(candidate)     # FX's own renaming (torch.fx.Node), kept by the namespace
+    return node
+
+
 def is_tensor_node(a: Any) -> bool:
     return isinstance(a, fx.Node) and isinstance(value(a), torch.Tensor)
 

@@ -14,12 +14,23 @@ import operator
 import torch
 import torch.fx as fx
 
+from .nodes import rename
 from .plan import IMAGE, Layout
 from .signature import Role, declare_index, declared_input, placeholders
 
 
-def _find(graph: fx.Graph, name: str):
-    return next((n for n in graph.nodes if n.name == name), None)
+#: node.meta key: which shared node this is ("num_active", "rows_text7_image64", ...)
+SHARED = "jano_shared"
+
+
+def _find(graph: fx.Graph, key: str):
+    return next((n for n in graph.nodes if n.meta.get(SHARED) == key), None)
+
+
+def _share(node: fx.Node, key: str) -> fx.Node:
+    """Tag `node` as the shared node `key`, and name it so in the generated code."""
+    node.meta[SHARED] = key
+    return rename(node, key)
 
 
 def _after(graph: fx.Graph, *inputs):
@@ -42,8 +53,7 @@ def num_active(graph: fx.Graph) -> fx.Node:
     if node is None:
         idx = declared_input(graph, Role.ACTIVE_INDEX)
         with _after(graph, idx):
-            node = graph.call_method("size", (idx, 0))
-        node.name = "num_active"
+            node = _share(graph.call_method("size", (idx, 0)), "num_active")
     return node
 
 
@@ -54,8 +64,7 @@ def _n_with(graph: fx.Graph, op, const: int, label: str) -> fx.Node:
     node = _find(graph, name)
     if node is None:
         with _after(graph, n):
-            node = graph.call_function(op, (n, const))
-        node.name = name
+            node = _share(graph.call_function(op, (n, const)), name)
     return node
 
 
@@ -103,8 +112,7 @@ def layout_rows(graph: fx.Graph, layout: Layout) -> fx.Node:
                 pieces.append(graph.call_function(
                     torch.arange, (off, off + seg.size), {"dtype": torch.long, "device": device}))
     with _after(graph, idx, *pieces):
-        node = graph.call_function(torch.cat, (pieces,), {"dim": 0})
-    node.name = name
+        node = _share(graph.call_function(torch.cat, (pieces,), {"dim": 0}), name)
     return node
 
 

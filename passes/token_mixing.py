@@ -43,11 +43,11 @@ import math
 import torch
 import torch.fx as fx
 
+from .nodes import rename, value
 from .plan import GridTable, MixingSite, TokenAxis, TokenGrid, TokenPlan
 from .signature import Role, declare_state, declared_input, write_state
 from .token_grid import canonical_order, other_sizes
 from .token_inputs import grid_axis_length, layout_rows, num_active
-from .nodes import value
 
 
 def token_mixing(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:
@@ -90,7 +90,7 @@ def _complete(graph: fx.Graph, arg: fx.Node, axis, number: int) -> fx.Node:
         rows = _to_canonical(graph, arg, axis, gathered=True)
         full = _from_canonical(graph, write_state(graph, cache, len(others), _index(graph), rows), axis,
                                gathered=False)
-    full.name = f"{arg.name}_all_tokens"
+    rename(full, f"{arg.name}_all_tokens")
     return full
 
 
@@ -102,7 +102,7 @@ def _gather_output(graph: fx.Graph, site: MixingSite) -> fx.Node:
         full = _to_canonical(graph, node, grid, gathered=False)
         rows = graph.call_function(torch.index_select, (full, len(other_sizes(grid)), _index(graph)))
         gathered = _from_canonical(graph, rows, grid, gathered=True)
-    gathered.name = f"{node.name}_active_tokens"
+    rename(gathered, f"{node.name}_active_tokens")
     for user in users:
         user.replace_input_with(node, gathered)
     return gathered
@@ -122,7 +122,7 @@ def _gather_table(graph: fx.Graph, table: GridTable) -> fx.Node:
     rows = graph.call_function(torch.index_select, (_to_canonical(graph, x, table.grid, gathered=False),
                                                     len(other_sizes(table.grid)), _index(graph)))
     gathered = _from_canonical(graph, rows, table.grid, gathered=True)
-    gathered.name = f"{table.arg.name}_token_rows"
+    rename(gathered, f"{table.arg.name}_token_rows")
     return gathered
 
 

@@ -35,7 +35,7 @@ import operator
 import torch
 import torch.fx as fx
 
-from .nodes import arg, op_name, set_shape_args, shape_args_and_form, value
+from .nodes import arg, op_name, rename, set_shape_args, shape_args_and_form, value
 from .plan import (ConstantPad, FrameKeys, GridShape, GroupCount, PointwiseConv, SegmentSlice, ShapeLiteral,
                    SplitSizes, SqueezeDims, TokenPlan)
 from .signature import TABLE_GATHER
@@ -197,7 +197,7 @@ def _gather_frame_keys(graph: fx.Graph, edit: FrameKeys, frame_of: dict) -> None
         per_frame = graph.call_method("unflatten", (edit.arg, 0, (edit.batch, edit.frames)))
         picked = graph.call_function(torch.index_select, (per_frame, 1, frame_of[key]))
         keys = graph.call_method("flatten", (picked, 0, 1))
-    keys.name = f"{edit.arg.name}_by_frame"
+    rename(keys, f"{edit.arg.name}_by_frame")
     edit.node.replace_input_with(edit.arg, keys)
 
 
@@ -221,7 +221,7 @@ def token_shapes(gm: fx.GraphModule, plan: TokenPlan) -> fx.GraphModule:
             rows = layout_rows(graph, table.layout)
             with graph.inserting_before(table.node):
                 g = graph.call_function(torch.index_select, (table.arg, table.dim, rows))
-            g.name = f"{table.arg.name}_rows"
+            rename(g, f"{table.arg.name}_rows")
             g.meta[TABLE_GATHER] = True
             gathered[key] = g
         table.node.replace_input_with(table.arg, gathered[key])

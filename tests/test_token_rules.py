@@ -916,3 +916,34 @@ def test_rule_tables_give_one_rule_per_op():
         with pytest.raises(TypeError):
             rules["add"] = elementwise.linear
     assert RULES["cumsum"] is RULES["sum"] is elementwise.reduction
+
+
+# --------------------------------------------------------------------------- the model's own node names
+class CountNamedOut(nn.Module):
+    """An output head whose graph holds a node named `num_active`, as jano names its count
+    of active tokens, beside a literal of the token count that the rewrite ties to that count."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x):
+        num_active = x.new_ones(x.shape[:2]).sum(-1)                   # [B]: the model's, not jano's
+        x = x.reshape(x.shape[0], x.shape[1], 2, -1).flatten(2)       # [B, N, D]: N becomes n
+        return self.linear(x) * (num_active / num_active).reshape(-1, 1, 1)
+
+
+def test_a_node_named_like_janos_count_does_not_stand_in_for_it():
+    """jano finds its shared nodes by a tag, not by name: with the model's own `num_active`
+    in the graph (dynamo names nodes after variables), the literal takes jano's count of
+    active tokens and the rewrite is exact (found by name, the model's tensor became the
+    size and the rewrite fell back)."""
+    model = ToyDiT()
+    model.out = CountNamedOut(model.out)
+    kwargs = dict(hidden_states=torch.randn(1, 4, 8, 8))
+    oracle(model, kwargs)
+    from jano_compile.passes.token_inputs import SHARED
+    _, after = rewritten_graph(model, **kwargs)
+    named = [n for n in after.graph.nodes if n.name.startswith("num_active")]
+    (count,) = [n for n in named if n.meta.get(SHARED) == "num_active"]
+    assert count.target == "size" and len(named) >= 2, [n.name for n in named]
