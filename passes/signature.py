@@ -68,8 +68,8 @@ class StateSpec:
     """One state tensor of a rewritten graph: an input the graph writes in place."""
     name: str
     role: Role
-    layer: Optional[int]            # self-attention layer of a K/V cache, token-mixing op of a
-                                    # token cache; None otherwise
+    layer: Optional[int]            # self-attention layer of a K/V cache, number of a token
+                                    # cache (one per operand a mixing op reads whole); None otherwise
     token_dim: int                  # the axis that runs over the (full) token sequence
     shape: tuple[int, ...]
     dtype: torch.dtype
