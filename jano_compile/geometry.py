@@ -47,7 +47,7 @@ import torch
 import torch.fx as fx
 
 from jano_compile.passes.input_roles import argument_name, input_roles
-from jano_compile.passes.nodes import ancestors, value
+from jano_compile.passes.nodes import ancestors, placeholders, value
 
 PACKED, IMAGE, VIDEO_CF, VIDEO_FC, VIDEO_FHWC = "packed", "image", "video_cf", "video_fc", "video_fhwc"
 #: the axis of a video's channels, per layout: [B, C, F, H, W], [B, F, C, H, W], [B, F, H, W, C]
@@ -218,9 +218,8 @@ def grid_from_graph(gm: fx.GraphModule, num_tokens: int) -> Optional[tuple[int, 
 
     whose sizes hold `num_tokens` points, frames first. None when there is none, or
     several that disagree."""
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     latent_position = input_roles(gm).hidden_states
-    from_latent = {placeholders[latent_position]} if latent_position is not None else set()
+    from_latent = {placeholders(gm.graph)[latent_position]} if latent_position is not None else set()
     grids = set()
     for node in gm.graph.nodes:
         if node in from_latent or any(a in from_latent for a in node.all_input_nodes):
@@ -279,9 +278,9 @@ def latent_rows_from_graph(gm: fx.GraphModule) -> Optional[LatentRows]:
     """The mask that keeps the latent's rows of packed `hidden_states` [B, L, C] (`LatentRows`),
     where the graph's only use of the latent is a product with a per-token factor [B or 1, L, 1]
     computed without it; None otherwise (every row is the latent's)."""
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    inputs = placeholders(gm.graph)
     position = input_roles(gm).hidden_states
-    latent = placeholders[position] if position is not None else None
+    latent = inputs[position] if position is not None else None
     shape = _static_shape(latent)
     if shape is None or len(shape) != 3 or len(latent.users) != 1:
         return None
@@ -300,8 +299,8 @@ def latent_rows_from_graph(gm: fx.GraphModule) -> Optional[LatentRows]:
         if node in needed:
             copies[node] = graph.node_copy(node, lambda a: copies[a])
     graph.output(copies[mask])
-    sources = [p for p in placeholders if p in needed]
-    return LatentRows(fx.GraphModule(gm, graph), tuple(placeholders.index(p) for p in sources),
+    sources = [p for p in inputs if p in needed]
+    return LatentRows(fx.GraphModule(gm, graph), tuple(inputs.index(p) for p in sources),
                       tuple(argument_name(p) for p in sources))
 
 

@@ -18,6 +18,8 @@ from typing import Optional
 
 import torch.fx as fx
 
+from .nodes import placeholders
+
 #: Argument names per role, first match wins. Data: a family that names its inputs
 #: otherwise is one more alias here.
 ROLE_NAMES = MappingProxyType({
@@ -53,7 +55,7 @@ def argument_name(node: fx.Node) -> Optional[str]:
 
 def input_roles(gm: fx.GraphModule) -> InputRoles:
     """Positions (among the placeholders) of the inputs in `ROLE_NAMES`."""
-    names = [argument_name(n) for n in gm.graph.nodes if n.op == "placeholder"]
+    names = [argument_name(n) for n in placeholders(gm.graph)]
     found = {}
     for role, aliases in ROLE_NAMES.items():
         found[role] = next((names.index(a) for a in aliases if a in names), None)

@@ -22,6 +22,14 @@ def op_name(node: fx.Node) -> str:
     return getattr(node.target, "__name__", str(node.target))
 
 
+def placeholders(graph: fx.Graph) -> list[fx.Node]:
+    return [n for n in graph.nodes if n.op == "placeholder"]
+
+
+def output_node(graph: fx.Graph) -> fx.Node:
+    return next(n for n in graph.nodes if n.op == "output")
+
+
 def rename(node: fx.Node, candidate: str) -> fx.Node:
     """Name `node` `candidate` in its graph, made unique by the graph's namespace (a model's
     own node may hold that name: `candidate_1` then). A plain `node.name = ...` would leave

@@ -26,6 +26,8 @@ from typing import Optional, Sequence
 import torch
 import torch.fx as fx
 
+from .nodes import output_node, placeholders
+
 ROLE = "jano_role"              # node.meta key: the Role of a placeholder a pass added
 STATE = "jano_state"            # node.meta key: (layer, token_dim, reset_value) of a state
 STATE_WRITE = "jano_state_write"      # node meta: the name of the state an in-place write updates
@@ -128,14 +130,6 @@ class GraphSignature:
 
 
 # ----------------------------------------------------------------------------- finding
-def placeholders(graph: fx.Graph) -> list[fx.Node]:
-    return [n for n in graph.nodes if n.op == "placeholder"]
-
-
-def output_node(graph: fx.Graph) -> fx.Node:
-    return next(n for n in graph.nodes if n.op == "output")
-
-
 def declared_input(graph: fx.Graph, role: Role) -> Optional[fx.Node]:
     """The first added input with `role` (the index, the step time, the output cache)."""
     return next((n for n in placeholders(graph) if n.meta.get(ROLE) is role), None)
