@@ -367,7 +367,7 @@ def _pairwise_change(points: torch.Tensor,
 
 
 def expand_blocks(block_levels: torch.Tensor, block: tuple[int, int, int],
-                   grid: tuple[int, int, int]) -> torch.Tensor:
+                  grid: tuple[int, int, int]) -> torch.Tensor:
     """``[bf, bh, bw]`` -> ``[frames, h, w]``: every token takes its block's value."""
     full = block_levels
     for dim, size in enumerate(block):

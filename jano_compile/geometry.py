@@ -328,7 +328,7 @@ class SequenceSlots:
 
 
 def latent_layout(geometry: TokenGeometry, hidden_states: torch.Tensor,
-                 num_tokens: Optional[int] = None) -> str:
+                  num_tokens: Optional[int] = None) -> str:
     """PACKED, IMAGE, VIDEO_CF, VIDEO_FC or VIDEO_FHWC: how `hidden_states` holds the image.
     `num_tokens` (the graph's image tokens) decides between video layouts the config's
     channels leave open."""

@@ -19,8 +19,9 @@ import torch.fx as fx
 from . import token_grid
 from .nodes import op_name, value
 from .plan import SELF, FrameGroups, FrameRows, Layout, TokenAxis, TokenGrid, TokenPlan, Unrewritable
-from .token_rules import GRID_RULES, GRID_TARGET_RULES, KEYWORD_CALLS, RULES, TARGET_RULES
-from .token_rules.frames import in_frames
+from .token_rules import (FRAME_RULES, FRAME_TARGET_RULES, GRID_RULES, GRID_TARGET_RULES, KEYWORD_CALLS, RULES,
+                          TARGET_RULES)
+from .token_rules.op_names import DATA_FIRST_ONLY
 from .token_rules.grid import operand_grid
 
 
@@ -125,7 +126,7 @@ class Propagation:
         name = op_name(node)
         labels = [self.ax(a) for a in node.all_input_nodes]
         if any(isinstance(t, (FrameGroups, FrameRows)) for t in labels):
-            return in_frames(self, node, name)
+            return self.in_frames(node, name)
         if any(isinstance(t, TokenGrid) for t in labels):
             return self.on_grid(node, name)
         rule = TARGET_RULES.get(node.target)
@@ -137,6 +138,19 @@ class Propagation:
         if rule is None:
             self.fail(node, "this op on image tokens is not known to be token-wise")
         return rule(self, node, name)
+
+    def in_frames(self, node: fx.Node, name: str):
+        """The rule for an op on image tokens split into frames (token_rules.frames): the
+        attention within frames, and the frames' own layout changes of the tensor that holds
+        them (its first argument; others may give only a dtype); every other op runs on the
+        token grid (frames x tokens of a frame)."""
+        rule = FRAME_TARGET_RULES.get(node.target)
+        if rule is None:
+            x = node.args[0] if node.args else None
+            others = [a for a in node.all_input_nodes if a is not x and self.ax(a) is not None]
+            if self.ax(x) is not None and (not others or name in DATA_FIRST_ONLY):
+                rule = FRAME_RULES.get(name)
+        return self.on_grid(node, name) if rule is None else rule(self, node, name)
 
     def on_grid(self, node: fx.Node, name: str):
         """The rule for an op on image tokens laid out on their grid (token_rules.grid);

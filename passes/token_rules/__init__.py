@@ -12,9 +12,9 @@ token-mixing sites), and calls `p.fail(node, why)` where the op is not provably 
     TARGET_RULES       by call target, first: indexing, in-place writes, attention
     GRID_RULES         by op name, for tokens laid out on their grid (TokenGrid)
     GRID_TARGET_RULES  by call target, first, on the grid
-
-Tokens split into frames are followed by `frames.in_frames`, which hands every op but the
-frames' own layout changes and attention to the grid rules.
+    FRAME_RULES        by op name, for tokens split into frames (FrameGroups, FrameRows): the
+                       frames' own layout changes; every other op runs on the grid rules
+    FRAME_TARGET_RULES by call target, first, in frames: attention within each frame
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Mapping
 
 import torch.nn.functional as F
 
-from . import attention, elementwise, grid, views
+from . import attention, elementwise, frames, grid, views
 from .op_names import (CHANNEL_WISE, CONCATENATIONS, CONVOLUTIONS, DATA_FIRST_ONLY, LIKE, NEW_OF_SIZE,
                        ORDER_DEPENDENT, PERMUTATIONS, PLACED_BY_INDEX, POINTWISE, REDUCTIONS, SPLITS)
 
@@ -95,4 +95,16 @@ GRID_RULES = by_key(
     (["pad"], grid.pad),
 )
 
-__all__ = ["GRID_RULES", "GRID_TARGET_RULES", "KEYWORD_CALLS", "RULES", "TARGET_RULES", "Rule", "by_key"]
+FRAME_TARGET_RULES = by_key(
+    ([F.scaled_dot_product_attention], frames.frame_attention),
+)
+
+FRAME_RULES = by_key(
+    (DATA_FIRST_ONLY, frames.keep_frames),
+    (["flatten"], frames.flatten_frames),
+    (["unflatten"], frames.unfold_frames),
+    (PERMUTATIONS, frames.permute_frames),
+)
+
+__all__ = ["FRAME_RULES", "FRAME_TARGET_RULES", "GRID_RULES", "GRID_TARGET_RULES", "KEYWORD_CALLS", "RULES",
+           "TARGET_RULES", "Rule", "by_key"]

@@ -7,17 +7,16 @@ cross-attention per frame (WanAnimate's face adapter):
     unflatten(0, (B, T)), flatten(1, 2)  back to [B, S, ...]             TokenAxis
 
 Once rewritten each gathered token is its own frame group: sizes (n, 1). Ops other than
-these layout changes are followed on the token grid (frames x tokens of a frame)."""
+these layout changes and the attention are followed on the token grid (frames x tokens of a
+frame): `token_propagation.Propagation.in_frames` hands them to the grid rules."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import torch.fx as fx
-import torch.nn.functional as F
 
 from ..nodes import arg, attention_args, normal_dim
 from ..plan import FrameGroups, FrameKeys, FrameRows, GroupCount, TokenAxis
-from .op_names import DATA_FIRST_ONLY, PERMUTATIONS
 from .permutation import permutation
 
 if TYPE_CHECKING:
@@ -36,35 +35,28 @@ def split_into_frames(p: Propagation, node: fx.Node, t: TokenAxis, sizes) -> Fra
     return FrameGroups(t.dim, t.layout, frames)
 
 
-def in_frames(p: Propagation, node: fx.Node, name: str):
-    """Ops on image tokens split into frames: layout changes that keep the frame rows
-    whole, the attention, and the fold back to [B, S, ...]; anything else is followed as
-    an op on the token grid (frames x tokens of a frame; `on_grid`)."""
-    if node.target is F.scaled_dot_product_attention:
-        return frame_attention(p, node)
-    x = node.args[0] if node.args else None
-    s = p.ax(x)
-    others = [a for a in node.all_input_nodes if a is not x and p.ax(a) is not None]
-    if s is None or (others and name not in DATA_FIRST_ONLY):
+def keep_frames(p: Propagation, node: fx.Node, name: str):
+    """contiguous(), .to(dtype) and kin: the frames stay where they are."""
+    return p.ax(node.args[0])
+
+
+def permute_frames(p: Propagation, node: fx.Node, name: str):
+    """A permutation of frame rows [B*T, S/T, ..] that keeps the rows on axis 0; anything
+    else runs on the token grid (frames x tokens of a frame)."""
+    s = p.ax(node.args[0])
+    if not isinstance(s, FrameRows):
         return p.on_grid(node, name)
-    if name in DATA_FIRST_ONLY:
-        return s
-    if name == "flatten":
-        return flatten_frames(p, node, s)
-    if name == "unflatten" and isinstance(s, FrameRows):
-        return unfold_frames(p, node, s)
-    if name in PERMUTATIONS and isinstance(s, FrameRows):
-        order = permutation(p, node, name)
-        if order[0] != 0:
-            p.fail(node, f"{name} moves the frame rows off axis 0")
-        return FrameRows(order.index(s.dim), s.layout, s.frames, s.batch)
-    return p.on_grid(node, name)
+    order = permutation(p, node, name)
+    if order[0] != 0:
+        p.fail(node, f"{name} moves the frame rows off axis 0")
+    return FrameRows(order.index(s.dim), s.layout, s.frames, s.batch)
 
 
-def flatten_frames(p: Propagation, node: fx.Node, s):
+def flatten_frames(p: Propagation, node: fx.Node, name: str):
     """[B, T, S/T, ..] flatten(0, 1) -> [B*T, S/T, ..] (frames into the batch); [B, T, S/T, C]
     flatten(1, 2) -> [B, S, C] (frames back into tokens); [B*T, S/T, H, D] flatten(2, 3)
     merges axes that are not the frames'."""
+    s = p.ax(node.args[0])
     ndim = p.ndim(node, node.args[0])
     start = normal_dim(arg(node, 1, "start_dim", 0), ndim)
     end = normal_dim(arg(node, 2, "end_dim", -1), ndim)
@@ -81,8 +73,12 @@ def flatten_frames(p: Propagation, node: fx.Node, s):
            "a frame axis with another")
 
 
-def unfold_frames(p: Propagation, node: fx.Node, s: FrameRows) -> FrameGroups:
-    """[B*T, S/T, C] unflatten(0, (B, T)) -> [B, T, S/T, C]: sizes (B, n) once rewritten."""
+def unfold_frames(p: Propagation, node: fx.Node, name: str):
+    """[B*T, S/T, C] unflatten(0, (B, T)) -> [B, T, S/T, C]: sizes (B, n) once rewritten;
+    an unflatten of frame groups runs on the token grid."""
+    s = p.ax(node.args[0])
+    if not isinstance(s, FrameRows):
+        return p.on_grid(node, name)
     d = normal_dim(arg(node, 1, "dim"), p.ndim(node, node.args[0]))
     shape = tuple(p.tensor(node, node).shape)
     if d != 0 or s.dim != 1 or shape[:2] != (s.batch, s.frames):
@@ -92,7 +88,7 @@ def unfold_frames(p: Propagation, node: fx.Node, s: FrameRows) -> FrameGroups:
     return FrameGroups(1, s.layout, s.frames)
 
 
-def frame_attention(p: Propagation, node: fx.Node) -> FrameRows:
+def frame_attention(p: Propagation, node: fx.Node, name: str) -> FrameRows:
     """sdpa(q [B*T, H, S/T, D], k, v [B*T, H, L, D]): each frame's queries attend to that
     frame's keys, which hold no image token (WanAnimate: face features per frame). Exact
     for any subset: every query row reads only its own frame's keys, so those are gathered
@@ -113,6 +109,5 @@ def frame_attention(p: Propagation, node: fx.Node) -> FrameRows:
     for kv in dict.fromkeys((k, v)):
         if p.tensor(node, kv).shape[0] != rows.batch * rows.frames:
             p.fail(node, f"keys {kv.name} have no row per frame ({rows.batch} x {rows.frames})")
-        p.plan.frame_keys.append(FrameKeys(node, kv, rows.layout, rows.frames, rows.batch,
-                                              group_size))
+        p.plan.frame_keys.append(FrameKeys(node, kv, rows.layout, rows.frames, rows.batch, group_size))
     return rows

@@ -28,8 +28,7 @@ if TYPE_CHECKING:
 def reshape(p: Propagation, node: fx.Node, name: str):
     x = node.args[0]
     t = p.token_axis(node, x)
-    dim = map_reshape(p, node, tuple(p.tensor(node, x).shape),
-                           tuple(p.tensor(node, node).shape), t)
+    dim = map_reshape(p, node, tuple(p.tensor(node, x).shape), tuple(p.tensor(node, node).shape), t)
     shape = shape_args(node)
     if len(shape) != p.ndim(node, node):
         p.fail(node, f"target shape {shape!r} is not a list of sizes")
