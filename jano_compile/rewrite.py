@@ -43,26 +43,31 @@ def graph_name(gm: fx.GraphModule) -> str:
     return "graph_" + hashlib.sha1(gm.code.encode()).hexdigest()[:10]
 
 
+def _describe_shape_literal(edit: ShapeLiteral) -> str:
+    how = "-1" if edit.use_minus_one else "gathered length"
+    return f"shape[{edit.position}] {edit.layout.full_length} -> {how} of {edit.layout}"
+
+
+def _describe_segment_slice(edit: SegmentSlice) -> str:
+    return f"slice of {edit.layout.segments[edit.segment].kind} segment of {edit.layout} -> gathered bounds"
+
+
+#: the report's line for each kind of literal edit (passes/plan.py), as token_shapes applies it
+_LITERAL_DESCRIPTIONS = {
+    ShapeLiteral: _describe_shape_literal,
+    SplitSizes: lambda e: f"split sizes {[s.size for s in e.layout.segments]} -> per-segment gathered sizes",
+    SegmentSlice: _describe_segment_slice,
+    SqueezeDims: lambda e: f"squeeze() -> squeeze({e.dims})",
+    GroupCount: lambda e: f"unflatten sizes[{e.position}]: frames of {e.layout} -> n groups of one token",
+    GridShape: lambda e: f"sizes from {e.first} on the token grid -> grid axis 0 holds n, the others 1",
+    ConstantPad: lambda e: "constant pad of other axes -> cat of constant blocks",
+    PointwiseConv: lambda e: "1x1 convolution on the token grid -> linear over channels",
+}
+
+
 def _describe_literal(edit) -> str:
-    if isinstance(edit, ShapeLiteral):
-        how = "-1" if edit.use_minus_one else "gathered length"
-        return f"shape[{edit.position}] {edit.layout.full_length} -> {how} of {edit.layout}"
-    if isinstance(edit, SplitSizes):
-        return f"split sizes {[s.size for s in edit.layout.segments]} -> per-segment gathered sizes"
-    if isinstance(edit, SegmentSlice):
-        seg = edit.layout.segments[edit.segment]
-        return f"slice of {seg.kind} segment of {edit.layout} -> gathered bounds"
-    if isinstance(edit, SqueezeDims):
-        return f"squeeze() -> squeeze({edit.dims})"
-    if isinstance(edit, GroupCount):
-        return f"unflatten sizes[{edit.position}]: frames of {edit.layout} -> n groups of one token"
-    if isinstance(edit, GridShape):
-        return f"sizes from {edit.first} on the token grid -> grid axis 0 holds n, the others 1"
-    if isinstance(edit, ConstantPad):
-        return "constant pad of other axes -> cat of constant blocks"
-    if isinstance(edit, PointwiseConv):
-        return "1x1 convolution on the token grid -> linear over channels"
-    return repr(edit)
+    describe = _LITERAL_DESCRIPTIONS.get(type(edit))
+    return repr(edit) if describe is None else describe(edit)
 
 
 def _describe_mixing(site: MixingSite) -> dict:

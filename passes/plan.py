@@ -9,7 +9,7 @@ Vocabulary:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import torch.fx as fx
 
@@ -226,6 +226,11 @@ class MixingSite:
     output: Optional[TokenGrid] = None
 
 
+#: the kinds of per-node literal edit (TokenPlan.literals) that token_shapes applies
+LiteralEdit = Union[ShapeLiteral, SplitSizes, SegmentSlice, SqueezeDims, GroupCount, GridShape, ConstantPad,
+                    PointwiseConv]
+
+
 SELF = "self"            # queries and keys hold image tokens (maybe joint with text)
 CROSS = "cross"          # queries hold image tokens, keys and values do not (text)
 TO_IMAGE = "to_image"    # queries hold no image token (audio, text), keys and values do
@@ -289,9 +294,7 @@ class TokenPlan:
     folded: Optional[TokenGrid] = None
     axes: dict = field(default_factory=dict)          # Node -> label (token_propagation), never None
     attention: list = field(default_factory=list)     # AttentionSite
-    # per-node edits of token_shapes: ShapeLiteral | SplitSizes | SegmentSlice | SqueezeDims |
-    # GroupCount | GridShape | ConstantPad | PointwiseConv
-    literals: list = field(default_factory=list)
+    literals: list = field(default_factory=list)      # LiteralEdit: per-node edits of token_shapes
     tables: list = field(default_factory=list)        # TableGather
     frame_keys: list = field(default_factory=list)    # FrameKeys
     mixing: list = field(default_factory=list)        # MixingSite

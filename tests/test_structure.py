@@ -139,3 +139,18 @@ def test_explain_and_dump(tmp_path):
     assert "index_select" in after and "active_index" in after and "k_cache_0" in after
     assert "float32[1, 64, 16]" in (graph_dir / "before.txt").read_text()
     assert json.loads((graph_dir / "report.json").read_text())["rewritten"] is True
+
+
+def test_every_literal_edit_kind_is_rewritten_and_reported():
+    """The plan's kinds of literal edit (plan.LiteralEdit) each have their rewrite in
+    token_shapes and their line in the report: a kind added in one place only is caught here,
+    not by a model that happens to need it."""
+    import sys
+    import typing
+
+    from jano_compile.passes.plan import LiteralEdit
+    from jano_compile.rewrite import _LITERAL_DESCRIPTIONS
+
+    kinds = set(typing.get_args(LiteralEdit))
+    rewrites = sys.modules["jano_compile.passes.token_shapes"]._LITERAL_REWRITES
+    assert kinds and set(rewrites) == kinds and set(_LITERAL_DESCRIPTIONS) == kinds
