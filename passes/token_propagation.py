@@ -21,8 +21,8 @@ from .nodes import op_name, value
 from .plan import SELF, FrameGroups, FrameRows, Layout, TokenAxis, TokenGrid, TokenPlan, Unrewritable
 from .token_rules import (FRAME_RULES, FRAME_TARGET_RULES, GRID_RULES, GRID_TARGET_RULES, KEYWORD_CALLS, RULES,
                           TARGET_RULES)
-from .token_rules.op_names import DATA_FIRST_ONLY
 from .token_rules.grid import operand_grid
+from .token_rules.op_names import DATA_FIRST_ONLY
 
 
 class Propagation:
