@@ -2,7 +2,7 @@
 plain torch.compile against jano with the reference schedule, in one run.
 
 Random weights give the analyzer no structure to find, so the region map is set by the
-quantile rule to 30% active, 30% medium, 40% static. With the default schedule (6 warm-up,
+quantile rule to 30% active, 30% medium, 40% static. With the reference schedule (6 warm-up,
 4 cool-down, refresh every 10, medium every 5 steps: 10 full + 4 refresh + 4 medium + 32
 active steps of 50) that allows about 1.9x.
 
