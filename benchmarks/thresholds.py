@@ -30,7 +30,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--rules", nargs="*", default=None, help=f"subset of: {', '.join(RULES)}")
+    p.add_argument("--rules", nargs="*", default=None,     # argparse formats help with %: escape the rules'
+                   help="subset of: " + ", ".join(RULES).replace("%", "%%"))
     args = p.parse_args(argv)
     rules = {name: RULES[name] for name in (args.rules or RULES)}
     model = bundled()
