@@ -117,14 +117,19 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="plain torch.compile vs jano on the bundled model")
-    d.add_argument("--steps", type=int, default=50)
-    d.add_argument("--seeds", type=int, default=2, help="number of images")
-    d.add_argument("--out", default="jano_demo.png")
-    d.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    d.add_argument("--lowering", default="inductor", choices=["inductor", "eager"])
-    d.add_argument("--threshold-mode", choices=["fixed", "quantile"], default=None)
+    d.add_argument("--steps", type=int, default=50, help="denoising steps per image (default 50)")
+    d.add_argument("--seeds", type=int, default=2, help="number of images, one seed each (default 2)")
+    d.add_argument("--out", default="jano_demo.png",
+                   help="the picture written, a row per image: full | jano | region map (default jano_demo.png)")
+    d.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="default: cuda where available, else cpu")
+    d.add_argument("--lowering", default="inductor", choices=["inductor", "eager"],
+                   help="how both models run: compiled by Inductor (default), or their graphs run eagerly")
+    d.add_argument("--threshold-mode", choices=["fixed", "quantile"], default=None,
+                   help="region levels from the reference's fixed thresholds or from quantiles "
+                        "(default: the recipe's)")
     d.add_argument("--recipe", choices=["forecast", "paper"], default=None,
-                   help="forecast (default): every token every 3rd step, forecast between; "
+                   help="forecast (the default): every token every 3rd step, forecast between; "
                         "paper: Jano as published (regions, held outputs)")
     args = parser.parse_args(argv)
     if args.command == "demo":
