@@ -165,12 +165,15 @@ def _drive_clock(scheduler, ctl: Controller, set_on) -> None:
 
 
 def _show_levels(pipe, ctl: Controller, set_on) -> None:
-    """The pipeline's progress bar shows each step's level and active fraction."""
+    """The pipeline's progress bar shows each step's level and active fraction, and before
+    the model's first call that the first step compiles (tens of seconds on a GPU)."""
     original_progress_bar = pipe.progress_bar
 
     @functools.wraps(original_progress_bar)
     def progress_bar(*args, **kwargs):
         bar = original_progress_bar(*args, **kwargs)
+        if ctl.calls == 0 and hasattr(bar, "set_postfix"):
+            bar.set_postfix(jano="compiling at the first step", refresh=True)
         update = bar.update
 
         def update_with_level(n=1):

@@ -29,7 +29,8 @@ def test_enable_runs_the_schedule_in_a_pipeline(name, tmp_path, capsys):
     expected = (3, inputs["height"], inputs["width"])
     assert tuple(images.shape[-3:]) == expected or tuple(images.shape[-4:]) == (inputs.get("num_frames"), *expected)
     assert list(tmp_path.glob("region_map_*.png")) and list(tmp_path.glob("region_overlay_*.png"))
-    assert "jano=cooldown 100%" in capsys.readouterr().err   # the level on the progress bar
+    progress = capsys.readouterr().err
+    assert "jano=compiling" in progress and "jano=cooldown 100%" in progress   # the level on the progress bar
     jano_compile.disable(pipe)
     assert not isinstance(pipe.transformer, torch._dynamo.eval_frame.OptimizedModule)
     assert "set_timesteps" not in vars(pipe.scheduler)
