@@ -18,6 +18,7 @@ def test_the_scripts_are_found():
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help(script, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [script, "--help"])
+    monkeypatch.setenv("CACHE_DIT_LOG_LEVEL", "warning")    # quality_speed sets it at import: undone after
     monkeypatch.syspath_prepend(BENCHMARKS)
     with pytest.raises(SystemExit) as done:
         runpy.run_path(str(Path(BENCHMARKS) / script), run_name="__main__")

@@ -150,7 +150,6 @@ def test_four_step_generation(model):
     images = model.sample([0, 1], num_steps=4, generator=torch.Generator().manual_seed(0))
     assert images.shape == (2, 3, 32, 32)
     assert not torch.isnan(images).any()
-    assert images.min() >= 0.0 and images.max() <= 1.0
     again = model.sample([0, 1], num_steps=4, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(images, again)
 

@@ -202,13 +202,31 @@ def test_split_cfg_branches_forecast_from_their_own_history():
 
 
 def test_a_new_generation_does_not_forecast_across():
-    """The same generation twice in a row gives the same result: the history's times are
-    reset, so the second run's first skipped step does not extrapolate from the first run."""
+    """The same generation twice in a row gives the same result, and a new generation
+    starts its forecast history empty: after its first call (a full warm-up step) each
+    token's history holds that one time, every older slot NaN ("never computed"), though
+    the first run had filled them all. (With at least one warm-up step and a refresh
+    before the first skipped step the outputs alone cannot show the reset: those full
+    steps refill every slot an order-1 or order-2 forecast reads.)"""
+    from jano_compile.passes.signature import Role
+
     model, kwargs, n = flux(b=1, h=4, w=4)
     model.eval()
     f = _compiled(model)
+    ctl = jano_compile.controller(f)
+
+    def history_times():
+        (key,) = [key for key, graph in ctl._graphs.items() if graph.runner is not None]
+        return torch.stack(ctl.store.tensors_of(key, Role.HISTORY_TIME))     # [slots, N]
+
     with torch.no_grad():
-        first, second = euler_loop(f, kwargs, steps=STEPS), euler_loop(f, kwargs, steps=STEPS)
+        first = euler_loop(f, kwargs, steps=STEPS)
+        assert not history_times().isnan().any()
+        euler_loop(f, kwargs, steps=1)          # the first step of a new generation
+        times = history_times()
+        second = euler_loop(f, kwargs, steps=STEPS)
+    slots_filled = (~times.isnan()).sum(dim=0)
+    assert torch.equal(slots_filled, torch.ones_like(slots_filled)), times
     torch.testing.assert_close(first, second, rtol=0, atol=0)
 
 

@@ -69,7 +69,7 @@ def test_static_lengths_agree_with_the_eager_model(family, options, monkeypatch)
     subsets = [[], list(range(step - 1)), list(range(step)), list(range(step + 1)),
                list(range(0, n, 2)), list(range(n))]
     ctl, _ = check_oracle(family, 2, torch.float32, subsets, options=options, **size)
-    expected = {bucket_length(len(s), n, BUCKETS) for s in subsets if s}
+    expected = {step, 2 * step, n // 2, n}    # each count rounded up to a multiple of N / 16
     (graph,) = ctl._graphs.values()
     if "static_shapes" in options:
         assert ctl.stats()["static_graphs"] == len(expected) == 4

@@ -57,11 +57,24 @@ def test_report_counts_every_attention(family):
 
 
 def test_toy_model_is_rewritten_and_exact():
+    """tests/toy.py: rewritten with both self-attentions; the full step equals the eager
+    model, and partial steps (none, some, all but one token) equal the full step."""
     model = ToyDiT().eval()
     x = torch.randn(2, 4, 8, 8)
     snap = snapshot(model, x)
     assert snap.reports[0].rewritten, snap.reports[0].reason
     assert snap.reports[0].self_attention_count == 2
+    torch._dynamo.reset()
+    with torch.no_grad():
+        reference = model(x)[0]
+        compiled = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager"})
+        ctl = jano_compile.controller(compiled)
+        full = compiled(x)[0]
+        torch.testing.assert_close(full, reference, atol=1e-5, rtol=1e-5)
+        for active in ([], [0, 5, 9], list(range(1, 16))):
+            ctl.set_active(torch.tensor(active, dtype=torch.long))
+            torch.testing.assert_close(compiled(x)[0], full, atol=1e-5, rtol=1e-5)
+            assert ctl.last_call.active == len(active) and not ctl.last_call.full
 
 
 @pytest.mark.parametrize("switch,why", [("token_cumsum", "each output token reads the tokens before it"),
@@ -91,13 +104,30 @@ def test_literal_equal_to_token_count_is_rewritten_by_axis_not_value():
     snap = snapshot(model.eval(), **kwargs, return_dict=False)
     report = snap.reports[0]
     assert report.rewritten, report.reason
-    for lit in report.literals:
-        assert "head" not in lit["what"]
     after = snap.after[0]
     reshapes = [nd for nd in after.graph.nodes if nd.target in ("reshape", "view")]
     for nd in reshapes:
         if 32 in nd.args[1:]:          # text 16 + image 16 on the joint axis
             pytest.fail(f"{nd.name} still holds the full joint length: {nd.args}")
+    # reshapes: only the positions the report names changed (and a -1 spelled out as its
+    # static size)
+    reported = {}
+    for lit in report.literals:
+        if lit["what"].startswith("shape["):
+            reported.setdefault(lit["node"], set()).add(int(lit["what"][len("shape["):].split("]")[0]))
+    before = {nd.name: nd for nd in snap.before[0].graph.nodes}
+    for nd in reshapes:
+        old = before[nd.name].args[1:]
+        full = tuple(before[nd.name].meta["example_value"].shape)
+        changed = {i for i, (x, y) in enumerate(zip(old, nd.args[1:]))
+                   if not (x is y or x == y or (x == -1 and y == full[i]))}
+        assert changed == reported.get(nd.name, set()), (nd.name, old, nd.args[1:])
+    # the 16s that are no token count stay: the head dim, the text segment's size
+    heads = [nd for nd in after.graph.nodes if nd.target == "unflatten" and tuple(nd.args[2]) == (-1, 16)]
+    assert heads, "the head dim 16 is kept"
+    (split,) = [nd for nd in after.graph.nodes if nd.target == "split_with_sizes"]
+    text, image = split.args[1]
+    assert text == 16 and isinstance(image, torch.fx.Node), split.args
 
 
 def test_explain_says_what_it_takes():

@@ -359,6 +359,7 @@ def test_attention_to_image_keys_completes_keys_only():
     # a K and a V cache for each self and each to-image attention, and the output cache
     assert len(report.caches) == 2 * 4 + 1
     listens = [n for n in after.graph.nodes if n.target is F.scaled_dot_product_attention][1::3]
+    assert len(listens) == 2
     for node in listens:
         query, key, value_ = node.args[:3]
         assert tuple(value(query).shape) == (1, 2, 5, 16), "the audio queries are untouched"
@@ -404,7 +405,9 @@ def test_query_as_key_and_value_is_rewritten_and_exact():
 def test_query_as_key_and_value_shares_one_cache():
     report, after = rewritten_graph(SharedQueryKeyValue().eval(), torch.randn(1, 4, 8, 12))
     assert sorted(c["role"] for c in report.caches) == ["k_cache", "k_cache", "out_cache"]
-    for node in (n for n in after.graph.nodes if n.target is F.scaled_dot_product_attention):
+    attentions = [n for n in after.graph.nodes if n.target is F.scaled_dot_product_attention]
+    assert attentions
+    for node in attentions:
         query, key, value_ = node.args[:3]
         assert key is value_ and key.target is torch.ops.aten.index_copy_.default
         assert query is key.args[3], "the query is the fresh (gathered) tensor, not the completed cache"
