@@ -46,7 +46,7 @@ from typing import Mapping, Optional, Sequence
 import torch
 import torch.fx as fx
 
-from jano_compile.passes.input_roles import argument_name, input_roles
+from jano_compile.passes.input_roles import argument_name, hidden_states_input
 from jano_compile.passes.nodes import ancestors, placeholders, value
 
 PACKED, IMAGE, VIDEO_CF, VIDEO_FC, VIDEO_FHWC = "packed", "image", "video_cf", "video_fc", "video_fhwc"
@@ -218,8 +218,8 @@ def grid_from_graph(gm: fx.GraphModule, num_tokens: int) -> Optional[tuple[int, 
 
     whose sizes hold `num_tokens` points, frames first. None when there is none, or
     several that disagree."""
-    latent_position = input_roles(gm).hidden_states
-    from_latent = {placeholders(gm.graph)[latent_position]} if latent_position is not None else set()
+    latent = hidden_states_input(gm)
+    from_latent = {latent} if latent is not None else set()
     grids = set()
     for node in gm.graph.nodes:
         if node in from_latent or any(a in from_latent for a in node.all_input_nodes):
@@ -279,8 +279,7 @@ def latent_rows_from_graph(gm: fx.GraphModule) -> Optional[LatentRows]:
     where the graph's only use of the latent is a product with a per-token factor [B or 1, L, 1]
     computed without it; None otherwise (every row is the latent's)."""
     inputs = placeholders(gm.graph)
-    position = input_roles(gm).hidden_states
-    latent = inputs[position] if position is not None else None
+    latent = hidden_states_input(gm)
     shape = _static_shape(latent)
     if shape is None or len(shape) != 3 or len(latent.users) != 1:
         return None

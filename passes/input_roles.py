@@ -53,6 +53,12 @@ def argument_name(node: fx.Node) -> Optional[str]:
     return local if isinstance(local, str) and base is None else None
 
 
+def hidden_states_input(gm: fx.GraphModule) -> Optional[fx.Node]:
+    """The placeholder that holds the model's `hidden_states`, or None."""
+    position = input_roles(gm).hidden_states
+    return None if position is None else placeholders(gm.graph)[position]
+
+
 def input_roles(gm: fx.GraphModule) -> InputRoles:
     """Positions (among the placeholders) of the inputs in `ROLE_NAMES`."""
     names = [argument_name(n) for n in placeholders(gm.graph)]

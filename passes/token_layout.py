@@ -57,8 +57,8 @@ import math
 import torch
 import torch.fx as fx
 
-from .input_roles import input_roles
-from .nodes import ancestors, is_tensor_node, op_name, placeholders, value
+from .input_roles import hidden_states_input
+from .nodes import ancestors, is_tensor_node, op_name, value
 from .plan import GridFactor, Layout, NoImageTokens, TokenGrid, TokenPlan, Unrewritable
 from .token_propagation import Propagation
 
@@ -167,10 +167,9 @@ def _folds_tokens_into_grid(node: fx.Node) -> bool:
 
 
 def _hidden_states_input(gm: fx.GraphModule) -> fx.Node:
-    inputs = placeholders(gm.graph)
-    position = input_roles(gm).hidden_states
-    if position is not None and is_tensor_node(inputs[position]):
-        return inputs[position]
+    latent = hidden_states_input(gm)
+    if latent is not None and is_tensor_node(latent):
+        return latent
     raise NoImageTokens("no `hidden_states` input found in the graph (is the whole "
                         "transformer forward captured in this graph?)")
 

@@ -92,10 +92,6 @@ def _set_squeeze_dims(graph: fx.Graph, edit: SqueezeDims) -> None:
     edit.node.kwargs = {k: v for k, v in edit.node.kwargs.items() if k != "dim"}
 
 
-def _unflatten_sizes(node: fx.Node) -> list:
-    return list(node.args[2] if len(node.args) > 2 else node.kwargs["sizes"])
-
-
 def _set_unflatten_sizes(node: fx.Node, sizes: list) -> None:
     if len(node.args) > 2:
         node.args = (*node.args[:2], tuple(sizes), *node.args[3:])
@@ -106,7 +102,7 @@ def _set_unflatten_sizes(node: fx.Node, sizes: list) -> None:
 def _set_group_count(graph: fx.Graph, edit: GroupCount) -> None:
     """unflatten(x, dim, sizes): sizes[position] (a frame count) becomes n, the group size
     after it, if any, 1: (T, -1) -> (n, 1), (B, T) -> (B, n)."""
-    sizes = _unflatten_sizes(edit.node)
+    sizes = list(arg(edit.node, 2, "sizes"))
     sizes[edit.position] = num_active(graph)
     if edit.position + 1 < len(sizes):
         sizes[edit.position + 1] = 1
@@ -158,7 +154,7 @@ def _set_grid_sizes(graph: fx.Graph, edit: GridShape) -> None:
     node = edit.node
     unflatten = op_name(node) == "unflatten"
     if unflatten:
-        sizes, first = _unflatten_sizes(node), edit.first
+        sizes, first = list(arg(node, 2, "sizes")), edit.first
     else:
         (sizes, form), first = shape_args_and_form(node), 0
     full = value(node).shape[first:first + len(sizes)]
