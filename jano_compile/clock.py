@@ -7,10 +7,12 @@ Two sources, one `Tick`:
   from the model's inputs, so a call costs no device-to-host synchronisation, and timesteps
   that a bf16 pipeline rounds to equal values are still distinct steps.
 * `TimestepClock` (a bare sampling loop): reads the timestep the model receives, one
-  device-to-host copy per call on a GPU. The first change of the timestep tells which way
-  time runs for this model (falling: sigma, 1000 -> 0; rising: Lumina2, Z-Image, Ideogram4
+  device-to-host copy per call on a GPU. The first change of the timestep in a generation
+  tells which way time runs (falling: sigma, 1000 -> 0; rising: Lumina2, Z-Image, Ideogram4
   pass 1 - sigma); a later move that way starts the next step, a move back a new
-  generation, an equal timestep is another branch of the same step (split CFG). Solvers
+  generation, which learns the direction again (so a warm-up call at another timestep
+  costs one generation, not every later one), an equal timestep is another branch of the
+  same step (split CFG). Solvers
   that call the model twice per step at different timesteps (Heun, DPM-2), and timesteps
   rounded to equal values between steps (bf16 at 100 steps) break this count.
 
@@ -59,7 +61,7 @@ class TimestepClock:
     last_timestep: Optional[float] = None
     generation: int = 0
     step: int = -1
-    direction: Optional[float] = None     # -1.0 falling, 1.0 rising: learned at the first change
+    direction: Optional[float] = None     # -1.0 falling, 1.0 rising: learned at a generation's first change
     calls_in_step: int = 0                # calls of this step before the last one
     most_calls: int = 0                   # the most calls at one timestep so far
     last_step_calls: int = 0              # the calls of the last step that ended (the timestep moved)
@@ -75,6 +77,7 @@ class TimestepClock:
                 self.last_step_calls = self.calls_in_step + 1
             self.generation += 1
             self.step, self.calls_in_step = 0, 0
+            self.direction = None
         else:
             self.last_step_calls = self.calls_in_step + 1
             self.step += 1

@@ -193,7 +193,8 @@ class GraphRunner:
         if not self.signature.takes_time:
             return None
         if self._step_time is None:
-            self._step_time = torch.zeros((), dtype=torch.float32, device=self.signature.index_device)
+            with torch.inference_mode(False):    # filled in place by calls in and out of inference mode
+                self._step_time = torch.zeros((), dtype=torch.float32, device=self.signature.index_device)
         return self._step_time.fill_(step_time)
 
     # ------------------------------------------------------------------ calls

@@ -47,8 +47,9 @@ class StaticCall:
         for i, pointer in zip(self._static, self._static_pointers):
             self._pointers_by_position[i] = pointer
         fixed = set(self._static)
-        self._buffers = {i: a.clone() for i, a in enumerate(args)
-                         if i not in fixed and isinstance(a, torch.Tensor)}
+        with torch.inference_mode(False):   # normal tensors: later calls outside inference mode copy into them
+            self._buffers = {i: a.clone() for i, a in enumerate(args)
+                             if i not in fixed and isinstance(a, torch.Tensor)}
         self._args = [self._buffers.get(i, a) for i, a in enumerate(args)]
         self._constants = [(i, a) for i, a in enumerate(args) if not isinstance(a, torch.Tensor)]
         self._graph: Optional[torch.cuda.CUDAGraph] = None

@@ -85,9 +85,12 @@ class StateSpec:
 
     def allocate(self) -> torch.Tensor:
         """A new tensor of this state: `reset_value` where set, else zeros (a cache is never
-        read before a full step has written it)."""
+        read before a full step has written it). A normal tensor even under
+        `torch.inference_mode()`: a later call outside it writes the state in place, which
+        an inference tensor refuses."""
         fill = 0.0 if self.reset_value is None else self.reset_value
-        return torch.full(self.shape, fill, dtype=self.dtype, device=self.device)
+        with torch.inference_mode(False):
+            return torch.full(self.shape, fill, dtype=self.dtype, device=self.device)
 
     def describe(self) -> dict:
         """JSON-friendly description, for reports."""

@@ -61,6 +61,32 @@ def test_two_identical_generations_give_identical_images():
     torch.testing.assert_close(images[0], images[1], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("options", [{}, {"cuda_graphs": True}], ids=["plain-calls", "static-calls"])
+def test_generations_in_and_out_of_inference_mode_agree(options):
+    """Caches, the step-time buffer and static-call buffers made under inference_mode are
+    written in place by a later generation outside it (and back): no error, same outputs."""
+    model, kwargs, _ = flux()
+    model.eval()
+    times = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+    f = torch.compile(model, backend="jano", dynamic=False,
+                      options={"lowering": "eager", "num_inference_steps": len(times), **options})
+
+    def generation():
+        return [f(**{**kwargs, "timestep": torch.tensor([t])})[0] for t in times]
+
+    outputs = []
+    for grad_mode in (torch.inference_mode, torch.no_grad, torch.inference_mode):
+        with grad_mode():
+            outputs.append(generation())
+    assert "skip" in jano_compile.controller(f).stats()["levels"]
+    with torch.no_grad():
+        first = model(**{**kwargs, "timestep": torch.tensor([times[0]])})[0]
+    torch.testing.assert_close(outputs[0][0], first, rtol=1e-5, atol=1e-5)
+    for other in outputs[1:]:
+        for a, b in zip(outputs[0], other):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 # ----------------------------------------------------------------------------- clocks
 def test_timestep_clock_counts_steps_branches_and_generations():
     clock = TimestepClock()
@@ -75,6 +101,15 @@ def test_a_rising_timestep_counts_steps_not_generations():
     ticks = [clock.tick(t) for t in (0.0, 0.0, 0.3, 0.7, 0.7, 0.0, 0.5)]
     assert ticks == [Tick(1, 0, 0), Tick(1, 0, 1), Tick(1, 1, 0), Tick(1, 2, 0), Tick(1, 2, 1),
                      Tick(2, 0, 0), Tick(2, 1, 0)]
+
+
+def test_a_warm_up_call_at_another_timestep_costs_one_generation_only():
+    """A call at t = 0 before a falling loop (a compile warm-up) first looks like rising
+    time; every generation learns its own direction, so only that one is cut short."""
+    clock = TimestepClock()
+    ticks = [clock.tick(t) for t in (0.0, 1.0, 0.9, 0.8, 0.7, 1.0, 0.9, 0.8)]
+    assert ticks == [Tick(1, 0, 0), Tick(1, 1, 0), Tick(2, 0, 0), Tick(2, 1, 0), Tick(2, 2, 0),
+                     Tick(3, 0, 0), Tick(3, 1, 0), Tick(3, 2, 0)]
 
 
 def test_scheduler_clock_counts_what_the_scheduler_says():
