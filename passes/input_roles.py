@@ -2,9 +2,12 @@
 
 The one place that maps dynamo's placeholders to model-level roles. Dynamo records where
 each placeholder came from (`node.meta["grapharg"].source`): `L['kwargs']['timestep']` for a
-keyword argument, `L['hidden_states']` for a positional one bound to its parameter name.
-That name is matched against `ROLE_NAMES`; only when dynamo left no source (a graph built by
-hand) is the placeholder's own name read (`l_kwargs_timestep_` -> `timestep`).
+keyword argument, `L['hidden_states']` for a positional one bound to its parameter name,
+`L['args'][0]` for a positional one passed through a `*args` wrapper (diffusers wraps the
+forward of FLUX, SD3, Wan, Sana and ~25 more in `apply_lora_scale(self, *args, **kwargs)`;
+Sana's pipelines pass the latent positionally), named by `POSITIONAL_NAMES`. That name is
+matched against `ROLE_NAMES`; only when dynamo left no source (a graph built by hand) is
+the placeholder's own name read (`l_kwargs_timestep_` -> `timestep`).
 
     roles = input_roles(gm)
     roles.hidden_states   # position among the placeholders, or None
@@ -28,6 +31,11 @@ ROLE_NAMES = MappingProxyType({
     "position_ids": ("img_ids", "position_ids"),
 })
 
+#: The names of positional arguments that reach the graph through a `*args` wrapper, by
+#: position: every diffusers transformer takes its latent first; later positions differ
+#: from family to family and stay unnamed.
+POSITIONAL_NAMES = ("hidden_states",)
+
 
 @dataclass(frozen=True)
 class InputRoles:
@@ -46,9 +54,11 @@ def argument_name(node: fx.Node) -> Optional[str]:
         return re.sub(r"^l_(kwargs_)?|_$", "", node.name)
     base = getattr(source, "base", None)
     index = getattr(source, "index", None)
-    if isinstance(index, str) and getattr(base, "local_name", None) == "kwargs" \
-            and getattr(base, "base", None) is None:
+    wrapper_argument = getattr(base, "local_name", None) if getattr(base, "base", None) is None else None
+    if wrapper_argument == "kwargs" and isinstance(index, str):
         return index
+    if wrapper_argument == "args" and isinstance(index, int):
+        return POSITIONAL_NAMES[index] if index < len(POSITIONAL_NAMES) else None
     local = getattr(source, "local_name", None)
     return local if isinstance(local, str) and base is None else None
 

@@ -57,8 +57,8 @@ import math
 import torch
 import torch.fx as fx
 
-from .input_roles import hidden_states_input
-from .nodes import ancestors, is_tensor_node, op_name, value
+from .input_roles import argument_name, hidden_states_input
+from .nodes import ancestors, is_tensor_node, op_name, placeholders, value
 from .plan import GridFactor, Layout, NoImageTokens, TokenGrid, TokenPlan, Unrewritable
 from .token_propagation import Propagation
 
@@ -170,8 +170,10 @@ def _hidden_states_input(gm: fx.GraphModule) -> fx.Node:
     latent = hidden_states_input(gm)
     if latent is not None and is_tensor_node(latent):
         return latent
-    raise NoImageTokens("no `hidden_states` input found in the graph (is the whole "
-                        "transformer forward captured in this graph?)")
+    inputs = sorted({name for name in map(argument_name, placeholders(gm.graph)) if name})
+    raise NoImageTokens(f"no `hidden_states` input found in the graph (its inputs: {', '.join(inputs) or 'none'}; "
+                        "is the whole transformer forward captured in this graph, and its latent passed as "
+                        "`hidden_states=` or first?)")
 
 
 def _derived(gm: fx.GraphModule, source: fx.Node, until: fx.Node) -> list[fx.Node]:

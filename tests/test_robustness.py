@@ -106,6 +106,41 @@ def assert_rewritten_and_exact(model, args, kwargs):
     assert stats["rewritten"], stats["fallback_reason"]
 
 
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_a_latent_passed_positionally_through_a_wrapper_is_rewritten_and_exact(family):
+    """diffusers wraps FLUX's and SD3's forward in `apply_lora_scale(self, *args, **kwargs)`,
+    so dynamo names a positional latent `L['args'][0]` (Sana's pipelines pass it so); it fell
+    back with "no `hidden_states` input found"."""
+    model, kwargs, n = FAMILIES[family].build(b=1)
+    model.eval()
+    latent = kwargs.pop("hidden_states")
+    with torch.no_grad():
+        reference = model(latent, **kwargs, return_dict=False)[0]
+        f = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager"})
+        ctl = jano_compile.controller(f)
+        full = f(latent, **kwargs, return_dict=False)[0]
+        assert ctl.stats()["rewritten"], ctl.stats()["fallback_reason"]
+        torch.testing.assert_close(full, reference, atol=1e-4, rtol=1e-4)
+        ctl.set_active(torch.arange(0, n, 3))
+        torch.testing.assert_close(f(latent, **kwargs, return_dict=False)[0], full, atol=1e-4, rtol=1e-4)
+
+
+class LatentsByAnotherName(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, latents, scale):
+        return self.proj(latents) * scale
+
+
+def test_a_graph_without_a_hidden_states_input_names_the_inputs_it_has():
+    snap = snapshot(LatentsByAnotherName().eval(), latents=torch.randn(1, 8, 4), scale=torch.ones(1))
+    (report,) = snap.reports
+    assert not report.rewritten
+    assert "no `hidden_states` input" in report.reason and "its inputs: latents, scale" in report.reason
+
+
 def test_cosmos_which_crashed_the_analysis_is_rewritten_and_exact():
     """Cosmos raised AttributeError inside the analysis (a dtype-only use of the token
     tensor); with the grouped-query head repeat rule it is rewritten and matches eager."""
