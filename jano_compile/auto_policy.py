@@ -50,6 +50,12 @@ class AutoPolicy:
         """The schedule has run and is not off."""
         return self.schedule is not None and self.off_reason is None
 
+    def restart_clock(self) -> None:
+        """Count a bare loop's calls afresh: the next call starts a generation, whatever
+        timestep the last one had."""
+        self._timestep_clock = TimestepClock()
+        self.last_tick = None
+
     def set_num_inference_steps(self, num_steps: Optional[int]) -> None:
         self.num_inference_steps = num_steps
         if self.schedule is not None:

@@ -97,6 +97,13 @@ def _check_device(parser, device: str) -> None:
         parser.error(f"--device {device!r} is not a device torch knows (e.g. cpu, cuda, cuda:1)")
     if kind == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: this torch build or machine has no CUDA; use --device cpu")
+    if kind == "meta":
+        parser.error("--device meta holds no values, so it cannot generate images; use --device cpu")
+    try:
+        torch.zeros(1, device=device)
+    except (RuntimeError, AssertionError) as e:
+        reason = str(e).splitlines()[0].split(". ")[0][:160] if str(e) else type(e).__name__
+        parser.error(f"--device {device!r} cannot be used here ({reason}); use --device cpu")
 
 
 def _check_out(parser, out: str) -> None:
@@ -134,9 +141,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo":
         if args.steps < 1 or args.seeds < 1:
-            parser.error("--steps and --seeds must be at least 1")
-        _check_device(parser, args.device)
-        _check_out(parser, args.out)
+            d.error("--steps and --seeds must be at least 1")
+        _check_device(d, args.device)
+        _check_out(d, args.out)
         return demo(args)
     return 2
 

@@ -44,7 +44,7 @@ class CallRecord:
     full: bool
     active: int
     total: int
-    step: Optional[int] = None       # automatic schedule only
+    step: Optional[int] = None       # the generation's step: automatic schedule, or manual under enable()
     branch: str = DEFAULT_BRANCH
     phase: Optional[str] = None
 
@@ -66,7 +66,7 @@ class Controller:
         self._num_full_calls = 0
         self._warned_unrewritten = False
         self.last_call: Optional[CallRecord] = None
-        self.step_records: list[CallRecord] = []        # this generation's automatic calls
+        self.step_records: list[CallRecord] = []        # this generation's calls with a step
         self.branch_name: Optional[str] = None          # from cache_context, via enable()
         self._full_next = False                         # refresh() while the schedule runs
 
@@ -84,12 +84,19 @@ class Controller:
     def refresh(self) -> None:
         """The next call computes every token and refills all caches. While the automatic
         schedule runs, it goes on after that call; under manual control (`set_active`), later
-        calls return to the active set; before either, it starts manual control."""
+        calls return to the active set; before either, it starts manual control (in a bare
+        loop with a warning: the schedule then never runs)."""
         if self._not_rewritten("refresh"):
             return
         if not self.manual and self.auto_policy.running:
             self._full_next = True
             return
+        policy = self.auto_policy
+        if not self.manual and policy.off_reason is None and policy.scheduler_clock is None:
+            warnings.warn("jano: refresh() before the model's first call starts manual control: every "
+                          "call computes all tokens until set_active(), and the automatic schedule does not "
+                          "run (ctl.resume_schedule() hands control back). The first call is a full step "
+                          "anyway: leave this refresh() out to keep the schedule", stacklevel=2)
         self.manual_policy.refresh()
 
     def set_active(self, index: torch.Tensor) -> None:
@@ -97,8 +104,10 @@ class Controller:
         The others keep their last output (`reuse="hold"`) or are forecast from their own
         history (`"forecast"`, the default), counting each call of a branch as one step.
         Takes over from the automatic schedule: under `enable()` until the generation ends
-        (the step times stay the scheduler's), in a bare loop for good (each call one step,
-        counted on from the schedule's last step).
+        (the step times stay the scheduler's; call it from a step callback: a set given
+        between two pipeline calls is dropped when the next generation starts on the
+        schedule), in a bare loop for good (each call one step, counted on from the
+        schedule's last step).
         On a model jano did not rewrite, warns once with the reason; calls stay full."""
         if self._not_rewritten("set_active"):
             return
@@ -114,7 +123,8 @@ class Controller:
 
     def release(self) -> None:
         """Free the caches and forget the graphs seen so far (`disable()` does this): their
-        memory goes back; a later call of a compiled model starts with a full step."""
+        memory goes back; a later call of a compiled model starts with a full step, and a
+        bare loop's steps are counted afresh."""
         for graph in self._graphs.values():
             if graph.runner is not None:
                 graph.runner.release_calls()
@@ -122,6 +132,7 @@ class Controller:
         self._graphs.clear()
         self.step_records = []          # the stats of the run under way: none now
         self._num_image_tokens = None
+        self.auto_policy.restart_clock()
         self.resume_schedule()
 
     def resume_schedule(self) -> None:
@@ -230,7 +241,7 @@ class Controller:
             self._record(CallRecord(graph.report.graph, True, 0, 0))
             self.step_records = []       # stats describe the run under way: it saves nothing
             return graph.unrewritten(*args)
-        plan = self._plan(graph, args)
+        plan, step = self._plan(graph, args)
         if plan.new_generation:
             self.store.new_generation()
         state = self.store.state(id(graph), plan.branch, graph.signature)
@@ -251,15 +262,17 @@ class Controller:
         if full:
             self.manual_policy.ran_full()
             self._num_image_tokens = n
-        record = CallRecord(graph.report.graph, full, computed, n, plan.step, plan.branch, plan.phase)
-        if plan.step is not None:
+        record = CallRecord(graph.report.graph, full, computed, n, step, plan.branch, plan.phase)
+        if step is not None:
             if plan.new_generation:
                 self.step_records = []
             self.step_records.append(record)
         self._record(record)
         return outputs
 
-    def _plan(self, graph, args) -> CallPlan:
+    def _plan(self, graph, args) -> tuple[CallPlan, Optional[int]]:
+        """The call's plan, and the generation step it counts as in stats (None: none; a
+        manual call in a bare loop has no generation)."""
         if not self.manual:
             plan = self.auto_policy.plan(graph, args, self.module, self.branch_name,
                                          token_errors=lambda: self._token_errors(graph))
@@ -268,13 +281,16 @@ class Controller:
                     self._full_next = False
                     plan = dataclasses.replace(plan, index=None, exact=False,
                                                phase="refresh")
-                return plan
+                return plan, plan.step
         tick = self.auto_policy.manual_tick(graph, args)
         branch = self.branch_name or (branch_of_call(tick.call_in_step) if tick is not None else DEFAULT_BRANCH)
         plan = self.manual_policy.plan(graph.signature.num_image_tokens, branch)
-        if self.auto_policy.scheduler_clock is not None:   # under enable(): the scheduler's step time
-            plan = dataclasses.replace(plan, time=tick.time if tick.time is not None else float(tick.step))
-        return plan
+        if self.auto_policy.scheduler_clock is None:
+            return plan, None
+        # under enable(): the scheduler's step time, and the step counts in the generation's stats
+        plan = dataclasses.replace(plan, time=tick.time if tick.time is not None else float(tick.step),
+                                   phase="manual")
+        return plan, tick.step
 
     def _token_errors(self, graph) -> Optional[torch.Tensor]:
         """Each image token's last measured forecast error [N] on the CPU, averaged over the

@@ -119,9 +119,9 @@ def parse_options(mode: Optional[str] = None, options: Optional[Mapping[str, Any
     if lowering not in LOWERINGS:
         raise ValueError(f"jano option 'lowering' must be one of {LOWERINGS}, got {lowering!r}")
     if options.get("dump_dir"):
-        dump_dir = _check_dump_dir(options["dump_dir"], "jano option 'dump_dir'", "leave dump_dir out")
+        dump_dir = _check_writable_dir(options["dump_dir"], "jano option 'dump_dir'", "leave dump_dir out")
     elif os.environ.get(DUMP_DIR_ENV):
-        dump_dir = _check_dump_dir(os.environ[DUMP_DIR_ENV], f"environment variable {DUMP_DIR_ENV}",
+        dump_dir = _check_writable_dir(os.environ[DUMP_DIR_ENV], f"environment variable {DUMP_DIR_ENV}",
                                    f"unset {DUMP_DIR_ENV}")
     else:
         dump_dir = None
@@ -136,6 +136,8 @@ def parse_options(mode: Optional[str] = None, options: Optional[Mapping[str, Any
                          f"None, got {buckets!r}")
     schedule = {k: v for k, v in options.items() if k in schedule_keys}
     _check_schedule(schedule)
+    if isinstance(schedule.get("save_dir"), (str, os.PathLike)):   # its type is the config's check
+        _check_writable_dir(schedule["save_dir"], "jano option 'save_dir'", "leave save_dir out")
     return Options(lowering=lowering, dump_dir=dump_dir, mode=mode, inductor=inductor,
                    schedule=schedule, static_shapes=options.get("static_shapes"),
                    cuda_graphs=options.get("cuda_graphs"), static_buckets=buckets)
@@ -179,10 +181,10 @@ def _check_inductor_type(key: str, setting: str, value: Any) -> None:
                         f"{name}, got {value!r} of type {type(value).__name__}.")
 
 
-def _check_dump_dir(value: Any, source: str, unset: str) -> str:
+def _check_writable_dir(value: Any, source: str, unset: str) -> str:
     """`value` as a str path to a directory that exists or can be created; else raise,
-    naming `source` ("jano option 'dump_dir'" or the env var) and offering `unset` (how to
-    do without one) beside a writable path. Creates nothing."""
+    naming `source` ("jano option 'dump_dir'", 'save_dir' or the env var) and offering
+    `unset` (how to do without one) beside a writable path. Creates nothing."""
     path = os.fspath(value) if isinstance(value, os.PathLike) else value
     if not isinstance(path, str):
         raise TypeError(f"{source} must be a directory path (str or os.PathLike), got "

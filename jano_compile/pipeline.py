@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
@@ -57,6 +58,16 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
     if hasattr(transformer, "_orig_mod"):
         raise TypeError("pipe.transformer is already compiled with torch.compile; enable() compiles it "
                         "itself: give it the module (pipe.transformer = pipe.transformer._orig_mod)")
+    if getattr(transformer, "_compiled_call_impl", None) is not None:
+        raise TypeError("pipe.transformer was compiled in place (transformer.compile()), and its "
+                        "compiled call would run instead of jano's; enable() compiles it itself: load "
+                        "the transformer again without .compile() (compile_repeated_blocks() is fine)")
+    fixed = sorted(k for k in ("backend", "dynamic") if k in compile_kwargs)
+    if fixed:
+        raise TypeError(f"jano_compile.enable() sets {' and '.join(fixed)} itself (backend='jano', "
+                        "dynamic=False: one static graph per shape, what jano rewrites); leave "
+                        f"{' and '.join(fixed)} out")
+    _warn_second_transformer(pipe)
     options = _merged_options(config, lowering, mode, options)
     ctl = controller(transformer)
     if ctl.auto_policy.scheduler_clock is not None:
@@ -77,6 +88,16 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
     pipe.transformer = compiled
     setattr(pipe, _HANDLE, _Handle(transformer, ctl, patched))
     return ctl
+
+
+def _warn_second_transformer(pipe) -> None:
+    """Two-expert pipelines (Wan 2.2: `transformer` for the high-noise steps, `transformer_2`
+    for the rest) get jano on the first expert only: say so."""
+    if isinstance(getattr(pipe, "transformer_2", None), torch.nn.Module):
+        warnings.warn("jano: enable() compiles pipe.transformer only; pipe.transformer_2 (the second "
+                      "expert, which runs the later steps) runs as it is, computing every token. jano's "
+                      "schedule counts the whole generation, so the first expert's last steps before the "
+                      "hand-over may be forecast rather than computed", stacklevel=3)
 
 
 def _merged_options(config, lowering: Optional[str], mode: Optional[str],

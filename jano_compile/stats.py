@@ -25,8 +25,10 @@ class Stats(Mapping):
     fallback_reason         why not (never empty when `rewritten` is False)
     mode                    "auto" (the schedule) or "manual" (set_active / refresh)
     auto_disabled           why the automatic schedule is off, if it is
-    levels ... branches     this generation under the automatic schedule (None before it);
-                            analysis_seconds: the last analysis or re-ranking, reranks:
+    levels ... branches     this generation under the automatic schedule (None before it),
+                            its steps under set_active() from a step callback of enable()'s
+                            included (level "manual"; a bare loop's manual calls are not
+                            steps of a generation: not counted); analysis_seconds: the last analysis or re-ranking, reranks:
                             re-rankings by measured error (levels_from="error") or period
                             assignments (work=...); periods: {period in steps: fraction of
                             image tokens} under a work budget

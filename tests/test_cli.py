@@ -1,5 +1,6 @@
 """The README's demo command runs end to end (2 steps, 1 image, eager lowering for speed)."""
 import pytest
+import torch
 
 from jano_compile.cli import main
 from jano_compile.models import bundled_files
@@ -22,6 +23,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 @pytest.mark.parametrize("args,says", [
     (["--steps", "0"], "at least 1"),
     (["--device", "foo"], "not a device torch knows"),
+    (["--device", "meta"], "holds no values"),
+    (["--device", "mps"] if not torch.backends.mps.is_available() else ["--device", "meta"], "use --device cpu"),
     (["--out", "/nonexistent-dir/x.png"], "does not exist"),
     (["--out", "/tmp"], "is a directory"),
     (["--out", "jano_demo"], "extension says the format"),
@@ -29,5 +32,6 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 def test_demo_rejects_bad_arguments_before_any_work(args, says, capsys):
     with pytest.raises(SystemExit):
         main(["demo", *args])
-    assert says in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert says in err and "usage: jano-compile demo" in err     # the demo's usage, not the top level's
 

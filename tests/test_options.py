@@ -8,10 +8,12 @@ import pytest
 import torch
 import torch.fx as fx
 
+import jano_compile
 from jano_compile.dump import DumpDirError, write_dump
 from jano_compile.options import parse_options
 from jano_compile.report import GraphReport
 
+from .pipelines import flux_pipeline
 from .toy import ToyDiT
 
 
@@ -117,6 +119,17 @@ def test_dump_dir_that_is_a_file(tmp_path):
     with pytest.raises(ValueError, match=r"jano option 'dump_dir'=.*notes.txt' is not a directory"
                                          r".*give a writable directory path.*leave dump_dir out"):
         parse_options(None, {"dump_dir": str(file)})
+
+
+def test_save_dir_that_is_a_file_fails_when_enable_is_called(tmp_path):
+    """save_dir is written at the first analysis, after the warm-up steps: checked up front."""
+    file = tmp_path / "notes.txt"
+    file.write_text("x")
+    pipe, _ = flux_pipeline()
+    with pytest.raises(ValueError, match=r"jano option 'save_dir'=.*notes.txt' is not a directory"
+                                         r".*leave save_dir out"):
+        jano_compile.enable(pipe, {"save_dir": file}, lowering="eager")
+    assert getattr(pipe, "_jano_handle", None) is None
 
 
 def test_dump_dir_under_a_file(tmp_path):

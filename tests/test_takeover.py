@@ -2,6 +2,7 @@
 refresh() while the schedule runs, set_active() from a step callback, a bare loop that
 switches, disable() freeing the caches, backend options through enable(), and the
 warnings that say when the configured length is wrong."""
+import copy
 import logging
 
 import pytest
@@ -60,8 +61,9 @@ def test_refresh_while_the_schedule_runs_is_one_full_step_then_the_schedule_goes
 
 def test_set_active_from_a_callback_lasts_one_generation():
     """The generation after one that a callback took over starts on the automatic schedule
-    again, and gives the image a generation without the callback gives."""
-    images = {}
+    again, and gives the image a generation without the callback gives. The manual steps
+    count in the taken-over generation's levels and saved work."""
+    images, levels = {}, {}
     for take_over in (False, True):
         torch.manual_seed(0)                # the same random weights in both runs
         pipe, inputs = flux_pipeline()
@@ -69,11 +71,17 @@ def test_set_active_from_a_callback_lasts_one_generation():
             ctl = jano_compile.enable(pipe, CONFIG, lowering="eager")
 
             def callback(pipe_, i, t, kwargs):
-                if take_over and i == 4:
+                if take_over and i == 1:          # from step 2: a warm-up step taken over
                     ctl.set_active(torch.arange(0, ctl.stats()["num_image_tokens"], 2))
                 return kwargs
             _generate(pipe, inputs, callback)
+            levels[take_over] = ctl.stats()["levels"]
             if take_over:
+                n = ctl.stats()["num_image_tokens"]
+                assert levels[False][:2] == ["warmup"] * 2
+                assert levels[True] == ["warmup"] * 2 + ["manual"] * (STEPS - 2)
+                saved = (STEPS - 2) * (n - n // 2)        # full warm-up steps, then half the tokens
+                assert ctl.stats()["compute_saved"] == pytest.approx(saved / (STEPS * n))
                 assert ctl.stats()["mode"] == "manual"
                 times = torch.cat([t for t in _history_times(ctl)])
                 finite = times[torch.isfinite(times)]
@@ -240,8 +248,33 @@ def test_enable_refuses_what_it_cannot_drive():
     with pytest.raises(TypeError, match="already compiled"):
         jano_compile.enable(pipe)
     pipe, _ = flux_pipeline()
+    pipe.transformer.compile(backend="eager")      # in place: its compiled call would bypass jano's
+    with pytest.raises(TypeError, match=r"compiled in place \(transformer.compile\(\)\)"):
+        jano_compile.enable(pipe)
+    pipe, _ = flux_pipeline()
     with pytest.raises(ValueError, match=r"JanoConfig\.work=1\.5"):
         jano_compile.enable(pipe, {"work": 1.5})      # at once, not at the first denoising step
+    with pytest.raises(TypeError, match=r"sets backend and dynamic itself.*leave backend and dynamic out"):
+        jano_compile.enable(pipe, dynamic=True, backend="inductor")
+    assert getattr(pipe, "_jano_handle", None) is None
+
+
+def test_enable_on_a_two_expert_pipeline_says_the_second_runs_as_it_is():
+    pipe, inputs = flux_pipeline()
+    pipe.transformer_2 = copy.deepcopy(pipe.transformer)     # as Wan 2.2's low-noise expert
+    with pytest.warns(UserWarning, match="pipe.transformer_2 .* runs as it is"):
+        jano_compile.enable(pipe, lowering="eager")
+    assert not hasattr(pipe.transformer_2, "_orig_mod")
+
+
+def test_refresh_before_the_first_call_of_a_bare_loop_warns_that_it_starts_manual_control():
+    model, kwargs, _ = flux(b=1, h=4, w=4)
+    f, ctl = _compiled(model, num_inference_steps=STEPS)
+    with pytest.warns(UserWarning, match=r"refresh\(\) before the model's first call starts manual control"):
+        ctl.refresh()
+    with torch.no_grad():
+        euler_loop(f, kwargs, steps=STEPS)
+    assert ctl.stats()["mode"] == "manual" and ctl.stats()["full_calls"] == ctl.stats()["calls"] == STEPS
 
 
 def test_a_skip_step_of_a_model_without_a_skip_tail_computes_no_image_token():
@@ -392,3 +425,21 @@ def test_a_generation_dynamo_ran_uncompiled_is_said(caplog):
     assert ctl.calls == calls
     assert sum("none called the jano-compiled transformer" in r.message for r in caplog.records) == 1
     torch._dynamo.reset()
+
+
+def test_after_release_the_same_calls_give_the_same_outputs():
+    """release() starts the count of a bare loop's calls afresh: a first call at the last
+    call's timestep was a second CFG branch of that step, with caches of its own."""
+    model, kwargs, _ = flux(b=1, h=4, w=4)
+    f, ctl = _compiled(model)
+    runs = []
+    for _ in range(2):
+        ctl.release()
+        with torch.no_grad():
+            outputs = [f(**kwargs, return_dict=False)[0]]
+            ctl.set_active(torch.tensor([0, 3]))
+            outputs.append(f(**{**kwargs, "hidden_states": kwargs["hidden_states"] + 0.1}, return_dict=False)[0])
+        runs.append(outputs)
+        assert ctl.stats()["branches"] == ["default"] and not ctl.last_call.full
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
