@@ -53,7 +53,7 @@ def main(argv=None):
             seconds = median([time_in_a_row(call, args.calls, args.device) for _ in range(5)])
             rows.append((n, seconds))
             print(f"n {n}: {seconds * 1e3:.3f} ms", flush=True)
-    print(f"\n| image tokens n | T + n | step (ms) | per image token over the previous row (us) |\n|---|---|---|---|")
+    print("\n| image tokens n | T + n | step (ms) | per image token over the previous row (us) |\n|---|---|---|---|")
     previous = None
     for n, seconds in rows:
         slope = "" if previous is None else f"{(seconds - previous[1]) / (n - previous[0]) * 1e6:.2f}"

@@ -186,7 +186,7 @@ def _glm_image(b):
 
 
 def _helios(b):
-    c, p = 4, 2
+    c = 4
     return dict(
         hidden_states=_video(b, c), timestep=_t(b), encoder_hidden_states=_randn(b, TEXT, 16),
         indices_hidden_states=torch.ones(b, FRAMES),

@@ -77,7 +77,7 @@ from jano_compile.config import resolve_config
 from jano_compile.metrics import psnr, ssim
 from jano_compile.models import bundled
 from jano_compile.models.bundled import flow_sigmas
-from jano_compile.periods import PERIODS, RegionPeriods
+from jano_compile.periods import RegionPeriods
 
 CAL_SEEDS = (1000, 1001, 1002, 1003)
 HELD_OUT_SEEDS = tuple(range(8))

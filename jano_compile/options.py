@@ -122,7 +122,7 @@ def parse_options(mode: Optional[str] = None, options: Optional[Mapping[str, Any
         dump_dir = _check_writable_dir(options["dump_dir"], "jano option 'dump_dir'", "leave dump_dir out")
     elif os.environ.get(DUMP_DIR_ENV):
         dump_dir = _check_writable_dir(os.environ[DUMP_DIR_ENV], f"environment variable {DUMP_DIR_ENV}",
-                                   f"unset {DUMP_DIR_ENV}")
+                                       f"unset {DUMP_DIR_ENV}")
     else:
         dump_dir = None
     for key in ("static_shapes", "cuda_graphs"):
