@@ -28,10 +28,10 @@ class Stats(Mapping):
     levels ... branches     this generation under the automatic schedule (None before it),
                             its steps under set_active() from a step callback of enable()'s
                             included (level "manual"; a bare loop's manual calls are not
-                            steps of a generation: not counted); analysis_seconds: the last analysis or re-ranking, reranks:
-                            re-rankings by measured error (levels_from="error") or period
-                            assignments (work=...); periods: {period in steps: fraction of
-                            image tokens} under a work budget
+                            steps of a generation: not counted); analysis_seconds: the last
+                            analysis or re-ranking, reranks: re-rankings by measured error
+                            (levels_from="error") or period assignments (work=...); periods:
+                            {period in steps: fraction of image tokens} under a work budget
     """
     graphs: int
     compiles: int
