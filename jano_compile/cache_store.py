@@ -1,6 +1,10 @@
 """The caches of one model: per rewritten graph and per branch (split CFG: cond, uncond),
 the state tensors its signature declares, allocated at first use. The graphs write them in
-place: a state keeps its storage (and address) for the life of the model."""
+place: a state keeps its storage (and address) while its branch is in use. A branch that a
+generation did not call while calling its graph (CFG turned off; a second call at the first
+timestep that was a warm-up, not a CFG branch) loses its states when the next generation
+starts: nothing carries over between generations, and the memory goes back. The states of
+graphs a generation did not call (another resolution) stay."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,6 +20,7 @@ class BranchState:
     computed: bool = False      # every state holds every token (a full step wrote them)
     calls: int = 0              # calls run on these states (the step time of manual control)
     time_offset: float = 0.0    # added to `calls` for that time (continues the schedule's steps)
+    used: bool = False          # called in the generation under way
 
     @property
     def nbytes(self) -> int:
@@ -43,7 +48,9 @@ class CacheStore:
         key = (graph_key, branch)
         if key not in self._states:
             self._states[key] = BranchState(signature.states, [s.allocate() for s in signature.states])
-        return self._states[key]
+        state = self._states[key]
+        state.used = True
+        return state
 
     @property
     def nbytes(self) -> int:
@@ -74,7 +81,14 @@ class CacheStore:
         for key in [k for k in self._states if k[0] == graph_key]:
             del self._states[key]
 
-    def new_generation(self) -> None:
-        """A new generation starts: no branch forecasts across it."""
+    def new_generation(self) -> list[tuple]:
+        """A new generation starts: no branch forecasts across it. The states of the branches
+        the last generation left idle in a graph it called are dropped; returns their
+        (graph key, BranchState) pairs."""
+        called = {graph_key for (graph_key, _), state in self._states.items() if state.used}
+        idle = [key for key, state in self._states.items() if key[0] in called and not state.used]
+        dropped = [(key[0], self._states.pop(key)) for key in idle]
         for state in self._states.values():
             state.reset()
+            state.used = False
+        return dropped

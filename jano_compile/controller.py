@@ -243,7 +243,10 @@ class Controller:
             return graph.unrewritten(*args)
         plan, step = self._plan(graph, args)
         if plan.new_generation:
-            self.store.new_generation()
+            for graph_key, idle in self.store.new_generation():
+                dropped_from = self._graphs.get(graph_key)
+                if dropped_from is not None and dropped_from.runner is not None:
+                    dropped_from.runner.release_calls(idle)
         state = self.store.state(id(graph), plan.branch, graph.signature)
         runner = graph.runner
         step_time = float(next(t for t in (plan.time, plan.step, state.calls + state.time_offset)

@@ -155,9 +155,14 @@ class GraphRunner:
         failures = [c.failure for c in self._calls.values() if c.failure]
         return failures + ([self.static_calls_off] if self.static_calls_off else [])
 
-    def release_calls(self) -> None:
+    def release_calls(self, state: Optional[BranchState] = None) -> None:
         """Drop the static calls (their buffers, CUDA graphs and the references they hold to
-        the states), so that the caches' memory can go back."""
+        the states) of one branch's `state`, or all of them, so that the caches' memory can
+        go back."""
+        if state is not None:
+            for key in [k for k in self._calls if k[2] == id(state)]:
+                del self._calls[key]
+            return
         self._calls.clear()
         self._pool = None
 

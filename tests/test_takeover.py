@@ -443,3 +443,28 @@ def test_after_release_the_same_calls_give_the_same_outputs():
         assert ctl.stats()["branches"] == ["default"] and not ctl.last_call.full
     for a, b in zip(*runs):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("options", [{}, {"cuda_graphs": True}], ids=["plain-calls", "static-calls"])
+def test_a_branch_a_generation_left_idle_is_freed_when_the_next_starts(options):
+    """Split CFG in the first generation, none in the next two: the uncond branch's caches
+    (and the static calls that hold them) go when the third generation starts (the second
+    did not call it); the images do not change (every generation starts afresh)."""
+    model, kwargs, _ = flux(b=1, h=4, w=4)
+    uncond = torch.zeros_like(kwargs["encoder_hidden_states"])
+    f, ctl = _compiled(model, num_inference_steps=STEPS, **options)
+    with torch.no_grad():
+        euler_loop(f, kwargs, cfg_split=uncond)
+        both = ctl.stats()["cache_bytes"]
+        assert ctl.stats()["branches"] == ["call1", "default"]
+        (graph,) = ctl._graphs.values()
+        uncond_state = id(next(s for (_, branch), s in ctl.store._states.items() if branch == "call1"))
+        assert any(key[2] == uncond_state for key in graph.runner._calls) == bool(options)
+        outputs = [euler_loop(f, kwargs) for _ in range(2)]
+        one = ctl.stats()["cache_bytes"]
+        assert not any(key[2] == uncond_state for key in graph.runner._calls)   # before a new id is handed out
+        fresh, _ = _compiled(copy.deepcopy(model), num_inference_steps=STEPS, **options)
+        expected = euler_loop(fresh, kwargs)
+    assert one == both // 2 and sorted(branch for _, branch in ctl.store._states) == ["default"]
+    for output in outputs:
+        torch.testing.assert_close(output, expected, rtol=0, atol=0)
