@@ -65,6 +65,7 @@ class Controller:
         self._num_calls = 0
         self._num_full_calls = 0
         self._warned_unrewritten = False
+        self._warned_late_set = False                   # set_active() after a generation's last step
         self.last_call: Optional[CallRecord] = None
         self.step_records: list[CallRecord] = []        # this generation's calls with a step
         self.branch_name: Optional[str] = None          # from cache_context, via enable()
@@ -105,8 +106,8 @@ class Controller:
         history (`"forecast"`, the default), counting each call of a branch as one step.
         Takes over from the automatic schedule: under `enable()` until the generation ends
         (the step times stay the scheduler's; call it from a step callback: a set given
-        between two pipeline calls is dropped when the next generation starts on the
-        schedule), in a bare loop for good (each call one step, counted on from the
+        after a generation's last step applies to no step, with a warning once, and the
+        next generation starts on the schedule), in a bare loop for good (each call one step, counted on from the
         schedule's last step).
         On a model jano did not rewrite, warns once with the reason; calls stay full."""
         if self._not_rewritten("set_active"):
@@ -117,6 +118,13 @@ class Controller:
                                "hold every token")
         taking_over = not self.manual and self.auto_policy.running
         self.manual_policy.set_active(index, self._num_image_tokens)
+        clock, steps = self.auto_policy.scheduler_clock, self.auto_policy.num_inference_steps
+        if clock is not None and steps is not None and clock.step >= steps and not self._warned_late_set:
+            self._warned_late_set = True
+            warnings.warn(f"jano: set_active() after the generation's last step ({steps}) applies to no "
+                          "step: enable() starts every generation on the automatic schedule. Call it from a "
+                          "step callback (callback_on_step_end) of the generation it is for (from the last "
+                          "step's callback it is harmless; said once)", stacklevel=2)
         last = self.auto_policy.last_tick
         if taking_over and self.auto_policy.scheduler_clock is None and last is not None:
             self.store.continue_time_from(last.step + 1)   # one time axis in the forecast history

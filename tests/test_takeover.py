@@ -468,3 +468,14 @@ def test_a_branch_a_generation_left_idle_is_freed_when_the_next_starts(options):
     assert one == both // 2 and sorted(branch for _, branch in ctl.store._states) == ["default"]
     for output in outputs:
         torch.testing.assert_close(output, expected, rtol=0, atol=0)
+
+
+def test_set_active_between_two_pipeline_calls_warns_that_it_applies_to_no_step():
+    pipe, inputs = flux_pipeline()
+    with torch.no_grad():
+        ctl = jano_compile.enable(pipe, CONFIG, lowering="eager")
+        _generate(pipe, inputs)
+        with pytest.warns(UserWarning, match=r"set_active\(\) after the generation's last step \(12\)"):
+            ctl.set_active(torch.tensor([0, 1]))
+        _generate(pipe, inputs)
+    assert ctl.stats()["mode"] == "auto" and "manual" not in ctl.stats()["levels"]
