@@ -17,6 +17,7 @@ the run under way.
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Callable, Mapping, Optional
 
 import torch
@@ -40,7 +41,7 @@ class AutoPolicy:
         self.scheduler_clock: Optional[SchedulerClock] = None   # set by enable()
         self._timestep_clock = TimestepClock()
         self._built_from: Optional[dict] = None
-        self._geometry: Optional[tuple] = None    # (module, its TokenGeometry), found once
+        self._geometry: Optional[tuple] = None    # (weak ref to the module, its TokenGeometry), found once
         self._slots: Optional[SequenceSlots] = None   # this generation's, where the sequence has slots
         self.last_tick = None             # of the timestep clock (a bare loop)
         self._warned_length = False
@@ -89,9 +90,12 @@ class AutoPolicy:
         self._warned_length = True
 
     def _geometry_of(self, module: Optional[torch.nn.Module]):
-        """`geometry_for(module)`, derived once per module (its class and config), not per call."""
-        if self._geometry is None or self._geometry[0] is not module:
-            self._geometry = (module, geometry_for(module))
+        """`geometry_for(module)`, derived once per module (its class and config), not per call.
+        The module is held weakly: the controller is the value of a registry entry keyed
+        weakly by that module, so a strong reference here would keep the model alive for good."""
+        held = self._geometry
+        if held is None or (held[0]() if held[0] is not None else None) is not module:
+            self._geometry = (weakref.ref(module) if module is not None else None, geometry_for(module))
         return self._geometry[1]
 
     def _on_grid(self, errors: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

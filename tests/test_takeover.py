@@ -3,7 +3,9 @@ refresh() while the schedule runs, set_active() from a step callback, a bare loo
 switches, disable() freeing the caches, backend options through enable(), and the
 warnings that say when the configured length is wrong."""
 import copy
+import gc
 import logging
+import weakref
 
 import pytest
 import torch
@@ -479,3 +481,23 @@ def test_set_active_between_two_pipeline_calls_warns_that_it_applies_to_no_step(
             ctl.set_active(torch.tensor([0, 1]))
         _generate(pipe, inputs)
     assert ctl.stats()["mode"] == "auto" and "manual" not in ctl.stats()["levels"]
+
+
+def test_a_model_that_ran_under_jano_is_freed_once_dropped():
+    """The controller is the value of a registry entry keyed weakly by its model: a strong
+    reference from the controller back to the model kept both alive (every transformer
+    driven through jano stayed in memory, disable() or not)."""
+    model, kwargs, _ = flux(b=1, h=4, w=4)
+    f, _ = _compiled(model)
+    with torch.no_grad():
+        f(**kwargs)
+    bare = weakref.ref(model)
+    pipe, inputs = flux_pipeline()
+    jano_compile.enable(pipe, lowering="eager")
+    with torch.no_grad():
+        pipe(**inputs, num_inference_steps=4)
+    enabled = weakref.ref(pipe.transformer._orig_mod)
+    jano_compile.disable(pipe)
+    del model, f, pipe
+    gc.collect()
+    assert bare() is None and enabled() is None
