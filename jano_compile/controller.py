@@ -66,6 +66,8 @@ class Controller:
         self._num_full_calls = 0
         self._warned_unrewritten = False
         self._warned_late_set = False                   # set_active() after a generation's last step
+        self.disabled = False                           # jano_compile.disable(): graphs run as captured
+        self._warned_disabled = False
         self.last_call: Optional[CallRecord] = None
         self.step_records: list[CallRecord] = []        # this generation's calls with a step
         self.branch_name: Optional[str] = None          # from cache_context, via enable()
@@ -241,6 +243,8 @@ class Controller:
 
     def run(self, graph, args):
         """One call of a compiled graph (rewritten or not) with dynamo's arguments."""
+        if self.disabled:
+            return self._run_disabled(graph, args)
         if id(graph) not in self._graphs:
             self._graphs[id(graph)] = graph
             weakref.finalize(graph, self.store.drop, id(graph))
@@ -280,6 +284,18 @@ class Controller:
             self.step_records.append(record)
         self._record(record)
         return outputs
+
+    def _run_disabled(self, graph, args):
+        """A call after `jano_compile.disable()`: a pipeline still holds the compiled
+        transformer (one made with `from_pipe()` after `enable()`). It runs as dynamo captured
+        it, without jano, said once."""
+        if not self._warned_disabled:
+            self._warned_disabled = True
+            warnings.warn(f"jano: {self.name} was disabled (jano_compile.disable), but a pipeline still "
+                          "calls its jano-compiled form (one made with from_pipe() after enable(), say): it "
+                          "runs as captured, without jano. Give that pipeline the eager transformer "
+                          "(other.transformer = pipe.transformer) or enable() jano again", stacklevel=4)
+        return graph.captured(*args)
 
     def _plan(self, graph, args) -> tuple[CallPlan, Optional[int]]:
         """The call's plan, and the generation step it counts as in stats (None: none; a

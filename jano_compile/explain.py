@@ -25,6 +25,21 @@ def explain(model: torch.nn.Module, *args, **kwargs) -> Report:
         reports.append(rewrite_graph(gm, example_inputs).report)
         return gm.forward
 
-    with torch.no_grad():
-        torch.compile(module, backend=capture, dynamic=False)(*args, **kwargs)
+    def call(*args, **kwargs):   # named as a `*args, **kwargs` forward wrapper's (input_roles)
+        # dynamo keeps what it compiles on the code it starts from: here this function's
+        # own, dropped below, and not the model's forward, whose code diffusers shares
+        # between ~30 classes (a wrapper), where each explain() would count towards the
+        # recompile limit of every later torch.compile of those models
+        return module(*args, **kwargs)
+
+    try:
+        with torch.no_grad():
+            torch.compile(call, backend=capture, dynamic=False)(*args, **kwargs)
+    finally:
+        torch._dynamo.reset_code(call.__code__)
+    if not reports:
+        raise RuntimeError(f"explain(): dynamo captured no graph of {type(module).__name__}: it ran the "
+                           "model eagerly, as it does for code it stopped compiling (after "
+                           "torch._dynamo.config.recompile_limit compiles of one function); "
+                           "torch._dynamo.reset() starts afresh")
     return Report(reports)

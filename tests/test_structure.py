@@ -139,6 +139,22 @@ def test_explain_says_what_it_takes():
         jano_compile.explain(pipe.transformer)
 
 
+def test_explain_leaves_no_compile_behind_on_the_models_code():
+    """FLUX's forward is diffusers' `*args, **kwargs` wrapper, whose code ~30 classes share:
+    explain() compiled it once per call, and past dynamo's recompile limit (8) later
+    explain() calls and torch.compile of any such model ran it eagerly, uncompiled."""
+    torch._dynamo.reset()
+    limit = torch._dynamo.config.recompile_limit
+    for _ in range(limit + 1):
+        model, kwargs, _ = FAMILIES["flux"].build(b=1)
+        assert jano_compile.explain(model.eval(), **kwargs).rewritten
+    model, kwargs, _ = FAMILIES["flux"].build(b=1)
+    compiled = torch.compile(model.eval(), backend="jano", dynamic=False, options={"lowering": "eager"})
+    with torch.no_grad():
+        compiled(**kwargs)
+    assert jano_compile.controller(compiled).stats()["rewritten"]
+
+
 def test_explain_and_dump(tmp_path):
     model, kwargs, n = FAMILIES["sd3"].build(b=1)
     model.eval()

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import jano_compile
-from jano_compile.config import JanoConfig
+from jano_compile.config import JanoConfig, explicit_options
 from jano_compile.passes.signature import Role
+from jano_compile.schedule import step_phase
 
 from .models import flux
 from .pipelines import flux_pipeline
@@ -501,3 +502,46 @@ def test_a_model_that_ran_under_jano_is_freed_once_dropped():
     del model, f, pipe
     gc.collect()
     assert bare() is None and enabled() is None
+
+
+def test_a_scheduler_swapped_in_after_enable_drives_the_clock():
+    """`pipe.scheduler = X.from_config(...)` after enable(): the new scheduler's steps are the
+    generation's steps (all calls counted as one step ran them all as warm-up, full)."""
+    pipe, inputs = flux_pipeline()
+    with torch.no_grad():
+        ctl = jano_compile.enable(pipe, CONFIG, lowering="eager")
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+        _generate(pipe, inputs)
+        swapped = ctl.stats()["levels"]
+        _generate(pipe, inputs)
+    expected = [step_phase(s, STEPS, JanoConfig(**explicit_options(CONFIG), num_inference_steps=STEPS)).value
+                for s in range(STEPS)]
+    assert swapped == ctl.stats()["levels"] == expected
+
+
+def test_a_scheduler_that_renoises_every_step_is_warned_about():
+    pipe, _ = flux_pipeline()
+    pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, stochastic_sampling=True)
+    with pytest.warns(UserWarning, match="draws fresh noise into the whole latent at every step"):
+        jano_compile.enable(pipe, lowering="eager")
+
+
+def test_a_pipeline_made_from_an_enabled_one_runs_eagerly_after_disable():
+    """from_pipe() after enable() shares the compiled transformer; after disable() on the
+    first pipeline its calls run the captured graph without jano (said once) and give
+    the eager images."""
+    from diffusers import FluxImg2ImgPipeline
+    pipe, inputs = flux_pipeline()
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = FluxImg2ImgPipeline.from_pipe(pipe)(**inputs, image=image, strength=0.8, num_inference_steps=STEPS,
+                                                       generator=torch.Generator().manual_seed(0)).images
+        ctl = jano_compile.enable(pipe, lowering="eager")
+        derived = FluxImg2ImgPipeline.from_pipe(pipe)
+        jano_compile.disable(pipe)
+        calls = ctl.calls
+        with pytest.warns(UserWarning, match="was disabled .* still calls its jano-compiled form"):
+            images = derived(**inputs, image=image, strength=0.8, num_inference_steps=STEPS,
+                             generator=torch.Generator().manual_seed(0)).images
+    assert ctl.calls == calls
+    torch.testing.assert_close(images, expected, rtol=0, atol=0)
