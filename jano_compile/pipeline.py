@@ -161,6 +161,9 @@ def _drive_clock(pipe, ctl: Controller, set_on) -> None:
 
     def drive(scheduler):
         _warn_if_renoising(scheduler)
+        for previous in driving:     # a swapped-out scheduler no longer ticks the clock
+            for name in ("set_timesteps", "set_begin_index", "step"):
+                previous.__dict__.pop(name, None)
         original_set_timesteps, original_step = scheduler.set_timesteps, scheduler.step
 
         @functools.wraps(original_set_timesteps)   # pipelines inspect its signature

@@ -510,8 +510,10 @@ def test_a_scheduler_swapped_in_after_enable_drives_the_clock():
     pipe, inputs = flux_pipeline()
     with torch.no_grad():
         ctl = jano_compile.enable(pipe, CONFIG, lowering="eager")
+        first = pipe.scheduler
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
         _generate(pipe, inputs)
+        assert not {"set_timesteps", "step"} & set(vars(first))      # the swapped-out one is left alone
         swapped = ctl.stats()["levels"]
         _generate(pipe, inputs)
     expected = [step_phase(s, STEPS, JanoConfig(**explicit_options(CONFIG), num_inference_steps=STEPS)).value
