@@ -1,7 +1,9 @@
 """Manual control meeting the automatic schedule, and what a pipeline user meets around it:
 refresh() while the schedule runs, set_active() from a step callback, a bare loop that
-switches, disable() freeing the caches, backend options through enable(), and the
-warnings that say when the configured length is wrong."""
+switches, disable() freeing the caches (and the model, once dropped), branches a
+generation left idle, a swapped scheduler, a pipeline made with from_pipe(), backend
+options through enable(), and the warnings that say when a setting or call does not do
+what it looks like."""
 import copy
 import gc
 import logging
