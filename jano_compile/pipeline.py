@@ -158,6 +158,7 @@ def _drive_clock(pipe, ctl: Controller, set_on) -> None:
         clock.start_generation(sigmas[begin:] if sigmas is not None else None)
         ctl.set_num_inference_steps(len(scheduler.timesteps) - begin)
         ctl.resume_schedule()       # set_active()/refresh() in a callback last for one generation
+        ctl.step_records = []       # stats describe this generation (none of whose calls may reach jano)
 
     def drive(scheduler):
         _warn_if_renoising(scheduler)

@@ -521,6 +521,8 @@ def test_a_scheduler_swapped_in_after_enable_drives_the_clock():
     expected = [step_phase(s, STEPS, JanoConfig(**explicit_options(CONFIG), num_inference_steps=STEPS)).value
                 for s in range(STEPS)]
     assert swapped == ctl.stats()["levels"] == expected
+    pipe.scheduler.set_timesteps(STEPS)        # a new generation, no step yet: no stale levels
+    assert ctl.stats()["levels"] == [] and ctl.stats()["compute_saved"] == 0.0
 
 
 def test_a_scheduler_that_renoises_every_step_is_warned_about():
