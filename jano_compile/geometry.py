@@ -29,7 +29,10 @@ every other slot computed whenever any grid token is.
 Where the derivation cannot decide, `image_tokens` raises `GeometryError` with the reason
 (the automatic schedule then stays off) rather than return a wrong grid. The one table
 left, `video_layout_table()`, is keyed by class and read only when a 5-D input is
-ambiguous (several of its axes could hold the channels).
+ambiguous (several of its axes could hold the channels: frames == channels, as Wan's and
+HunyuanVideo's 16 channels at 16 latent frames, 61 video frames); it lists the classes that
+take frames first, and every other class whose config names its channels takes diffusers'
+convention, [B, C, F, H, W].
 
     geometry = geometry_for(model)                                   # cheap: class and config
     tokens, grid = image_tokens(geometry, hidden_states, img_ids)          # per warm-up step
@@ -348,8 +351,9 @@ def latent_layout(geometry: TokenGeometry, hidden_states: torch.Tensor,
 def _video_layout(geometry: TokenGeometry, shape: tuple, num_tokens: Optional[int]) -> str:
     """The layout of a video: the one whose channel axis holds the config's `in_channels`;
     where several do, the class's table entry, else the one whose patch grid holds the
-    graph's `num_tokens`. A config without `in_channels` (Kandinsky names them
-    `in_visual_dim` and widens them with conditioning channels) leaves all three open."""
+    graph's `num_tokens`, else diffusers' convention (channels first) where the config names
+    the channels. A config without `in_channels` (Kandinsky names them `in_visual_dim`,
+    widens them with conditioning channels and takes them last) leaves all three open."""
     c = geometry.in_channels
     layouts = [layout for layout, axis in VIDEO_CHANNEL_AXIS.items() if c is None or shape[axis] == c]
     if not layouts:
@@ -360,16 +364,17 @@ def _video_layout(geometry: TokenGeometry, shape: tuple, num_tokens: Optional[in
         return geometry.video_layout
     held = f"the config's {c} channels" if c is not None else "channels (the config has no in_channels)"
     axes = [VIDEO_CHANNEL_AXIS[layout] for layout in layouts]
-    if num_tokens is None or geometry.patch is None:
-        raise GeometryError(f"video {shape}: axes {axes} could hold {held}; add the class to "
-                            "geometry.video_layout_table()")
-    fits = [layout for layout in layouts
-            if torch.Size(_video_grid(shape, layout, geometry.patch)).numel() == num_tokens]
-    if len(fits) != 1:
-        raise GeometryError(f"video {shape}: axes {axes} could hold {held}, and {len(fits)} of these layouts "
-                            f"cut it into the graph's {num_tokens} image tokens; add the class to "
-                            "geometry.video_layout_table()")
-    return fits[0]
+    candidates, cut = layouts, ""
+    if num_tokens is not None and geometry.patch is not None:
+        candidates = [layout for layout in layouts
+                      if torch.Size(_video_grid(shape, layout, geometry.patch)).numel() == num_tokens]
+        if len(candidates) == 1:
+            return candidates[0]
+        cut = f", and {len(candidates)} of these layouts cut it into the graph's {num_tokens} image tokens"
+    if c is not None and VIDEO_CF in candidates:
+        return VIDEO_CF         # diffusers' convention; the table lists the classes that differ
+    raise GeometryError(f"video {shape}: axes {axes} could hold {held}{cut}; add the class to "
+                        "geometry.video_layout_table()")
 
 
 def _video_grid(shape: tuple, layout: str, patch: tuple[int, int, int]) -> tuple[int, int, int]:

@@ -269,11 +269,22 @@ def test_patchify_inverts_the_models_unpatchify(layout, b, frames, h, w, patch, 
     torch.testing.assert_close(got, expected)
 
 
-def test_what_cannot_be_derived_raises_instead_of_guessing_a_grid():
-    with pytest.raises(GeometryError, match=r"axes \[1, 2\] could hold the config's 4 channels"):
-        image_tokens(IMAGE, torch.randn(1, 4, 4, 4, 6))
+def test_frames_equal_to_channels_take_the_tables_layout_else_diffusers_convention():
+    """[B, 4, 4, H, W] with 4 channels: channels first (Wan, HunyuanVideo: 16 channels at 16
+    latent frames), unless the table says frames first (CogVideoX): each layout's own tokens."""
+    tokens = torch.randn(1, 4 * 2 * 3, 4 * 4)                            # F=4, h=2, w=3; (C=4, 2 x 2 patch)
+    by_frame = tokens.view(1, 4, 2, 3, 4, 2, 2).permute(0, 1, 4, 2, 5, 3, 6).reshape(1, 4, 4, 4, 6)  # [B, F, C, H, W]
     frames_first = TokenGeometry("x", (1, 2, 2), 4, "video_fc")          # what the table says for CogVideoX
-    assert image_tokens(frames_first, torch.randn(1, 4, 4, 4, 6))[1] == (4, 2, 3)
+    got, grid = image_tokens(frames_first, by_frame, num_tokens=24)
+    assert grid == (4, 2, 3)
+    torch.testing.assert_close(got, tokens)
+    for num_tokens in (24, None):                                        # both layouts hold 24 tokens
+        got, grid = image_tokens(IMAGE, by_frame.transpose(1, 2), num_tokens=num_tokens)   # [B, C, F, H, W]
+        assert grid == (4, 2, 3)
+        torch.testing.assert_close(got, tokens)
+
+
+def test_what_cannot_be_derived_raises_instead_of_guessing_a_grid():
     with pytest.raises(GeometryError, match="channel axis"):              # no axis holds the 4 channels
         image_tokens(IMAGE, torch.randn(1, 2, 8, 12, 3))
     unnamed = TokenGeometry("x", (1, 2, 2), None)                        # Kandinsky: no in_channels
