@@ -201,10 +201,10 @@ class Controller:
 
     def _schedule_stats(self) -> dict:
         schedule = self.schedule
-        if schedule is None:
-            return {}
-        analysis = schedule.analysis
         generation = self.step_records
+        if schedule is None and not generation:
+            return {}
+        analysis = schedule.analysis if schedule is not None else None
         first = {}
         for c in generation:
             first.setdefault(c.step, c)
@@ -216,9 +216,9 @@ class Controller:
             "medium_fraction_map": analysis.medium_fraction if analysis else None,
             "compute_saved": 1 - sum(c.active for c in generation) / total if total else 0.0,
             "branches": sorted({c.branch for c in generation}),
-            "reranks": schedule.reranks,
-            "periods": (schedule.periods.token_fractions()
-                        if schedule.periods is not None and schedule.periods.token_periods is not None else None),
+            "reranks": schedule.reranks if schedule is not None else 0,
+            "periods": (schedule.periods.token_fractions() if schedule is not None and schedule.periods is not None
+                        and schedule.periods.token_periods is not None else None),
         }
 
     def _not_rewritten(self, what: str) -> bool:
@@ -315,8 +315,9 @@ class Controller:
         if self.auto_policy.scheduler_clock is None:
             return plan, None
         # under enable(): the scheduler's step time, and the step counts in the generation's stats
+        # ("off": the automatic schedule turned off and no set_active(): every token computed)
         plan = dataclasses.replace(plan, time=tick.time if tick.time is not None else float(tick.step),
-                                   phase="manual")
+                                   phase="manual" if self.manual else "off")
         return plan, tick.step
 
     def _token_errors(self, graph) -> Optional[torch.Tensor]:

@@ -106,7 +106,14 @@ class Report:
         reasons = self.reasons
         if not reasons and not any(g.rewritten for g in self.graphs):
             reasons = [g.reason or "no reason recorded" for g in self.graphs]
-        return "; ".join(dict.fromkeys(reasons)) if reasons else None
+        if not reasons:
+            return None
+        text = "; ".join(dict.fromkeys(reasons))
+        if len(self.graphs) > 1 and not any(g.rewritten for g in self.graphs):
+            text = (f"{len(self.graphs)} graphs, none rewritten (where dynamo split the forward at graph "
+                    "breaks, jano sees pieces of it: torch._dynamo.explain(model)(**inputs) lists the breaks; "
+                    f"jano rewrites a forward captured as one graph): {text}")
+        return text
 
     def to_json(self) -> str:
         return json.dumps([g.to_dict() for g in self.graphs], indent=2, default=str)

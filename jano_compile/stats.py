@@ -27,7 +27,8 @@ class Stats(Mapping):
     auto_disabled           why the automatic schedule is off, if it is
     levels ... branches     this generation under the automatic schedule (None before it),
                             its steps under set_active() from a step callback of enable()'s
-                            included (level "manual"; a bare loop's manual calls are not
+                            included (level "manual"; "off" where the schedule turned off,
+                            see auto_disabled; a bare loop's manual calls are not
                             steps of a generation: not counted); analysis_seconds: the last
                             analysis or re-ranking, reranks: re-rankings by measured error
                             (levels_from="error") or period assignments (work=...); periods:

@@ -551,3 +551,22 @@ def test_a_pipeline_made_from_an_enabled_one_runs_eagerly_after_disable():
                              generator=torch.Generator().manual_seed(0)).images
     assert ctl.calls == calls
     torch.testing.assert_close(images, expected, rtol=0, atol=0)
+
+
+def test_steps_after_the_schedule_turned_off_read_off_not_manual(monkeypatch):
+    """Under enable(), a schedule that turns off (its grid cannot be derived) computes every
+    token; its steps are "off" in the levels and the progress bar, not "manual" (no
+    set_active() was called)."""
+    import jano_compile.auto_policy as auto_policy
+    from jano_compile.geometry import GeometryError
+
+    def underivable(module):
+        raise GeometryError("a grid this test does not let be derived")
+    monkeypatch.setattr(auto_policy, "geometry_for", underivable)
+    pipe, inputs = flux_pipeline()
+    with torch.no_grad():
+        ctl = jano_compile.enable(pipe, CONFIG, lowering="eager")
+        _generate(pipe, inputs)
+    stats = ctl.stats()
+    assert "does not let be derived" in stats["auto_disabled"] and stats["mode"] == "auto"
+    assert stats["levels"] == ["off"] * STEPS and stats["compute_saved"] == 0.0
