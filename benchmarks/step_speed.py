@@ -16,7 +16,8 @@ as plain Inductor on only the T + n tokens, plus for each attention layer the ex
 T + n queries against T + N keys over T + n keys (scaled_dot_product_attention compiled by
 Inductor, as inside a graph; `--eager-attention` times it eagerly, as earlier runs did),
 each layer reading its own K/V as a graph's layers do (before 2026-11-27 one K/V served every
-call and stayed in cache: a bound up to ~6% too low on this CPU); the bound graph is timed both ways too, so each jano time has a bound timed alike.
+call and stayed in cache: the 10% bound came out ~2% low on this CPU); the bound graph is
+timed both ways too, so each jano time has a bound timed alike.
 On CUDA it also reports the peak memory of plain and of jano, each alone.
 """
 from __future__ import annotations

@@ -52,10 +52,13 @@ class AutoPolicy:
         return self.schedule is not None and self.off_reason is None
 
     def restart_clock(self) -> None:
-        """Count a bare loop's calls afresh: the next call starts a generation, whatever
-        timestep the last one had."""
+        """Count calls afresh: the next call starts a generation, whatever timestep the last
+        one had (a bare loop), and whatever generation a new clock counts from (enable()
+        again after disable()): the schedule forgets which generation it last saw."""
         self._timestep_clock = TimestepClock()
         self.last_tick = None
+        if self.schedule is not None:
+            self.schedule.generation = None
 
     def set_num_inference_steps(self, num_steps: Optional[int]) -> None:
         self.num_inference_steps = num_steps

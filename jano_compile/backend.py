@@ -43,7 +43,7 @@ def jano_backend(gm: fx.GraphModule, example_inputs, mode=None, options=None):
         variants = {"full_step": runner.full, "skip_tail": runner.tail}
         write_dump(opts.dump_dir, report, gm, rewritten,
                    {name: v.gm for name, v in variants.items() if v is not None})
-    return CompiledGraph(report, runner, None, captured=gm.forward,
+    return CompiledGraph(report, runner, None,
                          grid_hint=_read_geometry(grid_from_graph, gm, sig.num_image_tokens),
                          latent_rows=_read_geometry(latent_rows_from_graph, gm), **common)
 

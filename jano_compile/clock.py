@@ -97,7 +97,7 @@ class SchedulerClock:
     calls_in_step: int = 0
     times: Optional[list] = None     # per step: the scheduler's sigma (fp32), if it has them
     warned_branches: bool = False
-    before_tick: Optional[Callable[[], None]] = None   # enable(): follows a swapped scheduler
+    on_call: Optional[Callable[[], None]] = None   # at each model call, first (enable(): a swapped scheduler)
 
     def start_generation(self, times: Optional[list] = None) -> None:
         self.generation += 1
@@ -109,8 +109,6 @@ class SchedulerClock:
         self.calls_in_step = 0
 
     def tick(self) -> Tick:
-        if self.before_tick is not None:
-            self.before_tick()
         time = self.times[self.step] if self.times and self.step < len(self.times) else None
         call, self.warned_branches = _branch_call(self.calls_in_step, self.warned_branches)
         self.calls_in_step += 1

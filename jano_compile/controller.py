@@ -65,9 +65,6 @@ class Controller:
         self._num_calls = 0
         self._num_full_calls = 0
         self._warned_unrewritten = False
-        self._warned_late_set = False                   # set_active() after a generation's last step
-        self.disabled = False                           # jano_compile.disable(): graphs run as captured
-        self._warned_disabled = False
         self.last_call: Optional[CallRecord] = None
         self.step_records: list[CallRecord] = []        # this generation's calls with a step
         self.branch_name: Optional[str] = None          # from cache_context, via enable()
@@ -108,8 +105,8 @@ class Controller:
         history (`"forecast"`, the default), counting each call of a branch as one step.
         Takes over from the automatic schedule: under `enable()` until the generation ends
         (the step times stay the scheduler's; call it from a step callback: a set given
-        after a generation's last step applies to no step, with a warning once, and the
-        next generation starts on the schedule), in a bare loop for good (each call one step, counted on from the
+        after a generation's last step applies to no step, as the next generation starts
+        on the schedule), in a bare loop for good (each call one step, counted on from the
         schedule's last step).
         On a model jano did not rewrite, warns once with the reason; calls stay full."""
         if self._not_rewritten("set_active"):
@@ -120,13 +117,6 @@ class Controller:
                                "hold every token")
         taking_over = not self.manual and self.auto_policy.running
         self.manual_policy.set_active(index, self._num_image_tokens)
-        clock, steps = self.auto_policy.scheduler_clock, self.auto_policy.num_inference_steps
-        if clock is not None and steps is not None and clock.step >= steps and not self._warned_late_set:
-            self._warned_late_set = True
-            warnings.warn(f"jano: set_active() after the generation's last step ({steps}) applies to no "
-                          "step: enable() starts every generation on the automatic schedule. Call it from a "
-                          "step callback (callback_on_step_end) of the generation it is for (from the last "
-                          "step's callback it is harmless; said once)", stacklevel=2)
         last = self.auto_policy.last_tick
         if taking_over and self.auto_policy.scheduler_clock is None and last is not None:
             self.store.continue_time_from(last.step + 1)   # one time axis in the forecast history
@@ -243,8 +233,6 @@ class Controller:
 
     def run(self, graph, args):
         """One call of a compiled graph (rewritten or not) with dynamo's arguments."""
-        if self.disabled:
-            return self._run_disabled(graph, args)
         if id(graph) not in self._graphs:
             self._graphs[id(graph)] = graph
             weakref.finalize(graph, self.store.drop, id(graph))
@@ -285,21 +273,12 @@ class Controller:
         self._record(record)
         return outputs
 
-    def _run_disabled(self, graph, args):
-        """A call after `jano_compile.disable()`: a pipeline still holds the compiled
-        transformer (one made with `from_pipe()` after `enable()`). It runs as dynamo captured
-        it, without jano, said once."""
-        if not self._warned_disabled:
-            self._warned_disabled = True
-            warnings.warn(f"jano: {self.name} was disabled (jano_compile.disable), but a pipeline still "
-                          "calls its jano-compiled form (one made with from_pipe() after enable(), say): it "
-                          "runs as captured, without jano. Give that pipeline the eager transformer "
-                          "(other.transformer = pipe.transformer) or enable() jano again", stacklevel=4)
-        return graph.captured(*args)
-
     def _plan(self, graph, args) -> tuple[CallPlan, Optional[int]]:
         """The call's plan, and the generation step it counts as in stats (None: none; a
         manual call in a bare loop has no generation)."""
+        clock = self.auto_policy.scheduler_clock
+        if clock is not None and clock.on_call is not None:
+            clock.on_call()          # before `manual` is read: a swapped scheduler may start a generation
         if not self.manual:
             plan = self.auto_policy.plan(graph, args, self.module, self.branch_name,
                                          token_errors=lambda: self._token_errors(graph))

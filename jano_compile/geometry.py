@@ -17,7 +17,7 @@ and input channels, and each call the rest, from the rank of `hidden_states`:
                      A video's layout is the one whose channel axis holds the config's
                      `in_channels`; where several axes do (or the config names none), the
                      class's table entry, else the one whose patch grid holds the graph's
-                     image tokens
+                     image tokens, else (the config names its channels) channels first
 
 A packed sequence may hold slots that are not the latent's (Ideogram 4 packs [padding | text |
 image] into `hidden_states` and zeroes all but the image rows with a mask of a role input):

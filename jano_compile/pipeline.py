@@ -17,8 +17,9 @@ import contextlib
 import functools
 import logging
 import warnings
+import weakref
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 
@@ -35,8 +36,10 @@ _HANDLE = "_jano_handle"
 @dataclass
 class _Handle:
     transformer: torch.nn.Module
+    compiled: torch.nn.Module     # torch.compile's wrapper of `transformer`
     controller: Controller
     patched: list          # (object, attribute name) set on instances
+    follow_scheduler: Callable[[], None]    # the scheduler clock's on_call, which it holds weakly
 
 
 def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
@@ -67,13 +70,16 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
         raise TypeError(f"jano_compile.enable() sets {' and '.join(fixed)} itself (backend='jano', "
                         "dynamic=False: one static graph per shape, what jano rewrites); leave "
                         f"{' and '.join(fixed)} out")
+    if not callable(getattr(getattr(pipe, "scheduler", None), "set_timesteps", None)):
+        raise TypeError(f"{type(pipe).__name__} has no scheduler with set_timesteps(): enable() counts the "
+                        "steps through it; give the pipeline its scheduler, or compile the transformer with "
+                        "torch.compile(..., backend='jano') for a loop of your own")
     _warn_second_transformer(pipe)
     options = _merged_options(config, lowering, mode, options)
     ctl = controller(transformer)
     if ctl.auto_policy.scheduler_clock is not None:
         raise RuntimeError("this transformer is already enabled on another pipeline (one schedule clock "
                            "per model): call jano_compile.disable() on that pipeline first")
-    ctl.disabled = False
     compiled = torch.compile(transformer, backend="jano", dynamic=False, options=options,
                              **compile_kwargs)
     patched = []
@@ -83,11 +89,11 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
         patched.append((obj, name))
 
     _name_branches(transformer, ctl, set_on)
-    _drive_clock(pipe, ctl, set_on)
+    follow_scheduler = _drive_clock(pipe, ctl, set_on)
     _show_levels(pipe, ctl, set_on)
     _save_overlays(pipe, ctl, set_on)
     pipe.transformer = compiled
-    setattr(pipe, _HANDLE, _Handle(transformer, ctl, patched))
+    setattr(pipe, _HANDLE, _Handle(transformer, compiled, ctl, patched, follow_scheduler))
     return ctl
 
 
@@ -142,11 +148,12 @@ class _Generation:
     warned: bool = False
 
 
-def _drive_clock(pipe, ctl: Controller, set_on) -> None:
+def _drive_clock(pipe, ctl: Controller, set_on) -> Callable[[], None]:
     """The scheduler drives the step clock: `set_timesteps` (or `set_begin_index`, img2img)
     starts a generation and gives its length, `step` ends a step; no timestep is read from
     the device. A scheduler swapped in after enable() (`pipe.scheduler = X.from_config(...)`)
-    is found at the next model call, whose generation it then starts."""
+    is found at the next model call, whose generation it then starts. Returns what the
+    pipeline's handle must keep alive."""
     clock = SchedulerClock()
     ctl.auto_policy.scheduler_clock = clock
     generation = _Generation(ctl.calls)
@@ -196,13 +203,18 @@ def _drive_clock(pipe, ctl: Controller, set_on) -> None:
         driving[:] = [scheduler]
 
     def follow_a_swap():
-        scheduler = pipe.scheduler
+        scheduler = getattr(pipe, "scheduler", None)
         if scheduler is not driving[0] and hasattr(scheduler, "set_timesteps"):
             drive(scheduler)    # its set_timesteps ran unwatched: this call starts the generation
             start_generation(scheduler, getattr(scheduler, "begin_index", None) or 0)
 
     drive(pipe.scheduler)
-    clock.before_tick = follow_a_swap
+    # the controller holds the clock, and `follow_a_swap` reaches the pipeline: the clock holds
+    # it weakly, the pipeline (its handle) strongly, so a pipeline dropped without disable()
+    # is freed with its transformer
+    follow = weakref.ref(follow_a_swap)
+    clock.on_call = lambda: follow() and follow()()
+    return follow_a_swap
 
 
 #: Schedulers that draw fresh noise into the whole latent at every step (they re-noise the
@@ -306,7 +318,7 @@ def _save_overlay(ctl: Controller, decoded) -> None:
 def disable(pipe) -> None:
     """Undo `enable`: the pipeline gets its eager transformer back, and the caches' memory
     is freed. A pipeline that still holds the compiled transformer (made with `from_pipe()`
-    after `enable()`) runs it as dynamo captured it, without jano, with a warning."""
+    after `enable()`) calls the eager transformer through it from then on."""
     handle: Optional[_Handle] = getattr(pipe, _HANDLE, None)
     if handle is None:
         raise RuntimeError("jano is not enabled on this pipeline")
@@ -314,6 +326,8 @@ def disable(pipe) -> None:
         obj.__dict__.pop(name, None)
     handle.controller.auto_policy.scheduler_clock = None
     handle.controller.release()
-    handle.controller.disabled = True
+    # a pipeline made with from_pipe() after enable() holds the compiled transformer too:
+    # from now on it calls the eager one (OptimizedModule's forward is an instance attribute)
+    handle.compiled.forward = handle.transformer.__call__
     pipe.transformer = handle.transformer
     delattr(pipe, _HANDLE)

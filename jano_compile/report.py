@@ -110,9 +110,9 @@ class Report:
             return None
         text = "; ".join(dict.fromkeys(reasons))
         if len(self.graphs) > 1 and not any(g.rewritten for g in self.graphs):
-            text = (f"{len(self.graphs)} graphs, none rewritten (where dynamo split the forward at graph "
-                    "breaks, jano sees pieces of it: torch._dynamo.explain(model)(**inputs) lists the breaks; "
-                    f"jano rewrites a forward captured as one graph): {text}")
+            text = (f"{len(self.graphs)} graphs, none rewritten (several graphs come from runs at several "
+                    "shapes, or from graph breaks that split the forward into pieces, which jano cannot "
+                    f"rewrite: torch._dynamo.explain(model)(**inputs) lists the breaks): {text}")
         return text
 
     def to_json(self) -> str:

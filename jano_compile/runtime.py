@@ -38,13 +38,10 @@ class CompiledGraph:
     def __init__(self, report: GraphReport, runner: Optional[GraphRunner],
                  unrewritten: Optional[Callable], param_positions: list[int], roles: InputRoles,
                  schedule_options: Mapping, grid_hint: Optional[tuple[int, int, int]] = None,
-                 latent_rows: Optional[LatentRows] = None, captured: Optional[Callable] = None):
+                 latent_rows: Optional[LatentRows] = None):
         self.report = report
         self.runner = runner
         self.unrewritten = unrewritten
-        # the graph as dynamo captured it, run eagerly: what a rewritten graph runs once its
-        # model is disabled (jano_compile.disable) while a pipeline still calls it
-        self.captured = captured if captured is not None else unrewritten
         self.param_positions = param_positions
         self.roles = roles
         self.schedule_options = dict(schedule_options)

@@ -210,6 +210,8 @@ def test_unrewritten_model_runs_as_eager_with_a_fallback_reason(name):
     split = stats["graphs"] > 1           # QwenImage 2.1 breaks into pieces, the MLP does not
     assert split == (name == "qwenimage21")
     assert ("graph breaks" in reason and "torch._dynamo.explain" in reason) == split
+    assert NOT_REWRITTEN[name][1] in reason or name == "qwenimage21"    # its pieces' own reasons follow
+    assert "{text}" not in reason
 
 
 def test_qwenimage21_empty_graph_holds_no_image_tokens():

@@ -155,6 +155,18 @@ def test_explain_leaves_no_compile_behind_on_the_models_code():
     assert jano_compile.controller(compiled).stats()["rewritten"]
 
 
+def test_explain_names_positional_inputs_as_the_models_compile_does():
+    """explain() passes inputs by the forward's parameter names: a toy DiT whose forward
+    takes `sample` is not rewritten by explain() either (it was, as `args[0]`), and one that
+    takes `hidden_states` positionally is."""
+    class SampleDiT(ToyDiT):
+        def forward(self, sample):
+            return super().forward(sample)
+    x = torch.randn(1, 4, 8, 8)
+    assert not jano_compile.explain(SampleDiT().eval(), x).rewritten
+    assert jano_compile.explain(ToyDiT().eval(), x).rewritten
+
+
 def test_explain_and_dump(tmp_path):
     model, kwargs, n = FAMILIES["sd3"].build(b=1)
     model.eval()
