@@ -12,9 +12,9 @@ Two sources, one `Tick`:
   pass 1 - sigma); a later move that way starts the next step, a move back a new
   generation, which learns the direction again (so a warm-up call at another timestep
   costs one generation, not every later one), an equal timestep is another branch of the
-  same step (split CFG). Solvers
-  that call the model twice per step at different timesteps (Heun, DPM-2), and timesteps
-  rounded to equal values between steps (bf16 at 100 steps) break this count.
+  same step (split CFG). Solvers that call the model twice per step at different
+  timesteps (Heun, DPM-2), and timesteps rounded to equal values between steps (bf16 at
+  100 steps) break this count.
 
 Each branch of a step has caches of its own (a set of K/V per branch), so calls within one
 step count as at most MAX_BRANCHES branches: more calls at one timestep (a warm-up or
