@@ -157,7 +157,7 @@ def _drive_clock(pipe, ctl: Controller, set_on) -> Callable[[], None]:
     clock = SchedulerClock()
     ctl.auto_policy.scheduler_clock = clock
     generation = _Generation(ctl.calls)
-    driving = []          # the scheduler whose calls drive the clock
+    driving = None        # the scheduler whose calls drive the clock
 
     def start_generation(scheduler, begin: int = 0):
         generation.calls_at_start = ctl.calls
@@ -168,10 +168,11 @@ def _drive_clock(pipe, ctl: Controller, set_on) -> Callable[[], None]:
         ctl.step_records = []       # stats describe this generation (none of whose calls may reach jano)
 
     def drive(scheduler):
+        nonlocal driving
         _warn_if_renoising(scheduler)
-        for previous in driving:     # a swapped-out scheduler no longer ticks the clock
+        if driving is not None:      # a swapped-out scheduler no longer ticks the clock
             for name in ("set_timesteps", "set_begin_index", "step"):
-                previous.__dict__.pop(name, None)
+                driving.__dict__.pop(name, None)
         original_set_timesteps, original_step = scheduler.set_timesteps, scheduler.step
 
         @functools.wraps(original_set_timesteps)   # pipelines inspect its signature
@@ -200,11 +201,11 @@ def _drive_clock(pipe, ctl: Controller, set_on) -> Callable[[], None]:
                 generation.warned = True
             return result
         set_on(scheduler, "step", step)
-        driving[:] = [scheduler]
+        driving = scheduler
 
     def follow_a_swap():
         scheduler = getattr(pipe, "scheduler", None)
-        if scheduler is not driving[0] and hasattr(scheduler, "set_timesteps"):
+        if scheduler is not driving and hasattr(scheduler, "set_timesteps"):
             drive(scheduler)    # its set_timesteps ran unwatched: this call starts the generation
             start_generation(scheduler, getattr(scheduler, "begin_index", None) or 0)
 

@@ -30,6 +30,12 @@ def _history_times(ctl) -> list:
     return ctl.store.tensors_of(id(graph), Role.HISTORY_TIME)
 
 
+def _planned_levels() -> list:
+    """The level of each of STEPS steps under CONFIG, as the schedule plans them."""
+    config = JanoConfig(**explicit_options(CONFIG), num_inference_steps=STEPS)
+    return [step_phase(s, STEPS, config).value for s in range(STEPS)]
+
+
 def _compiled(model, **options):
     """(compiled model, its controller): jano on `model`, lowered eagerly, static shapes
     from dynamo, `options` besides."""
@@ -511,8 +517,7 @@ def test_a_scheduler_swapped_in_after_enable_drives_the_clock():
         assert not {"set_timesteps", "step"} & set(vars(first))      # the swapped-out one is left alone
         swapped = ctl.stats()["levels"]
         _generate(pipe, inputs)
-    expected = [step_phase(s, STEPS, JanoConfig(**explicit_options(CONFIG), num_inference_steps=STEPS)).value
-                for s in range(STEPS)]
+    expected = _planned_levels()
     assert swapped == ctl.stats()["levels"] == expected
     pipe.scheduler.set_timesteps(STEPS)        # a new generation, no step yet: no stale levels
     assert ctl.stats()["levels"] == [] and ctl.stats()["compute_saved"] == 0.0
@@ -570,8 +575,7 @@ def test_after_release_a_bare_loop_at_another_resolution_starts_a_generation():
     model, kwargs, _ = flux(b=1, h=8, w=8)
     small = flux(b=1, h=4, w=4)[1]
     f, ctl = _compiled(model, num_inference_steps=STEPS, **explicit_options(CONFIG))
-    expected = [step_phase(s, STEPS, JanoConfig(**explicit_options(CONFIG), num_inference_steps=STEPS)).value
-                for s in range(STEPS)]
+    expected = _planned_levels()
     with torch.no_grad():
         euler_loop(f, kwargs, steps=STEPS)
         ctl.release()
@@ -591,6 +595,5 @@ def test_a_scheduler_swapped_after_a_generation_under_set_active_starts_on_the_s
         _generate(pipe, inputs, take_over)
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
         _generate(pipe, inputs)
-    expected = [step_phase(s, STEPS, JanoConfig(**explicit_options(CONFIG), num_inference_steps=STEPS)).value
-                for s in range(STEPS)]
+    expected = _planned_levels()
     assert ctl.stats()["levels"] == expected and ctl.stats()["mode"] == "auto"
