@@ -54,9 +54,10 @@ SHAPES = {"auto": None, "static": True, "symbolic": False}
 def add_shapes_arg(parser) -> None:
     """`--shapes`: jano's `static_shapes` option (see `shapes_option`)."""
     parser.add_argument("--shapes", choices=tuple(SHAPES), default="auto",
-                        help="jano's partial-step graphs: auto (jano's default: static per length on CUDA "
-                             "without CUDA graphs, else one symbolic graph, captured per length under "
-                             "reduce-overhead), static (static_shapes=True) or symbolic (static_shapes=False)")
+                        help="jano's graphs: auto (jano's default: one symbolic graph for every step, captured per "
+                             "length under reduce-overhead; before 2026-11-27 static per length on CUDA "
+                             "without CUDA graphs, and a full-step graph on CUDA), static (static_shapes=True: "
+                             "a graph per length and one for full steps) or symbolic (static_shapes=False)")
 
 
 def shapes_option(args) -> dict:

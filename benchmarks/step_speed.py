@@ -52,7 +52,8 @@ def parse_args(argv):
                    help="skip the bound graphs (one plain compile per partial fraction; for the full depth)")
     p.add_argument("--full-through-partial", action="store_true",
                    help="also time every token as a partial step (set_active of all N): the partial graph at "
-                        "n = N, against the full-step graph jano compiles for full steps on CUDA")
+                        "n = N, against the full-step graph (which full steps run only with --shapes static since "
+                        "2026-11-27: with the default shapes both are the same graph and static call)")
     p.add_argument("--eager-attention", action="store_true",
                    help="the bound's extra attention timed eagerly (as before 2026-11-26 night) instead of "
                         "compiled by Inductor")

@@ -2,8 +2,8 @@
 
 Keys: `lowering` ("inductor", the default, or "eager": run the rewritten FX graph in
 Python, for tests and debugging), `dump_dir` (also the env var JANO_DUMP_DIR),
-`static_shapes` (one graph per active-token count instead of one symbolic graph; default
-on CUDA without CUDA graphs), `static_buckets` (under static shapes or CUDA graphs, index
+`static_shapes` (one graph per active-token count, and one for full steps, instead of the
+one symbolic graph; default off), `static_buckets` (under static shapes or CUDA graphs, index
 sets that are neither one of the automatic schedule's regions nor a set the user keeps
 (manual_policy.py) are padded to a multiple of N / static_buckets tokens, default 16: more
 buckets, less padding, more compiles or captures; see the README's bucket measurement),
@@ -54,7 +54,7 @@ class Options:
     lowering: str = "inductor"
     dump_dir: Optional[str] = None
     mode: Optional[str] = None
-    static_shapes: Optional[bool] = None   # None: on CUDA
+    static_shapes: Optional[bool] = None   # None: off (the symbolic graph)
     cuda_graphs: Optional[bool] = None     # None: with mode reduce-overhead / max-autotune on CUDA
     static_buckets: Optional[int] = None    # padded lengths: multiples of N / static_buckets
                                             # (None: STATIC_BUCKETS)

@@ -4,9 +4,9 @@ from the graph's signature.
 
 Which lowered variant a step runs:
 
-    step                       symbolic (CPU, CUDA graphs)      static shapes (CUDA without graphs)
+    step                       symbolic (the default)           static shapes (`static_shapes=True`)
     full                       rewritten graph, index 0..N-1    `full` variant: every token at the
-                               (on CUDA: the `full` variant)    static length N, no gather; it
+                                                                static length N, no gather; it
                                                                 fills the caches (dense_variant.py)
     partial, n tokens          rewritten graph, symbolic n;     one graph per exact n (the automatic
                                under static calls captured      schedule's region sets, the sets a
@@ -17,24 +17,26 @@ Which lowered variant a step runs:
                                                                 MAX_STATIC_GRAPHS, then symbolic
     no token due               skip tail                        skip tail
 
-Full steps fill the caches even when no later step reads them: the variant writes K and V
-once, straight into the caches its attention then reads, while a second full-step graph that
-skips the writes would cost a compile (~16 s at FLUX.1-dev width, 5 + 10 blocks, H100) and
-a capture per branch. On a CPU the symbolic graph runs a full step as fast as a static one
-(2 + 4-block FLUX: 0.95x against 0.98x of plain, within noise), so it serves both there: one
-compile; on a GPU the full step gets its graph (the H200 once measured a symbolic
-single-stream cat/GELU kernel at 3x the static one's time).
+The symbolic graph serves every step by default, on a GPU too: one compile per rewritten
+graph. On an H200 (torch 2.11, FLUX.1-dev width at 5 + 10 blocks, bf16, 2026-11-27) it ran
+a full step at least as fast as the `full` variant in both modes, the settings taking turns
+call by call (per call / back to back, against plain Inductor: default mode 1.02x / 0.99x
+against 1.04x / 1.05x; reduce-overhead 1.03x / 0.98x against 1.04x / 1.04x), and its
+partial steps came within 1.10x / 1.05x of their bound uncaptured. (An earlier H200 run,
+when every size of the rewritten graph was lowered symbolic, put one symbolic cat/GELU
+kernel at 3x its static time; only the index length is symbolic now.) Under static calls a
+full step shares the capture of a partial step of all N tokens. Full steps fill the caches
+even when no later step reads them: the `full` variant writes K and V once, straight into
+the caches its attention then reads.
 
 With `static_calls` every call runs through a `StaticCall` (static_call.py): on CUDA one
-captured CUDA graph per (variant, length, branch), replayed each step. There the partial
-steps run the one symbolic graph unless the user sets `static_shapes=True`: captured per
-length it ran at least as fast as the per-length static graphs (H200, FLUX.1-dev width,
-5 + 10 blocks, 30% active: 15.5 ms at 1229 tokens against 16.6 ms for the static graph
-padded to 1280, whose 51 padding rows an H100 profile put at ~0.5 ms; a 50-step generation
-with the schedule's exact sets: 1.58x plain) at one compile for every length instead of one
-per length. Sets other than the schedule's regions are padded to buckets there too, so that
-a policy whose set changes size every step captures a bounded number of lengths rather than
-one per step.
+captured CUDA graph per (variant, length, branch), replayed each step. Captured per length
+the symbolic graph ran at least as fast as the per-length static graphs (H200, 5 + 10
+blocks, 30% active: 15.5 ms at 1229 tokens against 16.6 ms for the static graph padded to
+1280, whose 51 padding rows an H100 profile put at ~0.5 ms; a 50-step generation with the
+schedule's exact sets: 1.58x plain). Sets other than the schedule's regions are padded to
+buckets there, so that a policy whose set changes size every step captures a bounded
+number of lengths rather than one per step.
 """
 from __future__ import annotations
 
@@ -77,8 +79,7 @@ def padded_index(index: torch.Tensor, length: int) -> torch.Tensor:
 @dataclass(frozen=True)
 class RunMode:
     """How a runner lowers and calls its graphs."""
-    static_shapes: bool     # partial steps: one graph per index length instead of one symbolic graph
-    static_full: bool       # full steps: the `full` variant (static length N) instead of the symbolic graph
+    static_shapes: bool     # one graph per index length, and the `full` variant for full steps
     static_calls: bool      # through StaticCall buffers (CUDA graphs when `capture`)
     capture: bool
 
@@ -92,10 +93,7 @@ class RunMode:
         cuda = device.type == "cuda"
         calls = (cuda and options.mode in ("reduce-overhead", "max-autotune")
                  if options.cuda_graphs is None else options.cuda_graphs)
-        # static calls capture the one symbolic graph once per length unless the user asks
-        # for static shapes; without them a GPU runs a static graph per length
-        static = cuda and not calls if options.static_shapes is None else options.static_shapes
-        return RunMode(static_shapes=static, static_full=static or cuda, static_calls=calls,
+        return RunMode(static_shapes=bool(options.static_shapes), static_calls=calls,
                        capture=calls and cuda)
 
 
@@ -113,15 +111,14 @@ class GraphRunner:
         self.mode = RunMode.resolve(options, signature.index_device)
         if options.static_buckets is not None and not self.mode.pads:
             log.warning("jano: static_buckets=%d has no effect: partial steps run one symbolic graph "
-                        "for every length here (static shapes are off%s); give static_shapes=True to "
-                        "pad index sets to buckets", options.static_buckets,
-                        ", the default off CUDA" if options.static_shapes is None else "")
+                        "for every length here (static shapes and CUDA graphs are off); give static_shapes=True "
+                        "to pad index sets to buckets", options.static_buckets)
         n = signature.num_image_tokens
         self._rewritten = rewritten
         self.lowered = LoweredRewrite(rewritten, options, signature)
         self.tail = LoweredRewrite(tail, options, signature, n) if tail is not None else None
         # the full-step variant (built now, before any lowering touches the rewritten graph)
-        variant = full_variant() if full_variant is not None and self.mode.static_full else None
+        variant = full_variant() if full_variant is not None and self.mode.static_shapes else None
         self.full = LoweredRewrite(variant, options, signature, n) if variant is not None else None
         self.static: dict[int, LoweredRewrite] = {}      # index length -> static partial graph
         self._full_index: Optional[torch.Tensor] = None
@@ -259,9 +256,14 @@ class GraphRunner:
         return outputs
 
     def full_step(self, args, state: BranchState, step_time: float) -> tuple:
-        """Compute every image token and fill the caches."""
-        graph = self.full if self.full is not None else self.lowered
-        outputs = self._run("full", graph, args, self.device_index(None), state, step_time)
+        """Compute every image token and fill the caches: the `full` variant under static
+        shapes, else the rewritten graph at every token (a partial step of all N, sharing its
+        static call)."""
+        if self.full is not None:
+            name, graph = "full", self.full
+        else:
+            name, graph = ("partial", self.signature.num_image_tokens), self.lowered
+        outputs = self._run(name, graph, args, self.device_index(None), state, step_time)
         state.ran(full=True)
         return outputs
 

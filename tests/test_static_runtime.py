@@ -19,23 +19,24 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 @pytest.mark.parametrize("device,options,expected", [
-    # device, options -> (static partial graphs, static full-step graph, static calls, CUDA capture)
-    ("cpu", {}, (False, False, False, False)),                      # one symbolic graph for every step
-    ("cpu", {"static_shapes": True}, (True, True, False, False)),
-    ("cpu", {"cuda_graphs": True}, (False, False, True, False)),    # static buffers, nothing to capture
-    ("cpu", {"cuda_graphs": True, "static_shapes": True}, (True, True, True, False)),
-    ("cuda", {}, (True, True, False, False)),
-    ("cuda", {"mode": "reduce-overhead"}, (False, True, True, True)),   # the symbolic graph captured per length
-    ("cuda", {"mode": "reduce-overhead", "static_shapes": True}, (True, True, True, True)),
-    ("cuda", {"mode": "reduce-overhead", "cuda_graphs": False}, (True, True, False, False)),
-    ("cuda", {"static_shapes": False}, (False, True, False, False)),   # full steps stay static on a GPU
-    ("cuda", {"mode": "reduce-overhead", "static_shapes": False}, (False, True, True, True)),
+    # device, options -> (static graphs per length and for full steps, static calls, CUDA capture)
+    ("cpu", {}, (False, False, False)),                      # one symbolic graph for every step
+    ("cpu", {"static_shapes": True}, (True, False, False)),
+    ("cpu", {"cuda_graphs": True}, (False, True, False)),    # static buffers, nothing to capture
+    ("cpu", {"cuda_graphs": True, "static_shapes": True}, (True, True, False)),
+    ("cuda", {}, (False, False, False)),                     # the symbolic graph on a GPU too
+    ("cuda", {"mode": "reduce-overhead"}, (False, True, True)),   # ... captured per length
+    ("cuda", {"mode": "max-autotune"}, (False, True, True)),
+    ("cuda", {"mode": "reduce-overhead", "static_shapes": True}, (True, True, True)),
+    ("cuda", {"mode": "reduce-overhead", "cuda_graphs": False}, (False, False, False)),
+    ("cuda", {"static_shapes": True}, (True, False, False)),
+    ("cuda", {"mode": "max-autotune-no-cudagraphs"}, (False, False, False)),
 ])
 def test_run_modes_as_documented(device, options, expected):
     from jano_compile.options import parse_options
     from jano_compile.runner import RunMode
     mode = RunMode.resolve(parse_options(None, options), torch.device(device))
-    assert (mode.static_shapes, mode.static_full, mode.static_calls, mode.capture) == expected
+    assert (mode.static_shapes, mode.static_calls, mode.capture) == expected
 
 
 def test_bucket_length_is_the_smallest_bucket_that_holds_n():
@@ -104,8 +105,8 @@ def test_kept_sets_run_unpadded(options):
     (graph,) = ctl._graphs.values()
     runner = graph.runner
     lengths = (set(runner.static) if "static_shapes" in options
-               else {numel for name, numel, _ in runner._calls if name[0] == "partial"})
-    assert lengths == {len(kept), len(other), 8}      # 13 and 22 unpadded, 5 -> 8
+               else {numel for name, numel, _ in runner._calls if name[0] == "partial"} - {n})
+    assert lengths == {len(kept), len(other), 8}      # 13 and 22 unpadded, 5 -> 8 (and full steps at N)
 
 
 def test_sets_used_in_turn_keep_their_device_copies():
@@ -161,8 +162,8 @@ def test_lengths_past_the_static_call_bound_run_uncaptured(monkeypatch):
 @pytest.mark.parametrize("static", [False, True])
 def test_full_steps_run_the_full_variant_under_static_shapes(static, monkeypatch):
     """Static shapes: the full-step variant is built once (a deep copy and a pass) and full
-    steps run it; symbolic on a CPU: full steps run the rewritten graph (one compile for
-    every step), no variant is built."""
+    steps run it; symbolic (the default, on a GPU too): full steps run the rewritten graph
+    (one compile for every step), no variant is built."""
     import jano_compile.rewrite as rewrite
     built = []
     original = rewrite.dense_variant
@@ -180,6 +181,26 @@ def test_full_steps_run_the_full_variant_under_static_shapes(static, monkeypatch
         assert graph.runner.full.compiles == 1 and graph.runner.lowered.compiles == 0
     else:
         assert graph.runner.full is None and graph.runner.lowered.compiles == 1
+    torch._dynamo.reset()
+
+
+def test_a_full_step_shares_the_static_call_of_all_tokens():
+    """Static calls without static shapes: a full step and a partial step of all N tokens
+    run the same graph at the same length, so they share one static call (one capture on
+    CUDA), and both equal the eager model."""
+    model, kwargs, n = flux(b=1, h=4, w=4)
+    model.eval()
+    f = torch.compile(model, backend="jano", options={"lowering": "eager", "cuda_graphs": True})
+    ctl = jano_compile.controller(f)
+    with torch.no_grad():
+        reference = model(**kwargs, return_dict=False)[0]
+        for control in (None, lambda: ctl.set_active(torch.arange(n)), ctl.refresh):
+            if control is not None:     # the first call is a full step
+                control()
+            torch.testing.assert_close(f(**kwargs, return_dict=False)[0], reference,
+                                       **TOLERANCE[torch.float32])
+    (graph,) = ctl._graphs.values()
+    assert [(name, numel) for name, numel, _ in graph.runner._calls] == [(("partial", n), n)]
     torch._dynamo.reset()
 
 
