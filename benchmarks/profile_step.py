@@ -92,6 +92,14 @@ def cuda_work(event) -> bool:
     return event.device_type == DeviceType.CUDA
 
 
+def work_averages(averages, step_range: str, cuda: bool) -> list:
+    """The key averages that count as work: on CUDA kernels, copies and memsets, but not the
+    step's own range, which the profiler also lists on the device's timeline with the whole
+    step's time (counting it doubled "device busy" in the runs before 2026-11-27); on a
+    CPU every op but the range (a Triton launch is listed both as an op and as its kernel)."""
+    return [e for e in averages if e.key != step_range and (not cuda or e.device_type == DeviceType.CUDA)]
+
+
 def top_level_op(event) -> bool:
     """On a CPU, what stands in for a kernel: an aten op called from outside any aten op."""
     return (event.device_type == DeviceType.CPU and event.name.startswith("aten::")
@@ -158,10 +166,9 @@ def main(argv=None):
             if calls:
                 timelines[name] = {key: median([t[key] for t in calls]) for key in TIMELINE}
             events = prof.key_averages()
-            outside_ops = next(e.self_cpu_time_total for e in events if e.key == step_range) / args.calls / 1e3
-            # kernels only: a Triton launch is listed both as an op and as its kernel
-            leaves = ([e for e in events if e.device_type == DeviceType.CUDA] if cuda
-                      else [e for e in events if e.key != step_range])
+            outside_ops = next(e.self_cpu_time_total for e in events
+                               if e.key == step_range and e.device_type == DeviceType.CPU) / args.calls / 1e3
+            leaves = work_averages(events, step_range, cuda)
             busy = sum(getattr(e, sort_key) for e in leaves) / args.calls / 1e3
             kinds[name] = time_by_kind(leaves, sort_key, args.calls)
             summary.append(f"| {name} | {busy:.2f} | {wall * 1e3:.2f} | {wall * 1e3 / busy:.2f} | "

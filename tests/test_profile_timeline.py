@@ -34,3 +34,19 @@ def test_union_length_counts_overlaps_once():
     step = load("profile_step")
     assert step._union_length([(0, 4), (2, 6), (10, 11), (10.5, 10.7)]) == 7
     assert step._union_length([]) == 0
+
+
+def test_device_work_leaves_out_the_step_range_on_the_device_timeline():
+    """On CUDA the profiler lists the step's record_function range on the device's timeline
+    too, with the whole step's time: it is not a kernel, and counting it doubles the busy
+    time. Host ops are not device work there; on a CPU they are (but the range is not)."""
+    from types import SimpleNamespace
+    from torch.autograd import DeviceType
+    step = load("profile_step")
+    averages = [SimpleNamespace(key="step: probe", device_type=DeviceType.CUDA),
+                SimpleNamespace(key="step: probe", device_type=DeviceType.CPU),
+                SimpleNamespace(key="triton_poi_fused_gelu_0", device_type=DeviceType.CUDA),
+                SimpleNamespace(key="aten::mm", device_type=DeviceType.CPU)]
+    assert [e.key for e in step.work_averages(averages, "step: probe", cuda=True)] == ["triton_poi_fused_gelu_0"]
+    assert ([e.key for e in step.work_averages(averages, "step: probe", cuda=False)]
+            == ["triton_poi_fused_gelu_0", "aten::mm"])
