@@ -20,30 +20,26 @@
 #   pip download --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1
 # (numpy and Pillow may be deleted from .whl: the image has them). Split a run that would
-# pass the device's 10-minute command limit with ONLY, e.g. (the last run's two calls):
-#   OUT=$OUT/a ONLY="tests_cuda step_default step_symbolic_reduce-overhead" CMD_TIMEOUT=250 bash benchmarks/gpu.sh
-#   OUT=$OUT/b ONLY="step_reduce-overhead" bash benchmarks/gpu.sh
-#   OUT=$OUT/c ONLY="pipeline_symbolic_reduce-overhead" bash benchmarks/gpu.sh
-# (symbolic then meant static_shapes=False; it is reduce-overhead's default now, and the old
-# default's commands are the step_static_* ones)
-# Owed (next device session; ~15 device minutes, each call <= 10 minutes; seconds from the last runs,
-# a warm Inductor cache on the machine makes reruns of a size much shorter):
-#   call 1: OUT=$OUT/a ONLY="tests_cuda step_reduce-overhead profile_refresh_reduce-overhead"
-#           (~150 + 140 + 100 s): the CUDA tests (kept manual sets now run unpadded under capture);
-#           step_speed with the settings taking turns call by call (the H200's per-call refresh,
-#           35.3 against 33.0 ms, was timed right after plain's back-to-back block), the manual 30% / 10%
-#           sets unpadded (1229 / 410 tokens), the bound timed back to back too (was 1.10x / 1.13x per call),
-#           and every token as a partial step (if the symbolic graph at n = N runs a full step as fast as
-#           the full-step graph, CUDA can drop that compile: first generation 2 compiles -> 1); then a
-#           refresh step against plain at 5 + 10 blocks under the profiler: host time before the first
-#           kernel, device idle inside the step, busy time by kind; traces.tar (Chrome traces) and
-#           gpu_clocks.csv (SM clock, power: does the clock drop under sustained load?)
+# pass the device's 10-minute command limit with ONLY, e.g. (the last run's two calls,
+# 2026-11-27, H200: 400 s and 290 s of command time, 730 s of device time with the start):
+#   OUT=$OUT/a ONLY="tests_cuda step_reduce-overhead profile_refresh_reduce-overhead" CMD_TIMEOUT=300 bash benchmarks/gpu.sh
+#   OUT=$OUT/b ONLY="step_symbolic_default profile_reduce-overhead" CMD_TIMEOUT=250 bash benchmarks/gpu.sh
+# (step_symbolic_default is step_default since then: the symbolic graph serves every step by
+# default; the old default's commands are the step_static_* ones)
+# Owed (next device session; ~15 device minutes with the machine's start, each call <= 10 minutes;
+# seconds from the last runs, a warm Inductor cache on the machine makes reruns of a size shorter):
+#   call 1: OUT=$OUT/a ONLY="tests_cuda step_reduce-overhead pipeline_paper_reduce-overhead"
+#           CMD_TIMEOUT=300 (~125 + 150 + 170 s): the CUDA tests since full steps took the symbolic
+#           graph; step_speed with it (full step through the symbolic graph, peak memory with
+#           one capture fewer, 10% again: 1.14x of its bound back to back last time); a 50-step
+#           generation against the 1.55x target and the first generation's one compile
 #   call 2 (issued at once, while the machine is warm): OUT=$OUT/b
-#           ONLY="step_symbolic_default profile_reduce-overhead" (~200 + 60 s): whether default mode (no
-#           capture) should take the symbolic partial graph too; the 30% step's time by kind at 2 + 4 blocks
-#   later:  ONLY=pipeline_work_reduce-overhead (~170 s); FULL_DEPTH=1 ONLY=step_full_depth alone
-#           (reduce-overhead, no bound graphs: a plain compile and jano's two, each ~3.8 times the
-#           5 + 10-block compile of ~30 s, so ~6 minutes cold; give CMD_TIMEOUT and timeout_s 590)
+#           ONLY="profile_partial_reduce-overhead pipeline_work_reduce-overhead" (~60 + 170 s): where the
+#           captured 10% step's time over its bound goes, kernel by kernel at 5 + 10 blocks; work= and
+#           forecast_kv under capture
+#   later:  FULL_DEPTH=1 ONLY=step_full_depth alone (reduce-overhead, no bound graphs: a plain
+#           compile and jano's one, each ~3.8 times the 5 + 10-block compile of ~30 s, so ~4-5
+#           minutes cold; give CMD_TIMEOUT and timeout_s 590)
 set -u
 OUT=${OUT:-./gpu_out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
@@ -109,8 +105,7 @@ case $? in
 esac
 
 run step_default "$PY" benchmarks/step_speed.py "${SIZE[@]}" "${STEP[@]}" || FAILED=1
-run step_reduce-overhead "$PY" benchmarks/step_speed.py "${SIZE[@]}" "${STEP[@]}" --mode reduce-overhead \
-    --full-through-partial || FAILED=1
+run step_reduce-overhead "$PY" benchmarks/step_speed.py "${SIZE[@]}" "${STEP[@]}" --mode reduce-overhead || FAILED=1
 # the same schedule as the default-mode figure the issue starts from (paper recipe, reference intervals)
 run pipeline_paper_reduce-overhead "$PY" benchmarks/pipeline_speed.py "${SIZE[@]}" --runs 3 --recipe paper \
     --mode reduce-overhead || FAILED=1
@@ -123,15 +118,15 @@ run profile_refresh_reduce-overhead "$PY" benchmarks/profile_step.py "${SIZE[@]}
     --mode reduce-overhead --trace "$OUT/traces/refresh_reduce-overhead" || FAILED=1
 run profile_reduce-overhead "$PY" benchmarks/profile_step.py "${SMALL[@]}" --fractions 1.0,0.3 \
     --mode reduce-overhead --trace "$OUT/traces/reduce-overhead" || FAILED=1
-# static partial graphs captured per length (static_shapes=True; reduce-overhead's default is the
-# symbolic graph since the H200 measured it as fast: fewer compiles, no padding of region sets)
+# the partial steps whose ratio to the bound is highest, kernel by kernel at the default depth
+run profile_partial_reduce-overhead "$PY" benchmarks/profile_step.py "${SIZE[@]}" --fractions 0.3,0.1 \
+    --mode reduce-overhead --trace "$OUT/traces/partial_reduce-overhead" || FAILED=1
+# static graphs per length and the full-step graph (static_shapes=True; the default is the symbolic
+# graph for every step since the H200 measured it as fast: fewer compiles, no padding of region sets)
 run step_static_reduce-overhead "$PY" benchmarks/step_speed.py "${SIZE[@]}" "${STEP[@]}" --shapes static \
-    --mode reduce-overhead || FAILED=1
+    --mode reduce-overhead --full-through-partial || FAILED=1
 run pipeline_static_reduce-overhead "$PY" benchmarks/pipeline_speed.py "${SIZE[@]}" --runs 3 --recipe paper \
     --shapes static --mode reduce-overhead || FAILED=1
-# the symbolic partial graph without capture: should default mode on CUDA take it too?
-run step_symbolic_default "$PY" benchmarks/step_speed.py "${SIZE[@]}" "${STEP[@]}" --shapes symbolic \
-    --full-through-partial || FAILED=1
 # why a default-mode full step costs more than under reduce-overhead (host-bound stretches show as wall above busy)
 run profile_default "$PY" benchmarks/profile_step.py "${SMALL[@]}" --fractions 1.0,0.3 \
     --trace "$OUT/traces/default" || FAILED=1
