@@ -189,7 +189,8 @@ def _short_break(reason: str) -> str:
 
 def oracle(model, kwargs, config: RunConfig, seed: int, options: Optional[dict] = None) -> Outcome:
     """The contract check on one model and inputs (see the module docstring); `options`: more
-    backend options (static shapes, static calls: the GPU's paths, run eagerly)."""
+    backend options (static shapes; static calls, the GPU's path under reduce-overhead; run
+    eagerly)."""
     tol = config.tolerance
     try:
         with torch.no_grad():
@@ -545,8 +546,9 @@ def main(argv=None) -> int:
                              "graph: 'all', 'none' (default) or a comma list; a configuration with more or fewer "
                              "graphs is always explained")
     parser.add_argument("--options", type=_json_object, default=None,
-                        help="more backend options as JSON, e.g. '{\"static_shapes\": true}' (the GPU's "
-                             "full-step graph and static lengths) or '{\"cuda_graphs\": true}' (its static calls)")
+                        help="more backend options as JSON, e.g. '{\"static_shapes\": true}' (the opt-in "
+                             "full-step graph and static lengths) or '{\"cuda_graphs\": true}' (the static calls "
+                             "that reduce-overhead captures on a GPU)")
     parser.add_argument("--class-timeout", type=float, default=240.0, help="seconds per class (0: none)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="worker processes (default: one per core; 1: run in this process)")

@@ -41,6 +41,15 @@
 #           compile and jano's one, each ~3.8 times the 5 + 10-block compile of ~30 s, so ~4-5
 #           minutes cold; give CMD_TIMEOUT and timeout_s 590)
 set -u
+if [ -n "${ONLY:-}" ]; then    # a misspelt name would run nothing and still spend device time
+    known=$(sed -n 's/^ *run \([^ ]*\) .*/\1/p' "$0")
+    for name in $ONLY; do
+        if ! grep -qx -- "$name" <<<"$known"; then
+            echo "gpu.sh: ONLY names no command: $name; the commands are:" $known >&2
+            exit 2
+        fi
+    done
+fi
 OUT=${OUT:-./gpu_out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."

@@ -65,6 +65,8 @@ class Controller:
         self._num_calls = 0
         self._num_full_calls = 0
         self._warned_unrewritten = False
+        self._warned_fallbacks: set = set()     # reasons of unrewritten graphs set_active() warned of
+        self._last_report = None                # the report of the graph the last call ran
         self.last_call: Optional[CallRecord] = None
         self.step_records: list[CallRecord] = []        # this generation's calls with a step
         self.branch_name: Optional[str] = None          # from cache_context, via enable()
@@ -113,8 +115,7 @@ class Controller:
             return
         if self._num_image_tokens is None:
             raise RuntimeError("set_active() before the first full step: call the model once "
-                               "(every call before set_active is a full step) so that the caches "
-                               "hold every token")
+                               "(its first call is a full step) so that the caches hold every token")
         taking_over = not self.manual and self.auto_policy.running
         self.manual_policy.set_active(index, self._num_image_tokens)
         last = self.auto_policy.last_tick
@@ -130,6 +131,7 @@ class Controller:
                 graph.runner.release_calls()
         self.store.clear()
         self._graphs.clear()
+        self._last_report = None
         self.step_records = []          # the stats of the run under way: none now
         self._num_image_tokens = None
         self.auto_policy.restart_clock()
@@ -212,14 +214,27 @@ class Controller:
         }
 
     def _not_rewritten(self, what: str) -> bool:
-        """True (and a warning, once) when the model ran and no graph of it was rewritten."""
+        """True (and a warning, once per reason) when the model ran and no graph of it was
+        rewritten, or when its last call ran a graph holding image tokens that was not
+        rewritten: dynamo picks the graph by the inputs' shapes, so the next call most likely
+        runs it again (with dynamic=None, after a second shape every shape runs the symbolic
+        graph), and such a call computes all tokens."""
         report = Report(self.reports)
-        if not self._graphs or any(g.rewritten for g in report.graphs):
-            return False
-        if not self._warned_unrewritten:
-            warnings.warn(f"jano: {what}() has no effect: {self.name} was not rewritten "
-                          f"({report.fallback_reason}); every call computes all tokens", stacklevel=3)
+        last = self._last_report
+        if self._graphs and not any(g.rewritten for g in report.graphs):
+            if self._warned_unrewritten:
+                return True
             self._warned_unrewritten = True
+            message = f"{self.name} was not rewritten ({report.fallback_reason}); every call computes all tokens"
+        elif last is not None and last.holds_image_tokens and not last.rewritten:
+            if last.reason in self._warned_fallbacks:
+                return True
+            self._warned_fallbacks.add(last.reason)
+            message = (f"the last call of {self.name} ran a graph jano did not rewrite ({last.reason}); "
+                       "calls that run it compute all tokens")
+        else:
+            return False
+        warnings.warn(f"jano: {what}() has no effect: {message}", stacklevel=3)
         return True
 
     # ------------------------------------------------------------------ runtime side
@@ -237,6 +252,7 @@ class Controller:
             self._graphs[id(graph)] = graph
             weakref.finalize(graph, self.store.drop, id(graph))
             self._note_first_call(graph)
+        self._last_report = graph.report
         if graph.runner is None:
             self._record(CallRecord(graph.report.graph, True, 0, 0))
             self.step_records = []       # stats describe the run under way: it saves nothing

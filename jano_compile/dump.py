@@ -1,5 +1,6 @@
 """Graph dumps: FX code before and after the passes with shapes, the variants the runtime
-runs besides the rewritten graph (the full-step graph, the skip tail), and the report."""
+runs besides the rewritten graph (the skip tail; under static_shapes=True the full-step
+graph), and the report."""
 from __future__ import annotations
 
 import logging

@@ -242,8 +242,10 @@ def token_layout(gm: fx.GraphModule) -> TokenPlan:
     for n in gm.graph.nodes:
         v = value(n)
         if isinstance(v, torch.Tensor) and any(not isinstance(s, int) for s in v.shape):
-            raise Unrewritable("dynamo handed over symbolic shapes (a second resolution or batch "
-                               "size); compile with dynamic=False to get one static graph per shape")
+            raise Unrewritable("dynamo handed over symbolic shapes (dynamic=True, or the default "
+                               "dynamic=None after a second resolution or batch size: every shape, the "
+                               "first included, then runs this graph); compile with dynamic=False to get "
+                               "one static graph per shape")
     path = _output_path(gm)
     exit_node = _find_exit(gm, path)
     source = _hidden_states_input(gm)

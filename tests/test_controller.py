@@ -2,6 +2,7 @@
 autograd and dynamic-shape fallbacks, registration of the backend name."""
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -118,6 +119,29 @@ def test_second_resolution_with_dynamic_shapes_falls_back_cleanly():
             out = compiled(x)[0]
         torch.testing.assert_close(out, model(x)[0])
     assert "symbolic shapes" in jano_compile.controller(compiled).stats()["fallback_reason"]
+
+
+def test_after_dynamic_shapes_take_over_set_active_says_it_has_no_effect():
+    """dynamic=None: after a second resolution dynamo runs every shape, the first included,
+    through its symbolic graph, which jano cannot rewrite. set_active() then says so (once)
+    instead of silently doing nothing, and the calls stay equal to the eager model."""
+    model = ToyDiT().eval()
+    compiled = torch.compile(model, backend="jano", options={"lowering": "eager"})
+    ctl = jano_compile.controller(compiled)
+    first = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        compiled(first)
+        ctl.set_active(torch.arange(3))                   # the static graph: no warning
+        with pytest.warns(UserWarning, match="dynamic=False"):
+            compiled(torch.randn(1, 4, 12, 12))
+        compiled(first)                                   # the first shape, now the symbolic graph
+        with pytest.warns(UserWarning, match="set_active\\(\\) has no effect: the last call .*symbolic shapes"):
+            ctl.set_active(torch.arange(3))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ctl.set_active(torch.arange(3))               # once per reason
+            torch.testing.assert_close(compiled(first)[0], model(first)[0])
+    assert ctl.last_call.full
 
 
 def test_second_resolution_with_static_shapes_is_rewritten():
