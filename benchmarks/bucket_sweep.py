@@ -1,8 +1,10 @@
 """How a static graph's step time grows with its image-token count n: plain Inductor on
 the T text + n image tokens of a FLUX-architecture transformer, for n in a range, medians
-of back-to-back calls. The runtime pads manual index sets of other lengths up to a bucket
-(`runner.BUCKETS`); where the time is flat between two lengths, padding up to the larger
-one costs nothing, so this table is what the bucket size is chosen from.
+of back-to-back calls. Under CUDA graphs or static shapes the runtime pads index sets
+other than the schedule's regions and the first two lengths a user sets up to a multiple
+of N / `static_buckets` (default `options.STATIC_BUCKETS`); where the time is flat between
+two lengths, padding up to the larger one costs nothing, so this table is what the bucket
+size is chosen from. (Plain Inductor only: `--mode` is the mode it compiles with.)
 
     python benchmarks/bucket_sweep.py --flux-dev --layers 2 --single-layers 4 --dtype bfloat16 \\
         --device cuda --mode reduce-overhead --lengths 1024:1344:32
@@ -13,7 +15,7 @@ import argparse
 
 import torch
 
-from common import (add_mode_arg, add_size_args, build_flux, compile_plain, describe, median,
+from common import (add_device_arg, add_mode_arg, add_size_args, build_flux, compile_plain, describe, median,
                     only_tokens, size_from_args, time_in_a_row)
 
 
@@ -29,7 +31,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_size_args(p)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_arg(p)
     p.add_argument("--lengths", type=lengths_arg, default=lengths_arg("128:512:64"),
                    help='image-token counts: "start:stop:step" or "n1,n2,..."')
     p.add_argument("--calls", type=int, default=20, help="calls per back-to-back timing")

@@ -2,6 +2,7 @@
 and with jano in one torch.compile mode, timers and peak memory."""
 from __future__ import annotations
 
+import argparse
 import functools
 import random
 import statistics
@@ -28,14 +29,55 @@ class FluxSize:
         return FluxSize(grid=64, text=512, heads=24, head_dim=128, layers=19, single_layers=38)
 
 
+def at_least(minimum: int):
+    """argparse type: an integer >= `minimum`."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    parse.__name__ = "int"      # argparse names the type in its error for a non-integer
+    return parse
+
+
+def fraction_list(text: str) -> list[float]:
+    """argparse type: a comma list of active-token fractions, each in (0, 1]."""
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a comma list of fractions, e.g. 1.0,0.3,0.1") from None
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every fraction must lie in (0, 1] (1.0: a refresh step)")
+    return values
+
+
+def device_arg(text: str) -> str:
+    """argparse type: a torch device this machine has."""
+    try:
+        device = torch.device(text)
+    except RuntimeError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: no CUDA device here (torch {torch.__version__}); "
+                                         "use --device cpu")
+    return text
+
+
+def add_device_arg(parser) -> None:
+    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device (default: cuda where there is one, else cpu)")
+
+
 def add_size_args(parser) -> None:
     """Command-line flags that pick a FluxSize (see `size_from_args`)."""
     parser.add_argument("--flux-dev", action="store_true",
                         help="FLUX.1-dev width and token counts (4096 + 512 tokens, 24x128 heads)")
-    parser.add_argument("--grid", type=int, default=None, help="image tokens per side (default 32; 64 with --flux-dev)")
-    parser.add_argument("--text", type=int, default=None, help="text tokens (default 64; 512 with --flux-dev)")
-    parser.add_argument("--layers", type=int, default=None, help="double-stream blocks (default 2; 19 with --flux-dev)")
-    parser.add_argument("--single-layers", type=int, default=None,
+    parser.add_argument("--grid", type=at_least(1), default=None,
+                        help="image tokens per side (default 32; 64 with --flux-dev)")
+    parser.add_argument("--text", type=at_least(1), default=None, help="text tokens (default 64; 512 with --flux-dev)")
+    parser.add_argument("--layers", type=at_least(0), default=None,
+                        help="double-stream blocks (default 2; 19 with --flux-dev)")
+    parser.add_argument("--single-layers", type=at_least(0), default=None,
                         help="single-stream blocks (default 4; 38 with --flux-dev)")
 
 
@@ -117,8 +159,9 @@ def compile_jano(model, mode=None, options=None):
 
 
 def sampled_index(n: int, fraction: float) -> torch.Tensor:
-    """A fixed random set of round(fraction * n) of the n image-token positions, sorted."""
-    return torch.tensor(sorted(random.Random(0).sample(range(n), round(fraction * n))))
+    """A fixed random set of round(fraction * n) (at least 1) of the n image-token positions,
+    sorted."""
+    return torch.tensor(sorted(random.Random(0).sample(range(n), max(1, round(fraction * n)))), dtype=torch.long)
 
 
 def jano_step(ctl, compiled, kwargs, index: torch.Tensor, n: int):

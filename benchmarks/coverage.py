@@ -44,6 +44,7 @@ from coverage_models import TINY, TinyModel  # noqa: E402
 
 import jano_compile  # noqa: E402
 from jano_compile.geometry import geometry_for  # noqa: E402
+from jano_compile.options import parse_options  # noqa: E402
 
 log = logging.getLogger("coverage")
 
@@ -534,6 +535,10 @@ def _json_object(text: str) -> dict:
         raise argparse.ArgumentTypeError(f"not JSON ({e}): {text!r}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"a JSON object is needed, e.g. '{{\"static_shapes\": true}}', got {text!r}")
+    try:    # a wrong key or value now, not as a "crash inside jano" of every class
+        parse_options(None, value)
+    except (ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return value
 
 

@@ -23,8 +23,8 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import jano_compile
-from common import (add_mode_arg, add_size_args, build_flux, compile_jano, compile_plain,
-                    cudagraph_skips, describe, jano_step, median, only_tokens, sampled_index,
+from common import (add_device_arg, add_mode_arg, add_size_args, at_least, build_flux, compile_jano, compile_plain,
+                    cudagraph_skips, describe, fraction_list, jano_step, median, only_tokens, sampled_index,
                     size_from_args, sync, time_call, time_in_a_row)
 
 
@@ -114,10 +114,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_size_args(p)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--fractions", default="1.0,0.3")
-    p.add_argument("--calls", type=int, default=3, help="profiled calls per setting")
-    p.add_argument("--in-a-row", type=int, default=20, help="calls per back-to-back timing")
+    add_device_arg(p)
+    p.add_argument("--fractions", type=fraction_list, default=fraction_list("1.0,0.3"),
+                   help="active-token fractions, each in (0, 1] (default 1.0,0.3)")
+    p.add_argument("--calls", type=at_least(1), default=3, help="profiled calls per setting")
+    p.add_argument("--in-a-row", type=at_least(1), default=20, help="calls per back-to-back timing")
     p.add_argument("--rows", type=int, default=12, help="ops listed per setting")
     p.add_argument("--trace", type=Path, help="write one call per setting as a Chrome trace here")
     add_mode_arg(p)
@@ -135,7 +136,7 @@ def main(argv=None):
         ctl = jano_compile.controller(jano)
         jano_step(ctl, jano, kwargs, torch.arange(n), n)   # the first jano call must be full
         settings = {"plain torch.compile": lambda: plain(**kwargs)}
-        for f in (float(x) for x in args.fractions.split(",")):
+        for f in args.fractions:
             index = sampled_index(n, f)
             settings[f"jano {f:.0%} active"] = lambda index=index: jano_step(ctl, jano, kwargs, index, n)
             if f < 1:

@@ -4,7 +4,7 @@ cache-dit's DBCache, each at its documented default and at a setting that does a
 the work.
 
     python benchmarks/quality_speed.py [--seeds 8] [--steps 50] [--plot docs/quality_speed.png]
-                                       [--methods 'jano*,DBCache*']
+                                       [--methods 'jano*;DBCache*']
 
 For every method and seed it measures
   - wall-clock time of a whole generation (speedup = plain median / method median; the
@@ -33,8 +33,10 @@ default, the configuration cache-dit's own DBCache tables show as "F1B0 (0.08)";
 num_inference_steps in the config; the context is refreshed before every image.
 
 --methods keeps only the rows whose "method: setting" matches one of the given
-comma-separated globs (case-insensitive), e.g. 'jano*,FirstBlockCache*about half*,DBCache*';
-plain torch.compile is always kept, as the baseline of speed and work.
+semicolon-separated globs (case-insensitive; settings hold commas), e.g.
+'jano*;FirstBlockCache*about half*;DBCache*'; plain torch.compile is always kept, as the
+baseline of speed and work. The plot goes to docs/quality_speed.png only for a run of every
+method at the default seeds and steps (a smaller run writes it only where --plot says).
 """
 from __future__ import annotations
 
@@ -416,21 +418,26 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+DEFAULT_PLOT = "docs/quality_speed.png"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--plot", default="docs/quality_speed.png")
+    p.add_argument("--plot", default=None,
+                   help=f"write the plot here (default: {DEFAULT_PLOT} for a run of every method at the "
+                        "default seeds and steps, else none; --replot: that file)")
     p.add_argument("--json", default=None, help="also write the rows as JSON here")
     p.add_argument("--replot", default=None, metavar="JSON", help="only redraw the plot from a --json file")
     p.add_argument("--methods", default="*", metavar="GLOBS",
-                   help="comma-separated globs on 'method: setting' (case-insensitive); only matching "
+                   help="semicolon-separated globs on 'method: setting' (case-insensitive); only matching "
                         "rows run, plain torch.compile always does (default: all)")
     args = p.parse_args(argv)
     if args.replot:
         saved = json.loads(Path(args.replot).read_text())
-        plot(saved["rows"], Path(args.plot), saved["title"])
+        plot(saved["rows"], Path(args.plot or DEFAULT_PLOT), saved["title"])
         return
     if args.seeds < 1 or args.steps < 2:
         p.error("--seeds must be at least 1 and --steps at least 2")
@@ -439,7 +446,7 @@ def main(argv=None):
     # many compiled copies of one forward: let each keep its own compiled code
     torch._dynamo.config.cache_size_limit = 256
     torch._dynamo.config.accumulated_cache_size_limit = 4096
-    globs = [g.strip().lower() for g in args.methods.split(",") if g.strip()]
+    globs = [g.strip().lower() for g in args.methods.split(";") if g.strip()]
 
     def wanted(name: str, setting: str) -> bool:
         return any(fnmatch.fnmatchcase(f"{name}: {setting}".lower(), g) for g in globs)
@@ -453,6 +460,9 @@ def main(argv=None):
         methods += diffusers_methods(model, args.steps, full_flops, wanted)
         methods += dbcache_methods(model, args.steps, full_flops, wanted)
         methods = methods[:1] + [m for m in methods[1:] if wanted(m.name, m.setting)]
+        if len(methods) == 1:
+            p.error(f"--methods {args.methods!r} matches no method: globs on 'method: setting' separated by "
+                    "';', e.g. 'jano*;DBCache*'")
         warm_up(model, methods, args.steps)
         references = measure(model, methods, seeds, args.steps)
     rows = summarise(methods, references)
@@ -462,9 +472,12 @@ def main(argv=None):
     for r in rows:
         if r.get("notes"):
             print(f"- {r['method']}, {r['setting']}: {'; '.join(r['notes'])}")
-    if args.plot:
-        plot(rows, Path(args.plot), title)
-        print(f"\nwrote {args.plot}")
+    whole_run = (args.methods.strip() == "*" and args.seeds == p.get_default("seeds")
+                 and args.steps == p.get_default("steps"))
+    plot_path = args.plot or (DEFAULT_PLOT if whole_run else None)
+    if plot_path:
+        plot(rows, Path(plot_path), title)
+        print(f"\nwrote {plot_path}")
     if args.json:
         Path(args.json).write_text(json.dumps(dict(title=title, rows=rows), indent=1))
 

@@ -1,9 +1,10 @@
 """How well jano's warm-up analysis predicts where the bundled model keeps changing.
 
-jano freezes a skipped token's output until the next refresh, so the error it makes in a
-region grows with how much that region's velocity still changes after the warm-up. For
-each seed this runs the full model, scores the blocks from the warm-up latents as jano
-does (FLUX preset), and reports the Spearman rank correlation between a block's score and
+Where jano holds a skipped token's output (the paper recipe) or forecasts it (the default),
+the error it makes in a region grows with how much that region's velocity still changes
+after the warm-up. For each seed this runs the full model, scores the blocks from the
+warm-up latents as jano does (the default recipe's warm-up and block size for FLUX, printed
+with the result), and reports the Spearman rank correlation between a block's score and
 its later velocity change, sum over steps after warm-up of |v[t+1] - v[t]| (per token,
 Euclidean over channels, summed over the block). 1 is a perfect ranking, 0 none.
 

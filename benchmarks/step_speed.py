@@ -29,21 +29,22 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import jano_compile
-from common import (add_mode_arg, add_shapes_arg, add_size_args, build_flux, compile_jano, compile_plain,
+from common import (add_device_arg, add_mode_arg, add_shapes_arg, add_size_args, at_least, build_flux, compile_jano, compile_plain,
                     cudagraph_skips, describe, first_call_seconds, interleaved_timings, jano_step,
                     jano_summary, median, mib, only_tokens, peak_memory, sampled_index, shapes_option,
-                    size_from_args, time_call)
+                    fraction_list, size_from_args, time_call)
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_size_args(p)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--fractions", default="1.0,0.6,0.3,0.1")
-    p.add_argument("--rounds", type=int, default=5, help="timed rounds (median reported)")
-    p.add_argument("--steps", type=int, default=2, help="steps per round and setting")
-    p.add_argument("--in-a-row", type=int, default=5, help="calls per back-to-back timing")
+    add_device_arg(p)
+    p.add_argument("--fractions", type=fraction_list, default=fraction_list("1.0,0.6,0.3,0.1"),
+                   help="active-token fractions, each in (0, 1] (default 1.0,0.6,0.3,0.1)")
+    p.add_argument("--rounds", type=at_least(1), default=5, help="timed rounds (median reported)")
+    p.add_argument("--steps", type=at_least(1), default=2, help="steps per round and setting")
+    p.add_argument("--in-a-row", type=at_least(1), default=5, help="calls per back-to-back timing")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--recipe", choices=["forecast", "paper"], default=None,
                    help="jano recipe (paper: held outputs, no forecast history at the exit)")
@@ -146,7 +147,7 @@ def main(argv=None):
     device = args.device
     model, kwargs = build_flux(size, args.batch, dtype, device)
     n = size.grid * size.grid
-    fractions = [float(f) for f in args.fractions.split(",")]
+    fractions = args.fractions
     indices = {f: sampled_index(n, f) for f in fractions}
     partial = [f for f in fractions if f < 1]
     print(f"{describe(size)}, batch {args.batch}, {args.dtype}, {device}, mode {args.mode or 'none'}, "

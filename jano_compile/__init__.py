@@ -1,7 +1,7 @@
 """jano-compile: Jano region-adaptive DiT inference as a torch.compile backend.
 
     import jano_compile
-    f = torch.compile(transformer, backend="jano")
+    f = torch.compile(transformer, backend="jano", dynamic=False)   # one rewritten graph per shape
     ctl = jano_compile.controller(f)
 """
 from .backend import jano_backend, register

@@ -4,7 +4,7 @@
 thresholds, inward diffusion, block size). ``PRESETS`` keeps what the reference tuned per
 model family as data, and ``resolve_config`` merges them with explicit options::
 
-    resolve_config("flux", {"warmup_steps": 8})   # option > FLUX preset > default
+    resolve_config("flux", {"warmup_steps": 8})   # option > the recipe's FLUX preset > its base > default
 
 Sizes are in tokens of the transformer's patch grid ``(frames, h, w)``; an image model
 has ``frames == 1``.

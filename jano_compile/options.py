@@ -110,7 +110,7 @@ def parse_options(mode: Optional[str] = None, options: Optional[Mapping[str, Any
         setting = key.replace("-", "_") if isinstance(key, str) else key   # as torch.compile
         if setting not in inductor_keys:
             raise ValueError(
-                f"unknown jano option {key!r}. Valid: {', '.join(BACKEND_KEYS)}; the schedule "
+                f"unknown jano option {key!r}. Valid: mode, {', '.join(BACKEND_KEYS)}; the schedule "
                 f"settings {', '.join(sorted(schedule_keys))}; or any torch._inductor.config "
                 "setting (e.g. 'max_autotune').")
         _check_inductor_type(key, setting, value)

@@ -34,9 +34,10 @@ captured CUDA graph per (variant, length, branch), replayed each step. Captured 
 the symbolic graph ran at least as fast as the per-length static graphs (H200, 5 + 10
 blocks, 30% active: 15.5 ms at 1229 tokens against 16.6 ms for the static graph padded to
 1280, whose 51 padding rows an H100 profile put at ~0.5 ms; a 50-step generation with the
-schedule's exact sets: 1.58x plain). Sets other than the schedule's regions are padded to
-buckets there, so that a policy whose set changes size every step captures a bounded
-number of lengths rather than one per step.
+schedule's exact sets: 1.58x plain). Sets other than the schedule's regions and the first
+two lengths a user sets (manual_policy.py: a kept set runs unpadded) are padded to buckets
+there, so that a policy whose set changes size every step captures a bounded number of
+lengths rather than one per step.
 """
 from __future__ import annotations
 
@@ -111,8 +112,9 @@ class GraphRunner:
         self.mode = RunMode.resolve(options, signature.index_device)
         if options.static_buckets is not None and not self.mode.pads:
             log.warning("jano: static_buckets=%d has no effect: partial steps run one symbolic graph "
-                        "for every length here (static shapes and CUDA graphs are off); give static_shapes=True "
-                        "to pad index sets to buckets", options.static_buckets)
+                        "for every length here (static shapes and CUDA graphs are off); index sets are padded "
+                        "to buckets under static_shapes=True or CUDA graphs (mode=\"reduce-overhead\" on a "
+                        "GPU)", options.static_buckets)
         n = signature.num_image_tokens
         self._rewritten = rewritten
         self.lowered = LoweredRewrite(rewritten, options, signature)
