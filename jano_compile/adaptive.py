@@ -21,7 +21,7 @@ import torch
 from .analyzer import RegionAnalysis, analyze, region_map, render_region_map, rerank_by_error
 from .clock import Tick
 from .config import JanoConfig
-from .periods import PERIODS, RegionPeriods, adaptive_budget
+from .periods import PERIODS, RegionPeriods, adaptive_budget, periodic_steps, periodic_work_range
 from .policy import branch_of_call
 from .schedule import Level, Phase, step_phase
 
@@ -145,13 +145,16 @@ class AdaptiveSchedule:
                                  config.cooldown_steps)
         periods = self._periods()
         lowest, highest = 1 / max(periods), 1 / min(periods)
-        if not self.warned_budget and budget < lowest:
+        steps = config.num_inference_steps
+        free = None if steps is None else periodic_steps(steps, config.warmup_steps, config.cooldown_steps)
+        least, most = periodic_work_range(free, periods)     # what this generation's stretch can do
+        if not self.warned_budget and budget < least - 1e-9:
             log.warning("jano: work=%g is out of reach: the full steps (warm-up, cool-down, the two "
                         "after warm-up) and every region at the longest period offered (%d steps) "
                         "already take more; every region gets that period (a longer one in `periods` "
                         "does less work)", config.work, max(periods))
             self.warned_budget = True
-        elif not self.warned_budget and budget > highest:
+        elif not self.warned_budget and budget > most + 1e-9:
             log.warning("jano: work=%g is more than the periods can use: the shortest period offered "
                         "(%d steps) computes each region every %d steps; every region gets it (a shorter "
                         "one in `periods` uses the budget)", config.work, min(periods), min(periods))

@@ -66,6 +66,7 @@ class Controller:
         self._num_full_calls = 0
         self._warned_unrewritten = False
         self._warned_fallbacks: set = set()     # reasons of unrewritten graphs set_active() warned of
+        self.uncompiled: Optional[str] = None   # why steps of a generation ran without reaching jano
         self._last_report = None                # the report of the graph the last call ran
         self.last_call: Optional[CallRecord] = None
         self.step_records: list[CallRecord] = []        # this generation's calls with a step
@@ -132,6 +133,8 @@ class Controller:
         self.store.clear()
         self._graphs.clear()
         self._last_report = None
+        self._num_calls = self._num_full_calls = 0
+        self.last_call = None
         self.step_records = []          # the stats of the run under way: none now
         self._num_image_tokens = None
         self.auto_policy.restart_clock()
@@ -186,7 +189,7 @@ class Controller:
             forecast_bytes=self.store.nbytes_of({Role.HISTORY, Role.HISTORY_TIME, Role.FORECAST_ERROR,
                                                  Role.KV_PREV, Role.KV_TIME}),
             rewritten=report.rewritten,
-            fallback_reason=report.fallback_reason,
+            fallback_reason=report.fallback_reason if self._graphs or not self.uncompiled else self.uncompiled,
             mode="manual" if self.manual else "auto",
             auto_disabled=self.auto_policy.off_reason,
             **self._schedule_stats())
@@ -206,7 +209,7 @@ class Controller:
             "analysis_seconds": analysis.elapsed_s if analysis else None,
             "active_fraction_map": analysis.active_fraction if analysis else None,
             "medium_fraction_map": analysis.medium_fraction if analysis else None,
-            "compute_saved": 1 - sum(c.active for c in generation) / total if total else 0.0,
+            "compute_saved": 1 - sum(c.active for c in generation) / total if total else None,
             "branches": sorted({c.branch for c in generation}),
             "reranks": schedule.reranks if schedule is not None else 0,
             "periods": (schedule.periods.token_fractions() if schedule is not None and schedule.periods is not None
@@ -253,6 +256,7 @@ class Controller:
             weakref.finalize(graph, self.store.drop, id(graph))
             self._note_first_call(graph)
         self._last_report = graph.report
+        self.uncompiled = None
         if graph.runner is None:
             self._record(CallRecord(graph.report.graph, True, 0, 0))
             self.step_records = []       # stats describe the run under way: it saves nothing

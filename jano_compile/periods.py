@@ -154,11 +154,28 @@ def adaptive_budget(work: float, num_steps: Optional[int], warmup: int, cooldown
     May fall outside [1 / max(PERIODS), 1] when ``work`` is out of reach."""
     if num_steps is None:
         return work
-    adaptive = num_steps - warmup - cooldown
-    free = adaptive - min(adaptive, 2)
+    free = periodic_steps(num_steps, warmup, cooldown)
     if free <= 0:
         return 1.0
     return (work * num_steps - (num_steps - free)) / free
+
+
+def periodic_steps(num_steps: int, warmup: int, cooldown: int) -> int:
+    """How many steps run on per-region periods: those between the warm-up and the
+    cool-down, less the first and the last of them (full steps)."""
+    adaptive = max(num_steps - warmup - cooldown, 0)
+    return adaptive - min(adaptive, 2)
+
+
+def periodic_work_range(free: Optional[int], periods) -> tuple[float, float]:
+    """(least, most) fraction of the tokens per step that `free` periodic steps can compute
+    with the offered `periods`: every region on the longest, or on the shortest. Tokens of
+    period p are due at the steps k = 1..free with k % p == 0 (`due`), so a stretch shorter
+    than p computes none of them. Unknown `free`: the cycle means 1 / max, 1 / min."""
+    longest, shortest = max(periods), min(periods)
+    if not free:
+        return 1 / longest, 1 / shortest
+    return (free // longest) / free, (free // shortest) / free
 
 
 @dataclass

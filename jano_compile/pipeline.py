@@ -197,7 +197,7 @@ def _drive_clock(pipe, ctl: Controller, set_on) -> Callable[[], None]:
             result = original_step(*args, **kwargs)
             clock.end_step()
             if clock.step >= 2 and ctl.calls == generation.calls_at_start and not generation.warned:
-                _warn_uncompiled(clock.step)
+                ctl.uncompiled = _warn_uncompiled(clock.step)
                 generation.warned = True
             return result
         set_on(scheduler, "step", step)
@@ -272,15 +272,18 @@ def _save_overlays(pipe, ctl: Controller, set_on) -> None:
     set_on(vae, "decode", decode)
 
 
-def _warn_uncompiled(steps: int) -> None:
-    """Steps of a generation ran, none through jano: dynamo ran the transformer uncompiled."""
+def _warn_uncompiled(steps: int) -> str:
+    """Steps of a generation ran, none through jano: dynamo ran the transformer uncompiled.
+    Warns, and returns the reason for `stats()["fallback_reason"]`."""
     limit = getattr(torch._dynamo.config, "recompile_limit", None)
-    log.warning("jano: %d denoising steps ran and none called the jano-compiled transformer: dynamo runs "
-                "it uncompiled once it reached its recompile limit (torch._dynamo.config.recompile_limit "
-                "= %s) on the transformer's forward code, which counts every compile of it in this process: "
-                "after several enable()/disable() rounds with other options or shapes, or other models whose "
-                "class shares diffusers' forward wrapper (FLUX, SD3, Wan, ...); torch._dynamo.reset() before "
-                "enable() clears the old graphs", steps, limit)
+    reason = ("denoising steps ran and none called the jano-compiled transformer: dynamo runs it "
+              f"uncompiled once it reached its recompile limit (torch._dynamo.config.recompile_limit = "
+              f"{limit}) on the transformer's forward code, which counts every compile of it in this "
+              "process: after several enable()/disable() rounds with other options or shapes, or other "
+              "models whose class shares diffusers' forward wrapper (FLUX, SD3, Wan, ...); "
+              "torch._dynamo.reset() before enable() clears the old graphs")
+    warnings.warn(f"jano: {steps} {reason}", stacklevel=3)
+    return reason
 
 
 def _sigmas(scheduler) -> Optional[list]:

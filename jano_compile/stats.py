@@ -15,7 +15,8 @@ class Stats(Mapping):
     static_graphs           partial-step graphs of a static length (exact or bucket)
     cuda_graphs             captured CUDA graphs (one per variant, length and branch)
     capture_failures        why captures failed (those calls run uncaptured)
-    calls / full_calls      model calls / those that computed every token
+    calls / full_calls      model calls / those that computed every token, since the first
+                            call or the last release() (disable() releases)
     active_fraction         image tokens the last call recomputed, as a fraction
     num_image_tokens        N of the last full step of a rewritten graph
     cache_bytes             every branch's state tensors
@@ -32,7 +33,8 @@ class Stats(Mapping):
                             steps of a generation: not counted); analysis_seconds: the last
                             analysis or re-ranking, reranks: re-rankings by measured error
                             (levels_from="error") or period assignments (work=...); periods:
-                            {period in steps: fraction of image tokens} under a work budget
+                            {period in steps: fraction of image tokens} under a work budget;
+                            compute_saved: None until a step of this generation ran
     """
     graphs: int
     compiles: int

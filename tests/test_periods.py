@@ -2,6 +2,7 @@
 (issue 9, item 2; periods.py and adaptive.py)."""
 import dataclasses
 import itertools
+import logging
 import math
 
 import pytest
@@ -11,7 +12,8 @@ from hypothesis import strategies as st
 
 import jano_compile
 from jano_compile.config import JanoConfig
-from jano_compile.periods import PERIODS, ErrorEstimate, adaptive_budget, assign_periods
+from jano_compile.periods import (PERIODS, ErrorEstimate, adaptive_budget, assign_periods, due,
+                                  periodic_work_range)
 
 from .models import flux
 from .test_error_levels import QUADRANTS, run_with_moving_errors
@@ -96,6 +98,33 @@ def test_budget_counts_warmup_cooldown_and_the_full_adaptive_steps():
     b = adaptive_budget(0.5, 50, 3, 1)
     assert math.isclose((3 + 1 + 2 + 44 * b) / 50, 0.5)
     assert adaptive_budget(0.5, None, 3, 1) == 0.5
+
+
+@given(free=st.integers(1, 40), periods=st.lists(st.integers(1, 12), min_size=1, max_size=4, unique=True))
+def test_the_work_range_is_what_the_due_steps_compute(free, periods):
+    """The least and most work a stretch of periodic steps can do equal the tokens `due`
+    actually hands out over k = 1..free with every token on the longest or shortest period."""
+    def done(period):
+        token_periods = torch.full((6,), period)
+        return sum(due(token_periods, k).numel() for k in range(1, free + 1)) / (6 * free)
+    assert periodic_work_range(free, periods) == (done(max(periods)), done(min(periods)))
+    assert periodic_work_range(None, periods) == (1 / max(periods), 1 / min(periods))
+
+
+def test_a_work_budget_the_full_steps_meet_is_not_called_out_of_reach(caplog):
+    """12 steps, warm-up 3, cool-down 1: 6 full steps are 50% of the work and the 6 periodic
+    steps, shorter than the longest period (8), can compute nothing, so work=0.5 is met
+    exactly: no warning. work=0.4 is not reachable: warned."""
+    for work, warned in ((0.5, False), (0.4, True)):
+        caplog.clear()
+        config = JanoConfig(warmup_steps=3, cooldown_steps=1, block_size=(1, 2, 2), work=work,
+                            num_inference_steps=12)
+        with caplog.at_level(logging.WARNING, logger="jano_compile"):
+            decisions, _ = run_with_moving_errors(config, lambda s: "top-left", 12)
+        assert any("out of reach" in r.getMessage() for r in caplog.records) == warned
+        if not warned:
+            computed = [64 if d.index is None else d.index.numel() for d in decisions]
+            assert sum(computed) / (64 * 12) == 0.5
 
 
 def test_the_periods_follow_a_region_that_moves(tmp_path):
