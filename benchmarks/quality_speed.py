@@ -282,6 +282,10 @@ def dbcache_variant(model, make_config: Callable, run_as: str) -> Variant:
 
 
 def dbcache_methods(model, steps: int, full_flops: int, wanted: Callable = lambda *_: True) -> list[Method]:
+    default_label = "F1B0, threshold 0.08, warm-up 8 (default, F1 for 4 blocks)"
+    thresholds = {f"F1B0, threshold {t}": t for t in DBCACHE_THRESHOLDS}
+    if not family_wanted(wanted, DBCACHE, default_label, thresholds):
+        return []       # before the import: --methods leaving DBCache out needs no cache-dit
     try:
         from cache_dit import DBCacheConfig
     except ImportError as e:
@@ -290,10 +294,8 @@ def dbcache_methods(model, steps: int, full_flops: int, wanted: Callable = lambd
 
     def config(**kw) -> Callable:
         return lambda: DBCacheConfig(**{**DBCACHE_BASE, **kw, "num_inference_steps": steps})
-    default = ("F1B0, threshold 0.08, warm-up 8 (default, F1 for 4 blocks)", config())
-    candidates = {f"F1B0, threshold {t}": config(residual_diff_threshold=t) for t in DBCACHE_THRESHOLDS}
-    if not family_wanted(wanted, DBCACHE, default[0], candidates):
-        return []
+    default = (default_label, config())
+    candidates = {label: config(residual_diff_threshold=t) for label, t in thresholds.items()}
 
     def method(setting: str, make_config: Callable) -> Method:
         eager = dbcache_variant(model, make_config, "eager")
