@@ -48,6 +48,8 @@ def test_bad_arguments_are_usage_errors(script, arguments, named, monkeypatch, c
     argument, before any model is built (not a traceback after minutes of work). cache-dit is
     made unimportable: an optional dependency that --methods leaves out must not be needed."""
     monkeypatch.setitem(sys.modules, "cache_dit", None)
+    for limit in ("recompile_limit", "accumulated_recompile_limit"):   # quality_speed raises them
+        monkeypatch.setattr(torch._dynamo.config, limit, getattr(torch._dynamo.config, limit))
     monkeypatch.setattr(sys, "argv", [script, *arguments])
     monkeypatch.syspath_prepend(BENCHMARKS)
     with pytest.raises(SystemExit) as done:
