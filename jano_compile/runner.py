@@ -23,12 +23,11 @@ a full step at least as fast as the `full` variant in both modes, the settings t
 call by call (per call / back to back, against plain Inductor: default mode 1.02x / 0.99x
 against 1.04x / 1.05x; reduce-overhead 1.03x / 0.98x against 1.04x / 1.04x), and its
 partial steps (30% / 10%) came within 1.10-1.11x of their bound per call and 1.05x back to
-back uncaptured. (An earlier H200 run,
-when every size of the rewritten graph was lowered symbolic, put one symbolic cat/GELU
-kernel at 3x its static time; only the index length is symbolic now.) Under static calls a
-full step shares the capture of a partial step of all N tokens. Full steps fill the caches
-even when no later step reads them: the `full` variant writes K and V once, straight into
-the caches its attention then reads.
+back uncaptured. (An earlier H200 run, when every size of the rewritten graph was lowered
+symbolic, put one symbolic cat/GELU kernel at 3x its static time; only the index length is
+symbolic now.) Under static calls a full step shares the capture of a partial step of all N
+tokens. Full steps fill the caches even when no later step reads them: the `full` variant
+writes K and V once, straight into the caches its attention then reads.
 
 With `static_calls` every call runs through a `StaticCall` (static_call.py): on CUDA one
 captured CUDA graph per (variant, length, branch), replayed each step. Captured per length

@@ -48,11 +48,13 @@ def test_bad_arguments_are_usage_errors(script, arguments, named, monkeypatch, c
     argument, before any model is built (not a traceback after minutes of work). cache-dit is
     made unimportable: an optional dependency that --methods leaves out must not be needed."""
     monkeypatch.setitem(sys.modules, "cache_dit", None)
-    for limit in ("recompile_limit", "accumulated_recompile_limit"):   # quality_speed raises them
-        monkeypatch.setattr(torch._dynamo.config, limit, getattr(torch._dynamo.config, limit))
     monkeypatch.setattr(sys, "argv", [script, *arguments])
     monkeypatch.syspath_prepend(BENCHMARKS)
-    with pytest.raises(SystemExit) as done:
+    config = torch._dynamo.config
+    # quality_speed raises dynamo's recompile limits for its process: restored on exit
+    # (monkeypatch would delete, and so hide, these config entries at teardown)
+    with pytest.raises(SystemExit) as done, config.patch(recompile_limit=config.recompile_limit,
+                                                         accumulated_recompile_limit=config.accumulated_recompile_limit):
         runpy.run_path(str(Path(BENCHMARKS) / script), run_name="__main__")
     assert done.value.code == 2
     assert named in capsys.readouterr().err
