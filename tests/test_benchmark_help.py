@@ -45,7 +45,7 @@ if not torch.cuda.is_available():
 @pytest.mark.parametrize("script,arguments,named", BAD_ARGUMENTS)
 def test_bad_arguments_are_usage_errors(script, arguments, named, monkeypatch, capsys):
     """A value the script cannot use stops it at once with argparse's usage error naming the
-    argument, before any model is built (not a traceback after minutes of work). cache-dit is
+    argument, before any measurement (not a traceback after minutes of work). cache-dit is
     made unimportable: an optional dependency that --methods leaves out must not be needed."""
     monkeypatch.setitem(sys.modules, "cache_dit", None)
     monkeypatch.setattr(sys, "argv", [script, *arguments])
