@@ -97,7 +97,7 @@ def work_averages(averages, step_range: str, cuda: bool) -> list:
     step's own range, which the profiler also lists on the device's timeline with the whole
     step's time (counting it doubled "device busy" in the runs before 2026-11-27); on a
     CPU every op but the range (a Triton launch is listed both as an op and as its kernel)."""
-    return [e for e in averages if e.key != step_range and (not cuda or e.device_type == DeviceType.CUDA)]
+    return [e for e in averages if e.key != step_range and (not cuda or cuda_work(e))]
 
 
 def top_level_op(event) -> bool:

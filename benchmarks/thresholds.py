@@ -58,7 +58,7 @@ def main(argv=None):
                 ctl.set_num_inference_steps(args.steps)
                 image = model.sample([cls], args.steps, torch.Generator().manual_seed(seed), transformer=f)[0]
                 stats = ctl.stats()
-                schedule = schedule or ctl.auto_policy.schedule.config
+                schedule = schedule or ctl.schedule.config
                 rows[name].append((1 - stats["compute_saved"], psnr(image, full), ssim(image, full),
                                    stats["active_fraction_map"]))
     print(f"\nbundled model, {args.steps} steps, {args.seeds} seeds, {RECIPE} recipe: warm-up "

@@ -144,7 +144,7 @@ class AdaptiveSchedule:
         budget = adaptive_budget(config.work, config.num_inference_steps, config.warmup_steps,
                                  config.cooldown_steps)
         periods = self._periods()
-        lowest, highest = 1 / max(periods), 1 / min(periods)
+        lowest, highest = periodic_work_range(None, periods)    # the periods' cycle means: the clamp
         steps = config.num_inference_steps
         free = None if steps is None else periodic_steps(steps, config.warmup_steps, config.cooldown_steps)
         least, most = periodic_work_range(free, periods)     # what this generation's stretch can do
