@@ -105,10 +105,10 @@ class AutoPolicy:
         """Per-token `errors` of the graph's sequence, those of the latent grid's tokens."""
         return errors if self._slots is None else self._slots.on_grid(errors)
 
-    def _timestep_tick(self, graph, args) -> Tick:
+    def _timestep_tick(self, graph, args, branches: bool = True) -> Tick:
         """A bare loop's tick, from the timestep the graph receives (one device-to-host copy
-        per call on a GPU)."""
-        return self._timestep_clock.tick(float(args[graph.roles.timestep].reshape(-1)[0]))
+        per call on a GPU); `branches`: a step's calls are taken as its branches."""
+        return self._timestep_clock.tick(float(args[graph.roles.timestep].reshape(-1)[0]), branches)
 
     def manual_tick(self, graph, args) -> Optional[Tick]:
         """Where a call under manual control falls: under enable() the scheduler's tick; in a
@@ -123,8 +123,17 @@ class AutoPolicy:
         clock = self._timestep_clock
         if clock.most_calls < 2 or graph.roles.timestep is None:
             return None
-        tick = self._timestep_tick(graph, args)
+        split = clock.last_step_calls > 1
+        tick = self._timestep_tick(graph, args, branches=split)
         return tick if clock.last_step_calls > 1 else None
+
+    @property
+    def branches_unknown(self) -> bool:
+        """A bare loop's last call was another at the same timestep, and no step with several
+        calls ended before (the timestep has not moved on from them): these calls may be
+        split-CFG branches or repeated steps, which the clock cannot tell apart."""
+        clock = self._timestep_clock
+        return self.scheduler_clock is None and clock.calls_in_step >= 1 and clock.last_step_calls <= 1
 
     def plan(self, graph, args, module: Optional[torch.nn.Module], branch_name: Optional[str],
              token_errors: Optional[Callable[[], Optional[torch.Tensor]]] = None) -> Optional[CallPlan]:

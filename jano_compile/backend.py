@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 
 import torch.fx as fx
 
@@ -14,7 +13,8 @@ from .lowering import LoweredUnrewritten
 from .options import parse_options
 from .rewrite import rewrite_graph
 from .runner import GraphRunner
-from .runtime import CompiledGraph, param_positions
+from .runtime import CompiledGraph, param_positions, recompile_key
+from .user_warning import warn_user
 
 log = logging.getLogger(__name__)
 BACKEND_NAME = "jano"
@@ -31,14 +31,14 @@ def jano_backend(gm: fx.GraphModule, example_inputs, mode=None, options=None):
     common = dict(param_positions=params, roles=input_roles(gm), schedule_options=opts.schedule)
     if rewritten is None:
         if report.holds_image_tokens:
-            warnings.warn(f"jano: graph not rewritten, running plain "
-                          f"{opts.lowering}: {report.reason}", stacklevel=2)
+            warn_user(f"jano: graph not rewritten, running plain {opts.lowering}: {report.reason}")
         log.info("jano: %s not rewritten: %s", report.graph, report.reason)
         return CompiledGraph(report, None, LoweredUnrewritten(gm, opts, example_inputs), **common)
     log.info("jano: %s", report)
     sig = report.signature
     runner = GraphRunner(sig, opts, rewritten, tail=tail, full_variant=full_variant,
                          static_positions=frozenset(params))
+    common["recompile_key"] = recompile_key(example_inputs)
     if opts.dump_dir:
         variants = {"full_step": runner.full, "skip_tail": runner.tail}
         write_dump(opts.dump_dir, report, gm, rewritten,

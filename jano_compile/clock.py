@@ -34,7 +34,8 @@ MAX_BRANCHES = 4    # split CFG calls the model twice per step; a few pipelines 
 
 def _branch_call(calls: int, warned: bool) -> tuple[int, bool]:
     """(the call's index among the step's branches, warned) for the `calls`-th call of a
-    step (from 0): calls beyond MAX_BRANCHES share the last branch, said once."""
+    step (from 0): calls beyond MAX_BRANCHES share the last branch, said once (`warned`
+    True: not said)."""
     if calls < MAX_BRANCHES:
         return calls, warned
     if not warned:
@@ -67,7 +68,9 @@ class TimestepClock:
     last_step_calls: int = 0              # the calls of the last step that ended (the timestep moved)
     warned_branches: bool = False
 
-    def tick(self, timestep: float) -> Tick:
+    def tick(self, timestep: float, branches: bool = True) -> Tick:
+        """The call at `timestep`. `branches` False: the caller does not take the calls of
+        a step as branches (no warning about their number)."""
         if self.last_timestep is not None and timestep != self.last_timestep and self.direction is None:
             self.direction = 1.0 if timestep > self.last_timestep else -1.0
         if timestep == self.last_timestep:
@@ -84,7 +87,8 @@ class TimestepClock:
             self.calls_in_step = 0
         self.last_timestep = timestep
         self.most_calls = max(self.most_calls, self.calls_in_step + 1)
-        call, self.warned_branches = _branch_call(self.calls_in_step, self.warned_branches)
+        call, warned = _branch_call(self.calls_in_step, self.warned_branches or not branches)
+        self.warned_branches |= branches and warned
         return Tick(self.generation, self.step, call)
 
 

@@ -16,6 +16,7 @@ from the `CacheStore`, and each rewritten graph runs through its `GraphRunner`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import warnings
@@ -34,6 +35,7 @@ from .policy import DEFAULT_BRANCH, CallPlan, branch_of_call
 from .registry import REGISTRY
 from .report import Report
 from .stats import Stats
+from .user_warning import warn_user
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +68,18 @@ class Controller:
         self._num_full_calls = 0
         self._warned_unrewritten = False
         self._warned_fallbacks: set = set()     # reasons of unrewritten graphs set_active() warned of
+        self._warned_unknown_branches = False
+        self._warned_captured_again = False
         self.uncompiled: Optional[str] = None   # why steps of a generation ran without reaching jano
         self._last_report = None                # the report of the graph the last call ran
         self.last_call: Optional[CallRecord] = None
         self.step_records: list[CallRecord] = []        # this generation's calls with a step
-        self.branch_name: Optional[str] = None          # from cache_context, via enable()
+        self.branch_name: Optional[str] = None          # branch(), or cache_context under enable()
         self._full_next = False                         # refresh() while the schedule runs
+
+    def __reduce__(self):
+        raise TypeError("a jano Controller holds its model's live graphs and caches and cannot be pickled "
+                        "or copied; pickle ctl.stats() (a dict) instead")
 
     # ------------------------------------------------------------------ public API
     @property
@@ -122,6 +130,23 @@ class Controller:
         last = self.auto_policy.last_tick
         if taking_over and self.auto_policy.scheduler_clock is None and last is not None:
             self.store.continue_time_from(last.step + 1)   # one time axis in the forecast history
+
+    @contextlib.contextmanager
+    def branch(self, name: str):
+        """Calls inside are the branch `name` (split CFG: "cond", "uncond"), with caches of
+        its own, whatever the clock makes of them: for a bare loop that calls the model once
+        per branch (`enable()` names branches from diffusers' `cache_context`).
+
+            with ctl.branch("uncond"):
+                noise_uncond = model(**uncond_inputs)
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"ctl.branch() takes a non-empty str, got {name!r}")
+        outer, self.branch_name = self.branch_name, name
+        try:
+            yield
+        finally:
+            self.branch_name = outer
 
     def release(self) -> None:
         """Free the caches and forget the graphs seen so far (`disable()` does this): their
@@ -217,28 +242,28 @@ class Controller:
         }
 
     def _not_rewritten(self, what: str) -> bool:
-        """True (and a warning, once per reason) when the model ran and no graph of it was
-        rewritten, or when its last call ran a graph holding image tokens that was not
-        rewritten: dynamo picks the graph by the inputs' shapes, so the next call most likely
-        runs it again (with dynamic=None, after a second shape every shape runs the symbolic
-        graph), and such a call computes all tokens."""
+        """True (and a warning, once) when the model ran and no graph of it was rewritten:
+        `what` then has nothing to act on. When only the last call ran a graph holding image
+        tokens that was not rewritten, warns (once per reason) and returns False: dynamo
+        picks the graph by the inputs (shapes, grad mode, ...), so the next call may run it
+        again (with dynamic=None, after a second shape every shape runs the symbolic graph),
+        and such a call computes all tokens; calls that run a rewritten graph still follow
+        `what`."""
         report = Report(self.reports)
         last = self._last_report
         if self._graphs and not any(g.rewritten for g in report.graphs):
-            if self._warned_unrewritten:
-                return True
-            self._warned_unrewritten = True
-            message = f"{self.name} was not rewritten ({report.fallback_reason}); every call computes all tokens"
-        elif last is not None and last.holds_image_tokens and not last.rewritten:
-            if last.reason in self._warned_fallbacks:
-                return True
+            if not self._warned_unrewritten:
+                self._warned_unrewritten = True
+                warnings.warn(f"jano: {what}() has no effect: {self.name} was not rewritten "
+                              f"({report.fallback_reason}); every call computes all tokens", stacklevel=3)
+            return True
+        if last is not None and last.holds_image_tokens and not last.rewritten \
+                and last.reason not in self._warned_fallbacks:
             self._warned_fallbacks.add(last.reason)
-            message = (f"the last call of {self.name} ran a graph jano did not rewrite ({last.reason}); "
-                       "calls that run it compute all tokens")
-        else:
-            return False
-        warnings.warn(f"jano: {what}() has no effect: {message}", stacklevel=3)
-        return True
+            warnings.warn(f"jano: the last call of {self.name} ran a graph jano did not rewrite "
+                          f"({last.reason}); calls that run it compute all tokens, whatever {what}() "
+                          "says (the calls that run a rewritten graph follow it)", stacklevel=3)
+        return False
 
     # ------------------------------------------------------------------ runtime side
     def attach(self, module: torch.nn.Module) -> None:
@@ -252,6 +277,7 @@ class Controller:
     def run(self, graph, args):
         """One call of a compiled graph (rewritten or not) with dynamo's arguments."""
         if id(graph) not in self._graphs:
+            self._warn_if_captured_again(graph)
             self._graphs[id(graph)] = graph
             weakref.finalize(graph, self.store.drop, id(graph))
             self._note_first_call(graph)
@@ -309,7 +335,15 @@ class Controller:
                                                phase="refresh")
                 return plan, plan.step
         tick = self.auto_policy.manual_tick(graph, args)
-        branch = self.branch_name or (branch_of_call(tick.call_in_step) if tick is not None else DEFAULT_BRANCH)
+        if self.branch_name is not None:
+            branch = self.branch_name
+        elif tick is not None:
+            branch = branch_of_call(tick.call_in_step)
+        elif self.auto_policy.branches_unknown and self.last_call is not None:
+            branch = self.last_call.branch      # a repeated step goes on with the caches the last call wrote
+            self._warn_unknown_branches()
+        else:
+            branch = DEFAULT_BRANCH
         plan = self.manual_policy.plan(graph.signature.num_image_tokens, branch)
         if self.auto_policy.scheduler_clock is None:
             return plan, None
@@ -319,6 +353,18 @@ class Controller:
                                    phase="manual" if self.manual else "off")
         return plan, tick.step
 
+    def _warn_unknown_branches(self) -> None:
+        if self._warned_unknown_branches:
+            return
+        self._warned_unknown_branches = True
+        warn_user(
+            f"jano: {self.name} was called again at the same timestep: calls at one timestep were taken as "
+            "split-CFG branches with caches of their own while the schedule ran; under manual control "
+            "(set_active) each such call is one step that goes on with the caches of the call before it. "
+            "If the calls alternate inputs at this timestep (cond / uncond), a partial step of one reads the "
+            "other's K/V: name each call's branch (`with ctl.branch(\"uncond\"): model(...)`), or use "
+            "jano_compile.enable(pipe)")
+
     def _token_errors(self, graph) -> Optional[torch.Tensor]:
         """Each image token's last measured forecast error [N] on the CPU, averaged over the
         graph's branches (split CFG) where measured; None where the graph measures none."""
@@ -327,14 +373,29 @@ class Controller:
             return None
         return torch.stack([e.float().cpu() for e in errors]).nanmean(dim=0)
 
+    def _warn_if_captured_again(self, graph) -> None:
+        """Say once when dynamo captured the model again for inputs of the same shapes: the
+        graphs keep caches of their own, so calls that alternate between them compute from
+        older caches (and a refresh() refills only the graph the next call runs)."""
+        key = graph.recompile_key
+        if key is None or self._warned_captured_again:
+            return
+        if any(g.recompile_key == key for g in self._graphs.values()):
+            self._warned_captured_again = True
+            warn_user(f"jano: dynamo captured {self.name} again for inputs of the same shapes and dtypes (another "
+                      "guard changed: an input's strides, a non-contiguous view say, or train()/eval(); "
+                      "TORCH_LOGS=recompiles names it). Each graph keeps caches and forecast history of its own, "
+                      "so calls that alternate between them compute from older caches: pass contiguous inputs "
+                      "(.contiguous()) and keep the model's mode fixed")
+
     def _note_first_call(self, graph) -> None:
         report = graph.report
         if report.rewritten or report.holds_image_tokens or self._warned_unrewritten:
             return
         if not any(g.report.rewritten for g in self._graphs.values()):
-            warnings.warn(f"jano: no image-token region in a graph of {self.name} ({report.reason}); "
-                          "it runs unrewritten. jano rewrites diffusion transformers: see "
-                          "jano_compile.explain(model, ...) for what it found", stacklevel=4)
+            warn_user(f"jano: no image-token region in a graph of {self.name} ({report.reason}); "
+                      "it runs unrewritten. jano rewrites diffusion transformers: see "
+                      "jano_compile.explain(model, ...) for what it found")
             self._warned_unrewritten = True
 
     def _record(self, record: CallRecord) -> None:

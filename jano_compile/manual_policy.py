@@ -24,8 +24,9 @@ def checked_index(index, num_image_tokens: int) -> torch.Tensor:
     if not isinstance(index, torch.Tensor):
         raise TypeError(f"set_active() takes a LongTensor of image-token positions, got "
                         f"{type(index).__name__}")
-    if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
-        raise TypeError(f"set_active() takes integer token positions, got a {index.dtype} "
+    # uint8 too: torch indexes with a uint8 tensor as a mask, and a 0/1 mask is easily passed
+    if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype in (torch.bool, torch.uint8):
+        raise TypeError(f"set_active() takes integer token positions (int64 or int32), got a {index.dtype} "
                         "tensor (for a mask use mask.nonzero().flatten())")
     if index.dim() != 1:
         raise ValueError(f"set_active() takes a 1-D index, got shape {tuple(index.shape)}")
@@ -41,7 +42,8 @@ def checked_index(index, num_image_tokens: int) -> torch.Tensor:
                          f"max {int(index.max())}")
     index = torch.sort(index).values
     if index.numel() > 1 and bool((index[1:] == index[:-1]).any()):
-        raise ValueError("set_active(): the index holds duplicate positions")
+        hint = " (a 0/1 mask? pass mask.nonzero().flatten())" if int(index.max()) <= 1 else ""
+        raise ValueError(f"set_active(): the index holds duplicate positions{hint}")
     return index
 
 

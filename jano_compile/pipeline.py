@@ -27,6 +27,7 @@ from .clock import SchedulerClock
 from .config import JanoConfig, explicit_options
 from .controller import Controller, controller
 from .options import parse_options
+from .user_warning import warn_user
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +132,8 @@ def _name_branches(transformer, ctl: Controller, set_on) -> None:
 
     @contextlib.contextmanager
     def cache_context(name, **kwargs):
-        ctl.branch_name = name
-        try:
-            with original_context(name, **kwargs):
-                yield
-        finally:
-            ctl.branch_name = None
+        with ctl.branch(name), original_context(name, **kwargs):
+            yield
     set_on(transformer, "cache_context", cache_context)
 
 
@@ -228,11 +225,11 @@ RENOISING_SCHEDULERS = ("FlowMatchLCMScheduler",)
 def _warn_if_renoising(scheduler) -> None:
     config = getattr(scheduler, "config", None)
     if type(scheduler).__name__ in RENOISING_SCHEDULERS or getattr(config, "stochastic_sampling", False):
-        warnings.warn(f"jano: {type(scheduler).__name__} draws fresh noise into the whole latent at every "
-                      "step, which the outputs jano forecasts (or holds) on the steps it skips do not "
-                      "follow: expect images far from the full model's (15-22 dB PSNR on tiny test "
-                      "models). Use a deterministic scheduler (e.g. FlowMatchEulerDiscreteScheduler "
-                      "without stochastic_sampling)", stacklevel=5)
+        warn_user(f"jano: {type(scheduler).__name__} draws fresh noise into the whole latent at every "
+                  "step, which the outputs jano forecasts (or holds) on the steps it skips do not "
+                  "follow: expect images far from the full model's (15-22 dB PSNR on tiny test "
+                  "models). Use a deterministic scheduler (e.g. FlowMatchEulerDiscreteScheduler "
+                  "without stochastic_sampling)")
 
 
 def _show_levels(pipe, ctl: Controller, set_on) -> None:
@@ -282,7 +279,7 @@ def _warn_uncompiled(steps: int) -> str:
               "process: after several enable()/disable() rounds with other options or shapes, or other "
               "models whose class shares diffusers' forward wrapper (FLUX, SD3, Wan, ...); "
               "torch._dynamo.reset() before enable() clears the old graphs")
-    warnings.warn(f"jano: {steps} {reason}", stacklevel=3)
+    warn_user(f"jano: {steps} {reason}")
     return reason
 
 

@@ -38,7 +38,7 @@ class CompiledGraph:
     def __init__(self, report: GraphReport, runner: Optional[GraphRunner],
                  unrewritten: Optional[Callable], param_positions: list[int], roles: InputRoles,
                  schedule_options: Mapping, grid_hint: Optional[tuple[int, int, int]] = None,
-                 latent_rows: Optional[LatentRows] = None):
+                 latent_rows: Optional[LatentRows] = None, recompile_key: Optional[tuple] = None):
         self.report = report
         self.runner = runner
         self.unrewritten = unrewritten
@@ -47,6 +47,7 @@ class CompiledGraph:
         self.schedule_options = dict(schedule_options)
         self.grid_hint = grid_hint      # the token grid read from the graph (geometry.grid_from_graph)
         self.latent_rows = latent_rows  # packed slots: the latent's rows (geometry.latent_rows_from_graph)
+        self.recompile_key = recompile_key   # equal for graphs dynamo captured again for the same inputs
         self._orphan: Optional[Controller] = None   # for graphs that receive no parameter
 
     @property
@@ -91,3 +92,16 @@ class CompiledGraph:
 
 def param_positions(example_inputs) -> list[int]:
     return [i for i, t in enumerate(example_inputs) if isinstance(t, torch.nn.Parameter)]
+
+
+def recompile_key(example_inputs) -> Optional[tuple]:
+    """The frame dynamo is compiling and the shapes and dtypes of the graph's inputs other
+    than parameters: two graphs with equal keys are one frame captured again for inputs of
+    the same shapes, because another guard changed (an input's strides, train()/eval(),
+    ...). None outside dynamo's compile context."""
+    from torch._guards import CompileContext
+    compile_id = CompileContext.current_compile_id()
+    if compile_id is None:
+        return None
+    return compile_id.frame_id, tuple((tuple(t.shape), t.dtype) for t in example_inputs
+                                      if isinstance(t, torch.Tensor) and not isinstance(t, torch.nn.Parameter))

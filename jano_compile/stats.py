@@ -15,8 +15,9 @@ class Stats(Mapping):
     static_graphs           partial-step graphs of a static length (exact or bucket)
     cuda_graphs             captured CUDA graphs (one per variant, length and branch)
     capture_failures        why captures failed (those calls run uncaptured)
-    calls / full_calls      model calls / those that computed every token, since the first
-                            call or the last release() (disable() releases)
+    calls / full_calls      calls of the model's graphs / those that computed every token,
+                            since the first call or the last release() (disable() releases);
+                            a forward that graph breaks split into k graphs counts k a call
     active_fraction         image tokens the last call recomputed, as a fraction
     num_image_tokens        N of the last full step of a rewritten graph
     cache_bytes             every branch's state tensors

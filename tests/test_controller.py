@@ -1,5 +1,6 @@
 """The controller API and the backend options: documented errors, per-model state,
 autograd and dynamic-shape fallbacks, registration of the backend name."""
+import pickle
 import subprocess
 import sys
 import warnings
@@ -30,7 +31,10 @@ def test_set_active_before_first_full_step_raises():
     (torch.tensor([[0, 1]]), ValueError, "1-D"),
     (torch.tensor([0, 16]), IndexError, r"\[0, 16\)"),
     (torch.tensor([-1]), IndexError, r"\[0, 16\)"),
-    (torch.tensor([3, 3]), ValueError, "duplicate"),
+    (torch.tensor([3, 3]), ValueError, "duplicate positions$"),
+    (torch.tensor([0, 1, 1, 0]), ValueError, r"duplicate.*mask\.nonzero"),
+    (torch.tensor([0, 1, 1, 0], dtype=torch.uint8), TypeError, r"torch\.uint8.*mask\.nonzero"),
+    (torch.tensor([True, False]), TypeError, r"torch\.bool.*mask\.nonzero"),
     (torch.tensor([0], device="meta"), ValueError, "meta device"),
 ])
 def test_set_active_rejects_bad_index(index, error, match):
@@ -54,6 +58,16 @@ def test_bad_lowering_value():
     with pytest.raises(Exception, match="'lowering' must be one of"):
         with torch.no_grad():
             compiled(torch.randn(1, 4, 8, 8))
+
+
+def test_a_controller_refuses_pickling_and_names_what_to_pickle():
+    _, compiled = _compiled_toy()
+    ctl = jano_compile.controller(compiled)
+    with torch.no_grad():
+        compiled(torch.randn(1, 4, 8, 8))
+    with pytest.raises(TypeError, match=r"cannot be pickled.*ctl\.stats\(\)"):
+        pickle.dumps(ctl)
+    assert pickle.loads(pickle.dumps(ctl.stats())) == ctl.stats()
 
 
 def test_controller_rejects_non_modules():
@@ -121,7 +135,7 @@ def test_second_resolution_with_dynamic_shapes_falls_back_cleanly():
     assert "symbolic shapes" in jano_compile.controller(compiled).stats()["fallback_reason"]
 
 
-def test_after_dynamic_shapes_take_over_set_active_says_it_has_no_effect():
+def test_after_dynamic_shapes_take_over_set_active_says_those_calls_compute_all_tokens():
     """dynamic=None: after a second resolution dynamo runs every shape, the first included,
     through its symbolic graph, which jano cannot rewrite. set_active() then says so (once)
     instead of silently doing nothing, and the calls stay equal to the eager model."""
@@ -135,13 +149,35 @@ def test_after_dynamic_shapes_take_over_set_active_says_it_has_no_effect():
         with pytest.warns(UserWarning, match="dynamic=False"):
             compiled(torch.randn(1, 4, 12, 12))
         compiled(first)                                   # the first shape, now the symbolic graph
-        with pytest.warns(UserWarning, match="set_active\\(\\) has no effect: the last call .*symbolic shapes"):
+        with pytest.warns(UserWarning, match="the last call .*symbolic shapes.*compute all tokens, whatever set_active"):
             ctl.set_active(torch.arange(3))
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             ctl.set_active(torch.arange(3))               # once per reason
             torch.testing.assert_close(compiled(first)[0], model(first)[0])
     assert ctl.last_call.full
+
+
+def test_refresh_after_a_call_that_ran_unrewritten_still_refreshes():
+    """A grad-enabled call runs a graph jano does not rewrite; refresh() after it warns that
+    such calls compute all tokens, and still makes the next call of the rewritten graph (no
+    grad, new inputs) a full step equal to the eager model, not a partial step on the old
+    inputs' caches."""
+    model = ToyDiT().eval()
+    compiled = torch.compile(model, backend="jano", dynamic=False, options={"lowering": "eager"})
+    ctl = jano_compile.controller(compiled)
+    first, later = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        compiled(first)
+        ctl.set_active(torch.arange(3))
+        compiled(first)
+    compiled(first)                                        # autograd recording: not rewritten
+    with pytest.warns(UserWarning, match="the last call .*autograd.*whatever refresh"):
+        ctl.refresh()
+    with torch.no_grad():
+        out = compiled(later)[0]
+        assert ctl.last_call.full
+        torch.testing.assert_close(out, model(later)[0])
 
 
 def test_second_resolution_with_static_shapes_is_rewritten():

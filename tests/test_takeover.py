@@ -368,19 +368,89 @@ def test_split_cfg_in_a_bare_loop_keeps_its_branches_under_set_active():
         torch.testing.assert_close(split[name], alone[name], rtol=0, atol=0)
 
 
-def test_repeated_calls_at_one_timestep_are_not_taken_for_split_cfg_under_set_active():
-    """Two calls at one timestep, then set_active(), then more calls at that timestep (a
-    manual loop that never changes the timestep): each call is a step of the one branch,
-    partial on the caches the first call filled."""
+def test_repeated_calls_at_one_timestep_are_not_taken_for_split_cfg_under_set_active(caplog):
+    """A call at inputs A, refresh(), a call at inputs B at the same timestep (the schedule
+    takes it for a second CFG branch, with caches of its own), then set_active() and more
+    calls at B and that timestep (a manual loop that never changes the timestep): each is a
+    step that goes on with the caches the call before it wrote, so it equals the eager model
+    on B. The clock cannot tell such calls from split CFG at a frozen timestep: a warning
+    says so once and names ctl.branch(); the clock's warning about calls beyond
+    MAX_BRANCHES per step (they would share the fourth branch) is not given."""
+    from jano_compile.clock import MAX_BRANCHES
     model, kwargs, n = flux(b=1, h=4, w=4)
+    model.eval()
+    later = {**kwargs, "hidden_states": torch.randn_like(kwargs["hidden_states"])}
     with torch.no_grad():
+        eager = model(**later, return_dict=False)[0]
         f, ctl = _compiled(model)
         f(**kwargs, return_dict=False)
-        f(**kwargs, return_dict=False)
+        ctl.refresh()
+        f(**later, return_dict=False)
         ctl.set_active(torch.arange(0, n, 2))
-        for _ in range(2):
+        with pytest.warns(UserWarning, match=r"again at the same timestep.*ctl\.branch\(") as caught:
+            with caplog.at_level(logging.WARNING, logger="jano_compile.clock"):
+                for _ in range(MAX_BRANCHES + 1):
+                    out = f(**later, return_dict=False)[0]
+                    assert not ctl.last_call.full and ctl.last_call.branch == "call1"
+                    torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-5)
+    assert sum("again at the same timestep" in str(w.message) for w in caught) == 1
+    assert caught[0].filename == __file__      # the user's line, not dynamo's
+    assert not [r for r in caplog.records if "calls within one step" in r.message]
+
+
+def test_a_second_graph_for_the_same_shapes_is_said_once():
+    """An input of other strides (same shapes and values) makes dynamo capture the model
+    again; that graph keeps caches of its own, which is said once, at the user's line, with
+    what to do. Calls at another shape (a second resolution) are not such a case."""
+    model, kwargs, _ = flux(b=1, h=4, w=4)
+    latent = kwargs["hidden_states"]
+    strided = latent.transpose(1, 2).contiguous().transpose(1, 2)
+    other_batch = {**kwargs, **{k: torch.cat([v, v]) for k, v in kwargs.items()
+                                if k in ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep")}}
+    with torch.no_grad():
+        f, ctl = _compiled(model.eval())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
             f(**kwargs, return_dict=False)
-            assert not ctl.last_call.full and ctl.last_call.branch == "default"
+            f(**other_batch, return_dict=False)
+        with pytest.warns(UserWarning, match=r"captured .* again for inputs of the same shapes.*contiguous") as caught:
+            f(**{**kwargs, "hidden_states": strided}, return_dict=False)
+        assert caught[0].filename == __file__
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            f(**kwargs, return_dict=False)
+            f(**{**kwargs, "hidden_states": strided}, return_dict=False)
+    assert ctl.stats()["graphs"] == 3
+
+
+def test_named_branches_keep_split_cfg_apart_at_a_frozen_timestep():
+    """Cond and uncond called in turn at one timestep that never moves (a test harness, not
+    a sampling loop): the clock cannot tell branches from repeated steps, ctl.branch() can.
+    After set_active(), each branch's partial steps read its own caches and equal the eager
+    model on its own inputs; no warning."""
+    model, kwargs, n = flux(b=1, h=4, w=4)
+    model.eval()
+    inputs = {"cond": kwargs, "uncond": {**kwargs, "encoder_hidden_states": torch.randn_like(
+        kwargs["encoder_hidden_states"]), "pooled_projections": torch.randn_like(kwargs["pooled_projections"])}}
+    with torch.no_grad():
+        eager = {name: model(**kw, return_dict=False)[0] for name, kw in inputs.items()}
+        f, ctl = _compiled(model)
+        for name, kw in inputs.items():
+            with ctl.branch(name):
+                f(**kw, return_dict=False)
+        ctl.set_active(torch.arange(0, n, 3))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for _ in range(2):
+                for name, kw in inputs.items():
+                    with ctl.branch(name):
+                        out = f(**kw, return_dict=False)[0]
+                    assert not ctl.last_call.full and ctl.last_call.branch == name
+                    torch.testing.assert_close(out, eager[name], rtol=1e-4, atol=1e-5)
+    assert ctl.branch_name is None
+    with pytest.raises(TypeError, match="non-empty str"):
+        with ctl.branch(""):
+            pass
 
 
 def test_graphs_dynamo_dropped_free_their_caches():
