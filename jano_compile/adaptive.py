@@ -101,10 +101,12 @@ class AdaptiveSchedule:
             self.rerank_due = self.config.levels_from == "error"
         elif self.rerank_due and self.analysis is not None and token_errors is not None:
             self._rerank(token_errors())
-        if phase.level == Level.FULL or self.analysis is None or self.all_full:
+        if phase.level == Level.FULL or self.all_full:
             index = None
-        elif phase.level == Level.NONE:
-            index = NO_TOKENS
+        elif phase.level == Level.NONE and (self.analysis is not None or not self.config.uses_regions):
+            index = NO_TOKENS       # a step that computes no token needs no regions
+        elif self.analysis is None:
+            index = None
         elif phase.level == Level.MEDIUM:
             index = self.analysis.medium_index
         else:
@@ -183,8 +185,12 @@ class AdaptiveSchedule:
     def _analyze(self) -> None:
         self.analysed = True
         if len(self.warmup_latents) < 2 or self.grid is None:
-            log.warning("jano: no warm-up latents to analyse (%d recorded); computing every "
-                        "token", len(self.warmup_latents))
+            if self.config.uses_regions:
+                log.warning("jano: no warm-up latents to analyse (%d recorded); computing every "
+                            "token", len(self.warmup_latents))
+            else:
+                log.info("jano: no region analysis (%d warm-up latents recorded); each step computes "
+                         "every token or none, which needs none", len(self.warmup_latents))
             self.analysis = None
             return
         self.analysis = analyze(self.warmup_latents, self.grid, self.config)

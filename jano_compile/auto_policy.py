@@ -25,7 +25,7 @@ import torch
 from .adaptive import AdaptiveSchedule
 from .clock import SchedulerClock, Tick, TimestepClock
 from .config import resolve_config
-from .geometry import SequenceSlots, geometry_for, image_tokens
+from .geometry import GeometryError, SequenceSlots, geometry_for, image_tokens
 from .policy import DEFAULT_BRANCH, CallPlan
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class AutoPolicy:
     def __init__(self):
         self.schedule: Optional[AdaptiveSchedule] = None
         self.off_reason: Optional[str] = None
+        self._off_by_inputs = False
         self.num_inference_steps: Optional[int] = None   # learned from the scheduler
         self.scheduler_clock: Optional[SchedulerClock] = None   # set by enable()
         self._timestep_clock = TimestepClock()
@@ -45,6 +46,7 @@ class AutoPolicy:
         self._slots: Optional[SequenceSlots] = None   # this generation's, where the sequence has slots
         self.last_tick = None             # of the timestep clock (a bare loop)
         self._warned_length = False
+        self.no_regions: Optional[str] = None     # why the schedule runs without a region analysis
 
     @property
     def running(self) -> bool:
@@ -65,9 +67,25 @@ class AutoPolicy:
         if self.schedule is not None:
             self.schedule.set_num_inference_steps(num_steps)
 
-    def _turn_off(self, why: str) -> None:
+    def _turn_off(self, why: str, inputs: bool = False) -> None:
+        """`inputs`: the cause lies in this generation's inputs (a latent without a grid), not
+        in the model: `resume()` (a new generation under enable(), release()) turns it on again."""
         self.off_reason = why
+        self._off_by_inputs = inputs
         log.warning("jano: automatic schedule off, every step computes all tokens: %s", why)
+
+    def resume(self) -> None:
+        """The schedule on again where only a generation's inputs turned it off."""
+        if self._off_by_inputs:
+            self.off_reason, self._off_by_inputs = None, False
+
+    def _without_regions(self, why: str) -> None:
+        """No region analysis, said once: the schedule's steps compute every token or none."""
+        if self.no_regions is None:
+            log.warning("jano: no region analysis (%s); the schedule runs on without one, since each of "
+                        "its steps computes every token or none (settings that give regions their own "
+                        "intervals or periods would turn it off)", why)
+        self.no_regions = why
 
     def _schedule_for(self, family: str, options: Mapping) -> AdaptiveSchedule:
         """The schedule for these compile options (rebuilt when they change)."""
@@ -171,15 +189,18 @@ class AutoPolicy:
             try:
                 rows = graph.latent_rows(args) if graph.latent_rows is not None else None
                 tokens, grid = image_tokens(geometry, args[roles.hidden_states], ids, graph.grid_hint, n, rows)
+                expected = n if rows is None else rows.numel()
+                if tokens.shape[1] != expected:
+                    raise GeometryError(f"the latent holds {tokens.shape[1]} tokens but the graph {expected}")
             except Exception as e:  # noqa: BLE001 - as above
-                self._turn_off(f"the latent could not be cut into image tokens: {type(e).__name__}: {e}")
-                return None
-            expected = n if rows is None else rows.numel()
-            if tokens.shape[1] != expected:
-                self._turn_off(f"the latent holds {tokens.shape[1]} tokens but the graph {expected}")
-                return None
-            self._slots = SequenceSlots(rows, n) if rows is not None and rows.numel() < n else None
-            schedule.record_latents(tokens, grid)
+                why = f"the latent could not be cut into image tokens: {type(e).__name__}: {e}"
+                if schedule.config.uses_regions:
+                    self._turn_off(why, inputs=True)
+                    return None
+                self._without_regions(why)      # the schedule needs no regions: it runs on
+            else:
+                self._slots = SequenceSlots(rows, n) if rows is not None and rows.numel() < n else None
+                schedule.record_latents(tokens, grid)
         index = decision.index
         if index is not None and self._slots is not None:
             index = self._slots.sequence_index(index)

@@ -212,6 +212,16 @@ class JanoConfig:
         if self.save_dir is not None and not isinstance(self.save_dir, str):
             _fail("save_dir", self.save_dir, "must be None, a str or a path")
 
+    @property
+    def uses_regions(self) -> bool:
+        """Some step computes some regions and not others: a work budget, or intervals under
+        which a medium or active step comes (the medium interval not a multiple of the
+        static one; the active one a multiple of neither). Otherwise (the forecast recipe's
+        3 / 3 / 3) every step computes every token or none, and needs no region analysis."""
+        static, medium, active = self.static_interval, self.medium_interval, self.active_interval
+        return (self.work is not None or medium % static != 0
+                or (active % medium != 0 and active % static != 0))
+
     def check_block_size(self, grid: tuple[int, int, int]) -> None:
         """Raise ``ValueError`` if ``block_size`` is larger than the token ``grid``."""
         grid = check_grid(grid)

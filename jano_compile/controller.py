@@ -167,10 +167,12 @@ class Controller:
 
     def resume_schedule(self) -> None:
         """Hand control back to the automatic schedule after `set_active` / `refresh`; its
-        next generation starts with the warm-up. `enable()` does this whenever a generation
-        starts (the scheduler's `set_timesteps`)."""
+        next generation starts with the warm-up (where a generation's inputs turned the
+        schedule off, a latent without a grid, it runs again). `enable()` does this whenever
+        a generation starts (the scheduler's `set_timesteps`)."""
         self.manual_policy = ManualPolicy()
         self._full_next = False
+        self.auto_policy.resume()
 
     def set_num_inference_steps(self, num_steps: Optional[int]) -> None:
         """The length of the coming generation (places the cool-down). `enable()` calls it

@@ -111,3 +111,58 @@ def test_compiling_again_with_other_options_changes_the_schedule():
             euler_loop(f, kwargs)
             saved.append(jano_compile.controller(f).stats()["compute_saved"])
     assert saved[0] == 0.0 and saved[1] > 0.3
+
+
+def _reference_tokens_loop(transformer, kwargs, reference: torch.Tensor, reference_ids: torch.Tensor,
+                           steps: int = STEPS) -> torch.Tensor:
+    """A FLUX Kontext-style Euler loop: the latent's tokens followed by a reference image's
+    tokens of another grid (position ids with frame 1), which the loop keeps as they are."""
+    x = kwargs["hidden_states"].clone()
+    ids = torch.cat([kwargs["img_ids"], reference_ids])
+    sigmas = torch.linspace(1.0, 0.0, steps + 1)
+    for i in range(steps):
+        args = {**kwargs, "hidden_states": torch.cat([x, reference], dim=1), "img_ids": ids,
+                "timestep": torch.full((x.shape[0],), float(sigmas[i])), "return_dict": False}
+        v = transformer(**args)[0][:, :x.shape[1]]
+        x = x + (sigmas[i + 1] - sigmas[i]) * v
+    return x
+
+
+def test_a_schedule_that_needs_no_regions_runs_where_the_latent_has_no_grid(caplog):
+    """Reference tokens of another grid than the latent's (FLUX Kontext with a reference image
+    of another size) leave the sequence without one (frames, h, w) grid, so no region
+    analysis can run. The forecast recipe's steps compute every token or none: its schedule
+    runs on (said once) with the levels it has where the grid is known; a schedule with
+    regions (the paper recipe's intervals) turns off, with the reason, until the next run
+    (release(); under enable() the next generation)."""
+    import logging
+    model, kwargs, _ = flux(b=1, h=4, w=4)
+    model.eval()
+    reference = torch.randn(1, 6, kwargs["hidden_states"].shape[2])
+    reference_ids = torch.stack([torch.ones(6), torch.arange(6) // 3, torch.arange(6) % 3], dim=1)
+    forecast = dict(lowering="eager", num_inference_steps=STEPS)
+    with torch.no_grad():
+        grid_known = torch.compile(model, backend="jano", dynamic=False, options=forecast)
+        euler_loop(grid_known, kwargs)
+        expected = jano_compile.controller(grid_known).stats()["levels"]
+        torch._dynamo.reset()
+        with caplog.at_level(logging.WARNING, logger="jano_compile"):
+            f = torch.compile(model, backend="jano", dynamic=False, options=forecast)
+            _reference_tokens_loop(f, kwargs, reference, reference_ids)
+        stats = jano_compile.controller(f).stats()
+        assert "skip" in expected and stats["levels"] == expected
+        assert stats["auto_disabled"] is None and stats["compute_saved"] > 0
+        assert sum("no region analysis" in r.message and "position ids" in r.message
+                   for r in caplog.records) == 1
+        torch._dynamo.reset()
+        jano_compile.controller(f).release()
+        f = torch.compile(model, backend="jano", dynamic=False, options={**forecast, **SCHEDULE})
+        _reference_tokens_loop(f, kwargs, reference, reference_ids)
+        ctl = jano_compile.controller(f)
+        stats = ctl.stats()
+        assert "could not be cut into image tokens" in stats["auto_disabled"]
+        assert stats["full_calls"] == stats["calls"] == STEPS
+        ctl.release()       # the inputs turned it off, not the model: on again for the next run
+        euler_loop(f, kwargs)
+    stats = ctl.stats()
+    assert stats["auto_disabled"] is None and stats["full_calls"] < stats["calls"] == STEPS

@@ -95,3 +95,15 @@ def test_without_length_the_pattern_never_ends(config, step):
         assert level is Level.ACTIVE
     else:
         assert level is Level.NONE
+
+
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(1, 12))
+def test_uses_regions_says_whether_some_step_computes_part_of_the_tokens(static, medium, active):
+    """`uses_regions` (a config property, read where no region analysis can run) against the
+    plan itself: some step after warm-up is a medium or active one, over a stretch long
+    enough to hold every interval's multiples."""
+    config = JanoConfig(warmup_steps=2, cooldown_steps=0, static_interval=static,
+                        medium_interval=medium, active_interval=active)
+    steps = 2 + static * medium * active + 1
+    partial = {Level.MEDIUM, Level.ACTIVE} & set(schedule_plan(steps, config))
+    assert config.uses_regions == bool(partial)
