@@ -14,7 +14,7 @@ from .options import parse_options
 from .rewrite import rewrite_graph
 from .runner import GraphRunner
 from .runtime import CompiledGraph, param_positions, recompile_key
-from .user_warning import warn_user
+from .call_site import warn_user
 
 log = logging.getLogger(__name__)
 BACKEND_NAME = "jano"

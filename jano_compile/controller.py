@@ -35,7 +35,7 @@ from .policy import DEFAULT_BRANCH, CallPlan, branch_of_call
 from .registry import REGISTRY
 from .report import Report
 from .stats import Stats
-from .user_warning import warn_user
+from .call_site import warn_user
 
 log = logging.getLogger(__name__)
 
@@ -333,8 +333,8 @@ class Controller:
             if plan is not None:
                 if self._full_next:         # refresh(): this call full, the schedule goes on
                     self._full_next = False
-                    plan = dataclasses.replace(plan, index=None, exact=False,
-                                               phase="refresh")
+                    if plan.index is not None:      # (a warm-up or cool-down step is full anyway)
+                        plan = dataclasses.replace(plan, index=None, exact=False, phase="refresh")
                 return plan, plan.step
         tick = self.auto_policy.manual_tick(graph, args)
         if self.branch_name is not None:

@@ -27,7 +27,7 @@ from .clock import SchedulerClock
 from .config import JanoConfig, explicit_options
 from .controller import Controller, controller
 from .options import parse_options
-from .user_warning import warn_user
+from .call_site import calling_self, warn_user
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,11 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
     transformer = getattr(pipe, "transformer", None)
     if not isinstance(transformer, torch.nn.Module):
         raise TypeError(f"{type(pipe).__name__} has no `transformer` module to compile")
+    if hasattr(transformer, "_orig_mod") and controller(transformer._orig_mod).auto_policy.scheduler_clock is not None:
+        raise RuntimeError("pipe.transformer is the transformer jano is enabled on through another pipeline "
+                           "(from_pipe() after enable() shares it): this pipeline runs it with jano already, its "
+                           "own scheduler driving the steps; leave enable() out (disable() on the first "
+                           "pipeline turns jano off for both)")
     if hasattr(transformer, "_orig_mod"):
         raise TypeError("pipe.transformer is already compiled with torch.compile; enable() compiles it "
                         "itself: give it the module (pipe.transformer = pipe.transformer._orig_mod)")
@@ -90,7 +95,7 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
         patched.append((obj, name))
 
     _name_branches(transformer, ctl, set_on)
-    follow_scheduler = _drive_clock(pipe, ctl, set_on)
+    follow_scheduler = _drive_clock(pipe, compiled, ctl, set_on)
     _show_levels(pipe, ctl, set_on)
     _save_overlays(pipe, ctl, set_on)
     pipe.transformer = compiled
@@ -145,12 +150,14 @@ class _Generation:
     warned: bool = False
 
 
-def _drive_clock(pipe, ctl: Controller, set_on) -> Callable[[], None]:
+def _drive_clock(pipe, compiled: torch.nn.Module, ctl: Controller, set_on) -> Callable[[], None]:
     """The scheduler drives the step clock: `set_timesteps` (or `set_begin_index`, img2img)
     starts a generation and gives its length, `step` ends a step; no timestep is read from
-    the device. A scheduler swapped in after enable() (`pipe.scheduler = X.from_config(...)`)
-    is found at the next model call, whose generation it then starts. Returns what the
-    pipeline's handle must keep alive."""
+    the device. The scheduler is that of the pipeline whose loop calls the model (`compiled`,
+    which pipelines made with `from_pipe()` share, each maybe with a scheduler of its own),
+    else `pipe`'s: another scheduler than the one driving the clock (a swap,
+    `pipe.scheduler = X.from_config(...)`, or another pipeline's) is found at the model call,
+    whose generation it then starts. Returns what the pipeline's handle must keep alive."""
     clock = SchedulerClock()
     ctl.auto_policy.scheduler_clock = clock
     generation = _Generation(ctl.calls)
@@ -201,7 +208,8 @@ def _drive_clock(pipe, ctl: Controller, set_on) -> Callable[[], None]:
         driving = scheduler
 
     def follow_a_swap():
-        scheduler = getattr(pipe, "scheduler", None)
+        caller = calling_self(lambda obj: getattr(obj, "transformer", None) is compiled)
+        scheduler = getattr(caller if caller is not None else pipe, "scheduler", None)
         if scheduler is not driving and hasattr(scheduler, "set_timesteps"):
             drive(scheduler)    # its set_timesteps ran unwatched: this call starts the generation
             start_generation(scheduler, getattr(scheduler, "begin_index", None) or 0)
@@ -278,7 +286,9 @@ def _warn_uncompiled(steps: int) -> str:
               f"{limit}) on the transformer's forward code, which counts every compile of it in this "
               "process: after several enable()/disable() rounds with other options or shapes, or other "
               "models whose class shares diffusers' forward wrapper (FLUX, SD3, Wan, ...); "
-              "torch._dynamo.reset() before enable() clears the old graphs")
+              "torch._dynamo.reset() before enable() clears the old graphs. Or the pipeline that ran "
+              "holds the transformer uncompiled while sharing the enabled pipeline's scheduler (made "
+              "with from_pipe() before enable(): make it after)")
     warn_user(f"jano: {steps} {reason}")
     return reason
 

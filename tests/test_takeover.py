@@ -64,11 +64,14 @@ def test_refresh_while_the_schedule_runs_is_one_full_step_then_the_schedule_goes
             return callback
         first_partial = next(s for s, level in enumerate(planned) if level not in ("warmup", "refresh"))
         _generate(pipe, inputs, refresh_after(first_partial - 1))
-    stats = ctl.stats()
-    assert stats["mode"] == "auto"
-    expected = [*planned[:first_partial], "refresh", *planned[first_partial + 1:]]
-    assert stats["levels"] == expected
-    assert stats["compute_saved"] > 0
+        stats = ctl.stats()
+        assert stats["mode"] == "auto"
+        expected = [*planned[:first_partial], "refresh", *planned[first_partial + 1:]]
+        assert stats["levels"] == expected
+        assert stats["compute_saved"] > 0
+        _generate(pipe, inputs, lambda pipe_, i, t, kwargs: ctl.refresh() or kwargs)   # before every step
+    # every step full; the warm-up and cool-down steps, full anyway, keep their names
+    assert ctl.stats()["levels"] == [level if level in ("warmup", "cooldown") else "refresh" for level in planned]
 
 
 def test_set_active_from_a_callback_lasts_one_generation():
@@ -597,6 +600,40 @@ def test_a_scheduler_swapped_in_after_enable_drives_the_clock():
     assert swapped == ctl.stats()["levels"] == expected
     pipe.scheduler.set_timesteps(STEPS)        # a new generation, no step yet: no stale levels
     assert ctl.stats()["levels"] == [] and ctl.stats()["compute_saved"] is None
+
+
+def test_a_pipeline_made_with_its_own_scheduler_drives_the_clock_with_it():
+    """from_pipe(pipe, scheduler=<its own>) after enable(pipe): the pipeline whose loop calls
+    the model drives the clock with its scheduler. Its generation, right after one of pipe's
+    that a step callback broke off (the clock parked mid-generation), runs the schedule
+    from its warm-up and gives the image pipe gives on the same inputs; so does pipe's next."""
+    from diffusers import FluxPipeline
+    pipe, inputs = flux_pipeline()
+
+    def break_off(pipe_, step, t, kwargs):
+        if step == 5:
+            raise KeyboardInterrupt
+        return kwargs
+    with torch.no_grad():
+        ctl = jano_compile.enable(pipe, CONFIG, lowering="eager")
+        expected = _generate(pipe, inputs)
+        other = FluxPipeline.from_pipe(pipe, scheduler=type(pipe.scheduler).from_config(pipe.scheduler.config))
+        with pytest.raises(KeyboardInterrupt):
+            _generate(pipe, inputs, break_off)
+        assert len(ctl.stats()["levels"]) == 6 < STEPS
+        images = _generate(other, inputs)
+        assert ctl.stats()["levels"] == _planned_levels()
+        again = _generate(pipe, inputs)
+    torch.testing.assert_close(images, expected, rtol=0, atol=0)
+    torch.testing.assert_close(again, expected, rtol=0, atol=0)
+
+
+def test_enable_on_a_pipeline_sharing_the_enabled_transformer_says_it_runs_jano_already():
+    from diffusers import FluxPipeline
+    pipe, _ = flux_pipeline()
+    jano_compile.enable(pipe, lowering="eager")
+    with pytest.raises(RuntimeError, match="enabled on through another pipeline.*leave enable\\(\\) out"):
+        jano_compile.enable(FluxPipeline.from_pipe(pipe))
 
 
 def test_a_scheduler_that_renoises_every_step_is_warned_about():
