@@ -22,8 +22,8 @@ from .analyzer import RegionAnalysis, analyze, region_map, render_region_map, re
 from .clock import Tick
 from .config import JanoConfig
 from .periods import PERIODS, RegionPeriods, adaptive_budget, periodic_steps, periodic_work_range
-from .policy import branch_of_call
-from .schedule import Level, Phase, step_phase
+from .policy import branch_of_tick
+from .schedule import Level, Phase, schedule_plan, step_phase
 
 log = logging.getLogger(__name__)
 NO_TOKENS = torch.empty(0, dtype=torch.long)
@@ -57,19 +57,30 @@ class AdaptiveSchedule:
     reranks: int = 0            # re-rankings (or period assignments) by measured error in this generation
     periods: Optional[RegionPeriods] = None    # work budget: this generation's per-region periods
     warned_budget: bool = False
+    warned_all_full: bool = False
+    _all_full: Optional[tuple] = None       # (config, all_full of it)
 
     @property
     def all_full(self) -> bool:
-        """The run is shorter than warm-up + cool-down: every step computes all tokens."""
-        steps = self.config.num_inference_steps
-        return steps is not None and steps < self.config.warmup_steps + self.config.cooldown_steps
+        """The run is too short to skip work: every step of its plan is a full one (warm-up,
+        cool-down, the refresh after warm-up)."""
+        config = self.config
+        if self._all_full is None or self._all_full[0] is not config:   # once per config
+            steps = config.num_inference_steps
+            full = steps is not None and all(level == Level.FULL for level in schedule_plan(steps, config))
+            self._all_full = (config, full)
+        return self._all_full[1]
 
     def set_num_inference_steps(self, num_steps: Optional[int]) -> None:
         """The length of the coming generation (places the cool-down)."""
         self.config = dataclasses.replace(self.config, num_inference_steps=num_steps)
         if self.all_full:
-            log.info("jano: %d steps are fewer than warm-up + cool-down (%d + %d): every step computes "
-                     "all tokens", num_steps, self.config.warmup_steps, self.config.cooldown_steps)
+            # a warning, once: the paper recipe's FLUX preset (7 + 2) leaves a 10-step run nothing to skip
+            (log.info if self.warned_all_full else log.warning)(
+                "jano: a %d-step run leaves no step to skip work (warm-up %d, cool-down %d, a refresh "
+                "after warm-up): every step computes all tokens; fewer warmup_steps / cooldown_steps "
+                "would", num_steps, self.config.warmup_steps, self.config.cooldown_steps)
+            self.warned_all_full = True
 
     def decide(self, tick: Tick, branch_name: Optional[str],
                token_errors: Optional[Callable[[], Optional[torch.Tensor]]] = None) -> Decision:
@@ -82,7 +93,7 @@ class AdaptiveSchedule:
             self.generation = tick.generation
         self.call_in_step = tick.call_in_step
         step = tick.step
-        branch = branch_name or branch_of_call(tick.call_in_step)
+        branch = branch_of_tick(tick, branch_name)
         phase = step_phase(step, None, self.config)
         if phase.level != Level.FULL and not self.analysed:
             if self.config.num_inference_steps is None and not self.warned_no_length:

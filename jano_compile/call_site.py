@@ -3,6 +3,7 @@
 user's line, and the pipeline whose loop made the call."""
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import warnings
@@ -16,12 +17,14 @@ _OURS = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
 _CONTEXTLIB = os.path.join(os.path.dirname(warnings.__file__), "contextlib")
 
 
+@functools.lru_cache(maxsize=1024)
 def _internal(filename: str) -> bool:
     """A frame of torch's or jano's (or contextlib's) code."""
     path = os.path.abspath(filename)
     return path.startswith((_TORCH, *_OURS, _CONTEXTLIB))
 
 
+@functools.lru_cache(maxsize=1024)
 def _library(filename: str) -> bool:
     return _internal(filename) or f"{os.sep}diffusers{os.sep}" in os.path.abspath(filename)
 

@@ -12,9 +12,9 @@ Two sources, one `Tick`:
   pass 1 - sigma); a later move that way starts the next step, a move back a new
   generation, which learns the direction again (so a warm-up call at another timestep
   costs one generation, not every later one), an equal timestep is another branch of the
-  same step (split CFG). Solvers that call the model twice per step at different
-  timesteps (Heun, DPM-2), and timesteps rounded to equal values between steps (bf16 at
-  100 steps) break this count.
+  same step (split CFG; Heun's two evaluations at one time are two branches too). Solvers
+  that evaluate the model at a time between two steps (DPM-2), and timesteps rounded to
+  equal values between steps (bf16 at 100 steps) break this count.
 
 Each branch of a step has caches of its own (a set of K/V per branch), so calls within one
 step count as at most MAX_BRANCHES branches: more calls at one timestep (a warm-up or
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,30 @@ def _branch_call(calls: int, warned: bool) -> tuple[int, bool]:
 @dataclass(frozen=True)
 class Tick:
     """Where one model call falls: generation (counts from 1), step (from 0), and how many
-    calls of this step came before it (0: the first branch). `time`: the step's time for
-    forecasts (the scheduler's sigma where it has one), None for the step index."""
+    calls of this step's evaluation came before it (0: the first branch). `time`: the step's
+    time for forecasts (the scheduler's sigma where it has one), None for the step index.
+    `evaluation`: which of the scheduler's evaluations at the step's time this is (Heun
+    evaluates the model twice at each time after the first, on two different latents: each
+    evaluation is a branch of its own)."""
     generation: int
     step: int
     call_in_step: int
     time: Optional[float] = None
+    evaluation: int = 0
+
+
+def evaluations(timesteps: Sequence[float]) -> list[tuple[int, int]]:
+    """(step, evaluation) of each scheduler step of a generation: scheduler steps at the
+    timestep of the one before (Heun's [t0, t1, t1, t2, t2, ...]) are further evaluations of
+    its step."""
+    positions, step, evaluation = [], -1, 0
+    for k, timestep in enumerate(timesteps):
+        if k and timestep == timesteps[k - 1]:
+            evaluation += 1
+        else:
+            step, evaluation = step + 1, 0
+        positions.append((step, evaluation))
+    return positions
 
 
 @dataclass
@@ -95,25 +113,37 @@ class TimestepClock:
 @dataclass
 class SchedulerClock:
     """Driven by the pipeline's scheduler: `start_generation` at `set_timesteps`,
-    `end_step` after each `scheduler.step`; `tick` at each model call."""
+    `end_step` after each `scheduler.step`; `tick` at each model call. Scheduler steps at one
+    timestep (Heun's) are evaluations of one step (`evaluations`)."""
     generation: int = 0
     step: int = 0
-    calls_in_step: int = 0
+    calls_in_step: int = 0           # calls since the scheduler's last step
     times: Optional[list] = None     # per step: the scheduler's sigma (fp32), if it has them
     warned_branches: bool = False
     on_call: Optional[Callable[[], None]] = None   # at each model call, first (enable(): a swapped scheduler)
+    evaluation: int = 0
+    _positions: Optional[list] = None    # per scheduler step: (step, evaluation); None: one evaluation each
+    _scheduler_steps: int = 0            # scheduler steps of this generation so far
 
-    def start_generation(self, times: Optional[list] = None) -> None:
+    def start_generation(self, times: Optional[list] = None,
+                         positions: Optional[list[tuple[int, int]]] = None) -> None:
+        """`times`: per step; `positions`: `evaluations()` of the generation's timesteps."""
         self.generation += 1
-        self.step, self.calls_in_step = 0, 0
+        self.step, self.evaluation, self.calls_in_step, self._scheduler_steps = 0, 0, 0, 0
         self.times = times
+        self._positions = positions
 
     def end_step(self) -> None:
-        self.step += 1
+        self._scheduler_steps += 1
         self.calls_in_step = 0
+        positions, k = self._positions, self._scheduler_steps
+        if positions is not None and k < len(positions):
+            self.step, self.evaluation = positions[k]
+        else:       # past the timesteps the generation announced: one evaluation each
+            self.step, self.evaluation = self.step + 1, 0
 
     def tick(self) -> Tick:
         time = self.times[self.step] if self.times and self.step < len(self.times) else None
         call, self.warned_branches = _branch_call(self.calls_in_step, self.warned_branches)
         self.calls_in_step += 1
-        return Tick(max(self.generation, 1), self.step, call, time)
+        return Tick(max(self.generation, 1), self.step, call, time, self.evaluation)

@@ -14,6 +14,14 @@ def branch_of_call(call_in_step: int) -> str:
     return DEFAULT_BRANCH if call_in_step == 0 else f"call{call_in_step}"
 
 
+def branch_of_tick(tick, name: Optional[str]) -> str:
+    """The branch of a call at clock `tick` (clock.Tick): its name (cache_context, ctl.branch)
+    or place among the step's calls, and for a scheduler's further evaluation at the step's
+    time (Heun) that evaluation's number: each keeps caches and a forecast history of its own."""
+    branch = name or branch_of_call(tick.call_in_step)
+    return branch if tick.evaluation == 0 else f"{branch}@{tick.evaluation}"
+
+
 @dataclass(frozen=True)
 class CallPlan:
     """One call: recompute the image tokens at `index` (sorted int64 [n] on the CPU), or

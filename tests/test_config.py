@@ -62,15 +62,21 @@ def test_invalid_value_names_the_field(field, overrides):
         JanoConfig(**overrides)
 
 
-def test_a_run_shorter_than_warmup_and_cooldown_is_valid_and_computes_every_step():
-    """As a scheduler's short run is: the option and the learned length agree."""
+def test_a_run_too_short_to_skip_work_is_valid_computes_every_step_and_says_so_once(caplog):
+    """As a scheduler's short run is: the option and the learned length agree. Too short:
+    no step of the plan below full (warm-up 6, then the refresh after warm-up, then
+    cool-down 4 leave nothing below 12 steps); said once (a warning), not per generation."""
+    import logging
     from jano_compile.adaptive import AdaptiveSchedule
     short = JanoConfig(num_inference_steps=9, warmup_steps=6, cooldown_steps=4)
     assert AdaptiveSchedule(short).all_full
     schedule = AdaptiveSchedule(JanoConfig(warmup_steps=6, cooldown_steps=4))
-    schedule.set_num_inference_steps(9)
-    assert schedule.all_full
-    schedule.set_num_inference_steps(10)
+    with caplog.at_level(logging.WARNING, logger="jano_compile.adaptive"):
+        for steps in (9, 10, 11):
+            schedule.set_num_inference_steps(steps)
+            assert schedule.all_full
+    assert sum("leaves no step to skip work" in r.message for r in caplog.records) == 1
+    schedule.set_num_inference_steps(12)
     assert not schedule.all_full
 
 

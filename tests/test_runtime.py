@@ -123,6 +123,25 @@ def test_scheduler_clock_counts_what_the_scheduler_says():
     assert clock.tick() == Tick(2, 0, 0)
 
 
+def test_scheduler_clock_takes_scheduler_steps_at_one_timestep_for_evaluations_of_one_step():
+    """Heun's scheduler steps at timesteps t0, t1, t1, t2 (two model evaluations at each time
+    after the first, on different latents): three steps, the second evaluation of a step its
+    own branch (as a second CFG branch would be), the time of each step its first's."""
+    from jano_compile.clock import evaluations
+    from jano_compile.policy import branch_of_tick
+    clock = SchedulerClock()
+    clock.start_generation([1.0, 0.6, 0.3], evaluations([1000.0, 600.0, 600.0, 300.0]))
+    ticks = []
+    for _ in range(4):
+        ticks.append(clock.tick())
+        clock.end_step()
+    ticks.append(clock.tick())      # a call past the announced timesteps: a step of its own
+    assert ticks == [Tick(1, 0, 0, 1.0), Tick(1, 1, 0, 0.6), Tick(1, 1, 0, 0.6, 1), Tick(1, 2, 0, 0.3),
+                     Tick(1, 3, 0)]
+    assert [branch_of_tick(t, None) for t in ticks[:3]] == ["default", "default", "default@1"]
+    assert branch_of_tick(ticks[2], "cond") == "cond@1"
+
+
 def test_scheduler_clock_keeps_steps_apart_whose_timesteps_are_equal():
     """A bf16 pipeline can hand the model equal timesteps on consecutive steps; driven by the
     scheduler, the controller still counts them as steps, not as CFG branches."""
@@ -223,13 +242,21 @@ def test_under_enable_the_forecast_time_is_the_schedulers_sigma():
 
 def test_sigmas_are_used_only_where_they_are_flow_matching_times():
     import diffusers as D
-    from jano_compile.pipeline import _sigmas
+    from jano_compile.pipeline import _positions, _sigmas
+
+    def sigmas(scheduler, begin=0):
+        return _sigmas(scheduler, begin, _positions(scheduler, begin))
     flow = D.FlowMatchEulerDiscreteScheduler()
     flow.set_timesteps(10)
-    assert _sigmas(flow) == pytest.approx(flow.sigmas[:10].tolist())
+    assert sigmas(flow) == pytest.approx(flow.sigmas[:10].tolist())
+    assert sigmas(flow, 4) == pytest.approx(flow.sigmas[4:10].tolist())      # img2img from step 4
+    heun = D.FlowMatchHeunDiscreteScheduler()      # timesteps t0, t1, t1, t2, t2, ...: two evaluations a step
+    heun.set_timesteps(10)
+    assert len(heun.timesteps) == 19 and _positions(heun, 0)[:5] == [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1)]
+    assert sigmas(heun) == pytest.approx(heun.sigmas[[0, *range(1, 19, 2)]].tolist())
     ddpm = D.DPMSolverMultistepScheduler()
     ddpm.set_timesteps(10)
-    assert _sigmas(ddpm) is None        # VP sigmas exceed 1
+    assert sigmas(ddpm) is None        # VP sigmas exceed 1
     ddim = D.DDIMScheduler()
     ddim.set_timesteps(10)
-    assert _sigmas(ddim) is None        # no sigmas
+    assert sigmas(ddim) is None        # no sigmas

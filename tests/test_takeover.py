@@ -636,6 +636,26 @@ def test_enable_on_a_pipeline_sharing_the_enabled_transformer_says_it_runs_jano_
         jano_compile.enable(FluxPipeline.from_pipe(pipe))
 
 
+def test_heun_evaluations_at_one_time_are_branches_of_one_step():
+    """FlowMatchHeun steps the scheduler twice at each time after the first (timesteps t0, t1,
+    t1, t2, ...), on different latents: N steps, not 2N - 1, each time's second evaluation a
+    branch of its own (its forecast history holds that evaluation's outputs only), the
+    schedule placed over the N steps, and the image close to the eager pipeline's."""
+    from diffusers import FlowMatchHeunDiscreteScheduler
+    from jano_compile.metrics import psnr
+    from .pipelines import sd3_pipeline
+    pipe, inputs = sd3_pipeline()
+    pipe.scheduler = FlowMatchHeunDiscreteScheduler.from_config(pipe.scheduler.config)
+    with torch.no_grad():
+        expected = _generate(pipe, inputs)
+        ctl = jano_compile.enable(pipe, lowering="eager")
+        images = _generate(pipe, inputs)
+    stats = ctl.stats()
+    assert len(stats["levels"]) == STEPS and "skip" in stats["levels"]
+    assert stats["branches"] == ["default", "default@1"]       # batched CFG: one call per evaluation
+    assert psnr(images, expected) > 40
+
+
 def test_a_scheduler_that_renoises_every_step_is_warned_about():
     pipe, _ = flux_pipeline()
     pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, stochastic_sampling=True)
