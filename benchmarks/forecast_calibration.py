@@ -2,7 +2,7 @@
 the seeds quality_speed.py reports): uniform refresh period, warm-up, cool-down and order,
 jano's eager lowering, PSNR against the full model.
 
-    python benchmarks/forecast_calibration.py [--seeds 1000,1001,1002,1003] [--steps 50]
+    python benchmarks/forecast_calibration.py [--seeds 1000,1001,1002,1003] [--steps 50] [--shift 3]
     python benchmarks/forecast_calibration.py --work 0.4,0.5 --period-sets 1-2-4-8,1-2-3-6
 
 With `--work`: the work-budget schedule (per-region periods from measured forecast error,
@@ -28,6 +28,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="1000,1001,1002,1003")
     p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--shift", type=float, default=1.0, help="the flow's time shift (sample(shift=...))")
     p.add_argument("--warmups", default="3,4,6")
     p.add_argument("--periods", default="2,3,4")
     p.add_argument("--cooldowns", default="1,2")
@@ -42,7 +43,8 @@ def main(argv=None):
     torch.set_num_threads(1)
     model = bundled()
     with torch.no_grad():
-        references = {s: model.sample([s % model.num_classes], args.steps, torch.Generator().manual_seed(s))
+        references = {s: model.sample([s % model.num_classes], args.steps, torch.Generator().manual_seed(s),
+                                      shift=args.shift)
                       for s in seeds}
         if args.work:
             sets = [tuple(int(p) for p in text.split("-")) for text in args.period_sets.split(",")]
@@ -63,7 +65,7 @@ def main(argv=None):
             quality, work = [], []
             for seed in seeds:
                 image = model.sample([seed % model.num_classes], args.steps, torch.Generator().manual_seed(seed),
-                                     transformer=f)
+                                     transformer=f, shift=args.shift)
                 quality.append(psnr(image, references[seed]))
                 work.append(1 - ctl.stats()["compute_saved"])
             tqdm.write(f"| {warmup} | {period} | {cooldown} | {order} | {statistics.fmean(work):.0%} "
