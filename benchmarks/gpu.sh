@@ -36,9 +36,9 @@
 #   call 2 (issued at once, while the machine is warm): OUT=$OUT/b
 #           ONLY="profile_partial_reduce-overhead step_static_reduce-overhead" (~60 + ~200 s): where the
 #           captured 10% step's time over its bound goes, kernel by kernel at 5 + 10 blocks, and the
-#           same steps through static graphs of their exact lengths (tuned and compiled at their own
-#           length: the symbolic graph's kernels are compiled for a length hint of ~N/2 and its
-#           Triton configs tuned at the first length run, all N since full steps take it); then
+#           same steps through static graphs of their exact lengths (to test whether the symbolic
+#           graph's kernels, generated for a length hint of ~N/2 and tuned at the first length run,
+#           all N since full steps take it, cost the difference); then
 #           pipeline_work_reduce-overhead (~170 s: work= and forecast_kv under capture) if time is left
 #   later:  FULL_DEPTH=1 ONLY=step_full_depth alone (reduce-overhead, no bound graphs: a plain
 #           compile and jano's one, each ~3.8 times the 5 + 10-block compile of ~30 s, so ~4-5

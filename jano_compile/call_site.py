@@ -38,9 +38,11 @@ def warn_user(message: str) -> None:
     warnings.warn(message, stacklevel=level if frame is not None else 2)
 
 
-def calling_self(accept: Callable[[object], bool], frames: int = 3) -> Optional[object]:
+def calling_self(accept: Callable[[object], bool], frames: int = 8) -> Optional[object]:
     """The `self` of one of the first `frames` frames outside torch and jano that `accept`s
-    it (a pipeline whose loop calls the model), or None."""
+    it (a pipeline whose loop calls the model), or None. Between the pipeline's frame and
+    this call lie, besides torch's and jano's frames, the model's forward and its wrappers
+    (diffusers') and the lowered graph's code (Inductor's output, an FX module's)."""
     frame = sys._getframe(1)
     while frame is not None and frames > 0:
         if not _internal(frame.f_code.co_filename):

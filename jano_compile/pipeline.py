@@ -23,11 +23,11 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 
+from .call_site import calling_self, warn_user
 from .clock import SchedulerClock, evaluations
 from .config import JanoConfig, explicit_options
 from .controller import Controller, controller
 from .options import parse_options
-from .call_site import calling_self, warn_user
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
     transformer = getattr(pipe, "transformer", None)
     if not isinstance(transformer, torch.nn.Module):
         raise TypeError(f"{type(pipe).__name__} has no `transformer` module to compile")
-    if hasattr(transformer, "_orig_mod") and controller(transformer._orig_mod).auto_policy.scheduler_clock is not None:
+    inner = getattr(transformer, "_orig_mod", None)     # torch.compile's wrapper: jano's, if enabled
+    if inner is not None and controller(inner).auto_policy.scheduler_clock is not None:
         raise RuntimeError("pipe.transformer is the transformer jano is enabled on through another pipeline "
                            "(from_pipe() after enable() shares it): this pipeline runs it with jano already, its "
                            "own scheduler driving the steps; leave enable() out (disable() on the first "
