@@ -1,5 +1,6 @@
 """The automatic schedule in a plain sampling loop: levels follow the schedule, the extreme
 thresholds reproduce plain compile / recompute only text, split CFG equals batched CFG."""
+import pytest
 import torch
 
 import jano_compile
@@ -154,6 +155,8 @@ def test_a_schedule_that_needs_no_regions_runs_where_the_latent_has_no_grid(capl
         assert stats["auto_disabled"] is None and stats["compute_saved"] > 0
         assert sum("no region analysis" in r.message and "position ids" in r.message
                    for r in caplog.records) == 1
+        with pytest.raises(RuntimeError, match="no region analysis: the latent could not be cut"):
+            jano_compile.controller(f).region_map()
         torch._dynamo.reset()
         jano_compile.controller(f).release()
         f = torch.compile(model, backend="jano", dynamic=False, options={**forecast, **SCHEDULE})
