@@ -90,6 +90,10 @@ def _complete(graph: fx.Graph, arg: fx.Node, axis, number: int) -> fx.Node:
         rows = _to_canonical(graph, arg, axis, gathered=True)
         full = _from_canonical(graph, write_state(graph, cache, len(others), _index(graph), rows), axis,
                                gathered=False)
+        # the op reads a dense tensor again, not a permuted view of the cache: attention with a
+        # strided last axis is decomposed into matmuls (no flash kernel), which Inductor's
+        # attention patterns then fuse back assuming another permutation (wrong shapes: Latte)
+        full = graph.call_method("contiguous", (full,))
     rename(full, f"{arg.name}_all_tokens")
     return full
 
