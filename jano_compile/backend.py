@@ -7,6 +7,7 @@ import torch.fx as fx
 
 from jano_compile.passes.input_roles import input_roles
 
+from .call_site import warn_user
 from .dump import write_dump
 from .geometry import grid_from_graph, latent_rows_from_graph
 from .lowering import LoweredUnrewritten
@@ -14,7 +15,6 @@ from .options import parse_options
 from .rewrite import rewrite_graph
 from .runner import GraphRunner
 from .runtime import CompiledGraph, param_positions, recompile_key
-from .call_site import warn_user
 
 log = logging.getLogger(__name__)
 BACKEND_NAME = "jano"
