@@ -38,12 +38,11 @@ def jano_backend(gm: fx.GraphModule, example_inputs, mode=None, options=None):
     sig = report.signature
     runner = GraphRunner(sig, opts, rewritten, tail=tail, full_variant=full_variant,
                          static_positions=frozenset(params))
-    common["recompile_key"] = recompile_key(example_inputs)
     if opts.dump_dir:
         variants = {"full_step": runner.full, "skip_tail": runner.tail}
         write_dump(opts.dump_dir, report, gm, rewritten,
                    {name: v.gm for name, v in variants.items() if v is not None})
-    return CompiledGraph(report, runner, None,
+    return CompiledGraph(report, runner, None, recompile_key=recompile_key(example_inputs),
                          grid_hint=_read_geometry(grid_from_graph, gm, sig.num_image_tokens),
                          latent_rows=_read_geometry(latent_rows_from_graph, gm), **common)
 

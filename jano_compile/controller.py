@@ -30,12 +30,12 @@ from jano_compile.passes.signature import Role
 
 from .auto_policy import AutoPolicy
 from .cache_store import CacheStore
+from .call_site import warn_user
 from .manual_policy import ManualPolicy
 from .policy import DEFAULT_BRANCH, CallPlan, branch_of_tick
 from .registry import REGISTRY
 from .report import Report
 from .stats import Stats
-from .call_site import warn_user
 
 log = logging.getLogger(__name__)
 
@@ -339,10 +339,10 @@ class Controller:
                         plan = dataclasses.replace(plan, index=None, exact=False, phase="refresh")
                 return plan, plan.step
         tick = self.auto_policy.manual_tick(graph, args)
-        if self.branch_name is not None:
-            branch = branch_of_tick(tick, self.branch_name) if tick is not None else self.branch_name
-        elif tick is not None:
-            branch = branch_of_tick(tick, None)
+        if tick is not None:
+            branch = branch_of_tick(tick, self.branch_name)
+        elif self.branch_name is not None:
+            branch = self.branch_name
         elif self.auto_policy.branches_unknown and self.last_call is not None:
             branch = self.last_call.branch      # a repeated step goes on with the caches the last call wrote
             self._warn_unknown_branches()

@@ -28,6 +28,7 @@ from .clock import SchedulerClock, evaluations
 from .config import JanoConfig, explicit_options
 from .controller import Controller, controller
 from .options import parse_options
+from .registry import REGISTRY
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
     if not isinstance(transformer, torch.nn.Module):
         raise TypeError(f"{type(pipe).__name__} has no `transformer` module to compile")
     inner = getattr(transformer, "_orig_mod", None)     # torch.compile's wrapper: jano's, if enabled
-    if inner is not None and controller(inner).auto_policy.scheduler_clock is not None:
+    shared = REGISTRY.for_module(inner) if inner is not None else None
+    if shared is not None and shared.auto_policy.scheduler_clock is not None:
         raise RuntimeError("pipe.transformer is the transformer jano is enabled on through another pipeline "
                            "(from_pipe() after enable() shares it): this pipeline runs it with jano already, its "
                            "own scheduler driving the steps; leave enable() out (disable() on the first "
