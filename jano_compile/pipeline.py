@@ -4,10 +4,11 @@
     image = pipe(prompt_embeds=..., num_inference_steps=50).images[0]
     print(ctl.stats()); jano_compile.disable(pipe)
 
-It compiles `pipe.transformer` with the jano backend (dynamic=False), drives the step clock
-from the scheduler (a generation starts at `set_timesteps`, which also gives its length;
-a step ends at `scheduler.step`: no timestep is read from the device), takes branch names
-from `transformer.cache_context("cond"/"uncond")`, and shows each step's level and active
+It compiles `pipe.transformer` with the jano backend (dynamic=False), and Wan 2.2's second
+expert `transformer_2` (experts.py), drives each one's step clock from the scheduler (a
+generation starts at `set_timesteps`, which also gives its length; a step ends at
+`scheduler.step`: no timestep is read from the device), takes branch names from
+`transformer.cache_context("cond"/"uncond")`, and shows each step's level and active
 fraction on the pipeline's progress bar. Only instance attributes are set (Python looks
 `__call__` up on the type, so the pipeline call itself is left alone); `disable` removes them.
 """
@@ -27,6 +28,7 @@ from .call_site import calling_self, warn_user
 from .clock import SchedulerClock, evaluations
 from .config import JanoConfig, explicit_options
 from .controller import Controller, controller
+from .experts import BOUNDARY_CONFIG, SECOND, expert_names, has_split_rule, owners
 from .options import parse_options
 from .registry import REGISTRY
 
@@ -36,12 +38,23 @@ _HANDLE = "_jano_handle"
 
 
 @dataclass
-class _Handle:
+class _Expert:
+    """One transformer the pipeline's loop calls (Wan 2.2: two, see experts.py) and jano's
+    state for it: its own controller, schedule and step clock."""
+    name: str                     # the pipeline's attribute
     transformer: torch.nn.Module
     compiled: torch.nn.Module     # torch.compile's wrapper of `transformer`
     controller: Controller
+    clock: SchedulerClock
+    calls_at_start: int = 0       # the controller's calls when the current generation began
+    warned: bool = False          # that no step reached it (once per enable())
+
+
+@dataclass
+class _Handle:
+    experts: list           # [_Expert], the first's controller is enable()'s
     patched: list          # (object, attribute name) set on instances
-    follow_scheduler: Callable[[], None]    # the scheduler clock's on_call, which it holds weakly
+    follow_scheduler: Callable[[], None]    # the scheduler clocks' on_call, which they hold weakly
 
 
 def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
@@ -54,26 +67,17 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
     `lowering`: "inductor" (the default) or "eager". `options`: backend options besides the
     schedule (`static_shapes`, `static_buckets`, `cuda_graphs`, `dump_dir`, Inductor
     settings; see options.py); a setting given there and as a keyword or in `config` is an
-    error."""
+    error. A two-expert pipeline (Wan 2.2: `transformer_2` runs the low-noise steps) gets
+    both compiled, each with a controller and schedule of its own over the steps it runs;
+    the returned controller is the first's, `jano_compile.controller(pipe.transformer_2)`
+    the second's."""
     if getattr(pipe, _HANDLE, None) is not None:
         raise RuntimeError("jano is already enabled on this pipeline; call jano_compile.disable(pipe) first")
-    transformer = getattr(pipe, "transformer", None)
-    if not isinstance(transformer, torch.nn.Module):
+    names = expert_names(pipe)
+    if not names:
         raise TypeError(f"{type(pipe).__name__} has no `transformer` module to compile")
-    inner = getattr(transformer, "_orig_mod", None)     # torch.compile's wrapper: jano's, if enabled
-    shared = REGISTRY.for_module(inner) if inner is not None else None
-    if shared is not None and shared.auto_policy.scheduler_clock is not None:
-        raise RuntimeError("pipe.transformer is the transformer jano is enabled on through another pipeline "
-                           "(from_pipe() after enable() shares it): this pipeline runs it with jano already, its "
-                           "own scheduler driving the steps; leave enable() out (disable() on the first "
-                           "pipeline turns jano off for both)")
-    if hasattr(transformer, "_orig_mod"):
-        raise TypeError("pipe.transformer is already compiled with torch.compile; enable() compiles it "
-                        "itself: give it the module (pipe.transformer = pipe.transformer._orig_mod)")
-    if getattr(transformer, "_compiled_call_impl", None) is not None:
-        raise TypeError("pipe.transformer was compiled in place (transformer.compile()), and its "
-                        "compiled call would run instead of jano's; enable() compiles it itself: load "
-                        "the transformer again without .compile() (compile_repeated_blocks() is fine)")
+    for name in names:
+        _check_uncompiled(name, getattr(pipe, name))
     fixed = sorted(k for k in ("backend", "dynamic") if k in compile_kwargs)
     if fixed:
         raise TypeError(f"jano_compile.enable() sets {' and '.join(fixed)} itself (backend='jano', "
@@ -83,37 +87,62 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
         raise TypeError(f"{type(pipe).__name__} has no scheduler with set_timesteps(): enable() counts the "
                         "steps through it; give the pipeline its scheduler, or compile the transformer with "
                         "torch.compile(..., backend='jano') for a loop of your own")
-    _warn_second_transformer(pipe)
+    _warn_second_transformer(pipe, names)
     options = _merged_options(config, lowering, mode, options)
-    ctl = controller(transformer)
-    if ctl.auto_policy.scheduler_clock is not None:
+    controllers = [controller(getattr(pipe, name)) for name in names]
+    if any(ctl.auto_policy.scheduler_clock is not None for ctl in controllers):
         raise RuntimeError("this transformer is already enabled on another pipeline (one schedule clock "
                            "per model): call jano_compile.disable() on that pipeline first")
-    compiled = torch.compile(transformer, backend="jano", dynamic=False, options=options,
-                             **compile_kwargs)
     patched = []
 
     def set_on(obj, name, value):
         obj.__dict__[name] = value
         patched.append((obj, name))
 
-    _name_branches(transformer, ctl, set_on)
-    follow_scheduler = _drive_clock(pipe, compiled, ctl, set_on)
-    _show_levels(pipe, ctl, set_on)
-    _save_overlays(pipe, ctl, set_on)
-    pipe.transformer = compiled
-    setattr(pipe, _HANDLE, _Handle(transformer, compiled, ctl, patched, follow_scheduler))
-    return ctl
+    experts = []
+    for name, ctl in zip(names, controllers):
+        transformer = getattr(pipe, name)
+        compiled = torch.compile(transformer, backend="jano", dynamic=False, options=options,
+                                 **compile_kwargs)
+        _name_branches(transformer, ctl, set_on)
+        experts.append(_Expert(name, transformer, compiled, ctl, SchedulerClock(), ctl.calls))
+    follow_scheduler = _drive_clocks(pipe, experts, set_on)
+    _show_levels(pipe, controllers, set_on)
+    _save_overlays(pipe, controllers[0], set_on)
+    for expert in experts:
+        setattr(pipe, expert.name, expert.compiled)
+    setattr(pipe, _HANDLE, _Handle(experts, patched, follow_scheduler))
+    return controllers[0]
 
 
-def _warn_second_transformer(pipe) -> None:
-    """Two-expert pipelines (Wan 2.2: `transformer` for the high-noise steps, `transformer_2`
-    for the rest) get jano on the first expert only: say so."""
-    if isinstance(getattr(pipe, "transformer_2", None), torch.nn.Module):
-        warnings.warn("jano: enable() compiles pipe.transformer only; pipe.transformer_2 (the second "
-                      "expert, which runs the later steps) runs as it is, computing every token. jano's "
-                      "schedule counts the whole generation, so the first expert's last steps before the "
-                      "hand-over may be forecast rather than computed", stacklevel=3)
+def _check_uncompiled(name: str, transformer: torch.nn.Module) -> None:
+    """`pipe.<name>` must be the plain module, which enable() compiles itself."""
+    inner = getattr(transformer, "_orig_mod", None)     # torch.compile's wrapper: jano's, if enabled
+    shared = REGISTRY.for_module(inner) if inner is not None else None
+    if shared is not None and shared.auto_policy.scheduler_clock is not None:
+        raise RuntimeError(f"pipe.{name} is the transformer jano is enabled on through another pipeline "
+                           "(from_pipe() after enable() shares it): this pipeline runs it with jano already, its "
+                           "own scheduler driving the steps; leave enable() out (disable() on the first "
+                           "pipeline turns jano off for both)")
+    if inner is not None:
+        raise TypeError(f"pipe.{name} is already compiled with torch.compile; enable() compiles it "
+                        f"itself: give it the module (pipe.{name} = pipe.{name}._orig_mod)")
+    if getattr(transformer, "_compiled_call_impl", None) is not None:
+        raise TypeError(f"pipe.{name} was compiled in place ({name}.compile()), and its "
+                        "compiled call would run instead of jano's; enable() compiles it itself: load "
+                        "the transformer again without .compile() (compile_repeated_blocks() is fine)")
+
+
+def _warn_second_transformer(pipe, names: list[str]) -> None:
+    """A second expert whose steps the pipeline's config does not say (experts.py) runs
+    without jano: say so."""
+    if SECOND not in names and isinstance(getattr(pipe, SECOND, None), torch.nn.Module) \
+            and not has_split_rule(pipe):
+        warnings.warn(f"jano: enable() compiles pipe.transformer only; pipe.transformer_2 runs as it is, "
+                      f"computing every token: {type(pipe).__name__}'s config has no `{BOUNDARY_CONFIG}` "
+                      "saying which steps each transformer runs. jano's schedule counts the whole "
+                      "generation, so steps the first runs may be forecast from steps the second ran",
+                      stacklevel=3)
 
 
 def _merged_options(config, lowering: Optional[str], mode: Optional[str],
@@ -145,39 +174,36 @@ def _name_branches(transformer, ctl: Controller, set_on) -> None:
     set_on(transformer, "cache_context", cache_context)
 
 
-@dataclass
-class _Generation:
-    """The controller's call count when the current generation began, and whether the
-    warning that no step reached the compiled transformer was given (once per enable())."""
-    calls_at_start: int
-    warned: bool = False
-
-
-def _drive_clock(pipe, compiled: torch.nn.Module, ctl: Controller, set_on) -> Callable[[], None]:
-    """The scheduler drives the step clock: `set_timesteps` (or `set_begin_index`, img2img)
-    starts a generation and gives its length, `step` ends a step; no timestep is read from
-    the device. The scheduler is that of the pipeline whose loop calls the model (`compiled`,
-    which pipelines made with `from_pipe()` share, each maybe with a scheduler of its own),
-    else `pipe`'s: another scheduler than the one driving the clock (a swap,
-    `pipe.scheduler = X.from_config(...)`, or another pipeline's) is found at the model call,
-    whose generation it then starts. Returns what the pipeline's handle must keep alive."""
-    clock = SchedulerClock()
-    ctl.auto_policy.scheduler_clock = clock
-    generation = _Generation(ctl.calls)
-    driving = None        # the scheduler whose calls drive the clock
+def _drive_clocks(pipe, experts: list, set_on) -> Callable[[], None]:
+    """The scheduler drives the experts' step clocks: `set_timesteps` (or `set_begin_index`,
+    img2img) starts a generation and gives its length, `step` ends a step; no timestep is
+    read from the device. Each expert's generation is the steps it runs (experts.py): one
+    expert, all of them. The scheduler is that of the pipeline whose loop calls a model (an
+    expert's compiled wrapper, which pipelines made with `from_pipe()` share, each maybe with
+    a scheduler of its own), else `pipe`'s: another scheduler than the one driving the clocks
+    (a swap, `pipe.scheduler = X.from_config(...)`, or another pipeline's) is found at the
+    model call, whose generation it then starts. Returns what the pipeline's handle must
+    keep alive."""
+    driving = None        # the scheduler whose calls drive the clocks
 
     def start_generation(scheduler, begin: int = 0):
-        generation.calls_at_start = ctl.calls
-        positions = _positions(scheduler, begin)
-        clock.start_generation(_sigmas(scheduler, begin, positions), positions)
-        ctl.set_num_inference_steps(positions[-1][0] + 1 if positions else 0)
-        ctl.resume_schedule()       # set_active()/refresh() in a callback last for one generation
-        ctl.step_records = []       # stats describe this generation (none of whose calls may reach jano)
+        timesteps = _timesteps(scheduler)[begin:]
+        owner = owners(pipe, scheduler, timesteps)
+        for expert in experts:
+            own = [k for k, name in enumerate(owner) if name == expert.name]
+            positions = evaluations([timesteps[k] for k in own])
+            expert.calls_at_start = expert.controller.calls
+            expert.clock.start_generation(_sigmas(scheduler, [begin + k for k in own], positions),
+                                          _per_scheduler_step(owner, expert.name, positions))
+            ctl = expert.controller
+            ctl.set_num_inference_steps(positions[-1][0] + 1 if positions else 0)
+            ctl.resume_schedule()       # set_active()/refresh() in a callback last for one generation
+            ctl.step_records = []       # stats describe this generation (none of whose calls may reach jano)
 
     def drive(scheduler):
         nonlocal driving
         _warn_if_renoising(scheduler)
-        if driving is not None:      # a swapped-out scheduler no longer ticks the clock
+        if driving is not None:      # a swapped-out scheduler no longer ticks the clocks
             for name in ("set_timesteps", "set_begin_index", "step"):
                 driving.__dict__.pop(name, None)
         original_set_timesteps, original_step = scheduler.set_timesteps, scheduler.step
@@ -202,28 +228,46 @@ def _drive_clock(pipe, compiled: torch.nn.Module, ctl: Controller, set_on) -> Ca
         @functools.wraps(original_step)
         def step(*args, **kwargs):
             result = original_step(*args, **kwargs)
-            clock.end_step()
-            if clock.step >= 2 and ctl.calls == generation.calls_at_start and not generation.warned:
-                ctl.uncompiled = _warn_uncompiled(clock.step)
-                generation.warned = True
+            for expert in experts:
+                expert.clock.end_step()
+                if expert.clock.step >= 2 and expert.controller.calls == expert.calls_at_start \
+                        and not expert.warned:
+                    expert.controller.uncompiled = _warn_uncompiled(expert.clock.step)
+                    expert.warned = True
             return result
         set_on(scheduler, "step", step)
         driving = scheduler
 
     def follow_a_swap():
-        caller = calling_self(lambda obj: getattr(obj, "transformer", None) is compiled)
+        caller = calling_self(lambda obj: any(getattr(obj, e.name, None) is e.compiled for e in experts))
         scheduler = getattr(caller if caller is not None else pipe, "scheduler", None)
         if scheduler is not driving and hasattr(scheduler, "set_timesteps"):
             drive(scheduler)    # its set_timesteps ran unwatched: this call starts the generation
             start_generation(scheduler, getattr(scheduler, "begin_index", None) or 0)
 
     drive(pipe.scheduler)
-    # the controller holds the clock, and `follow_a_swap` reaches the pipeline: the clock holds
-    # it weakly, the pipeline (its handle) strongly, so a pipeline dropped without disable()
-    # is freed with its transformer
+    # each controller holds its clock, and `follow_a_swap` reaches the pipeline: the clocks
+    # hold it weakly, the pipeline (its handle) strongly, so a pipeline dropped without
+    # disable() is freed with its transformers
     follow = weakref.ref(follow_a_swap)
-    clock.on_call = lambda: follow() and follow()()
+    for expert in experts:
+        expert.clock.on_call = lambda: follow() and follow()()
+        expert.controller.auto_policy.scheduler_clock = expert.clock
     return follow_a_swap
+
+
+def _per_scheduler_step(owner: list[str], name: str, positions: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The clock's (step, evaluation) at each scheduler step for the expert `name`, whose own
+    scheduler steps have `positions`: another expert's steps hold the expert's next own step
+    (past its last: one beyond), at which it is not called."""
+    result, k = [], 0
+    for who in owner:
+        if who == name:
+            result.append(positions[k])
+            k += 1
+        else:
+            result.append(positions[k] if k < len(positions) else (positions[-1][0] + 1 if positions else 0, 0))
+    return result
 
 
 #: Schedulers that draw fresh noise into the whole latent at every step (they re-noise the
@@ -243,20 +287,24 @@ def _warn_if_renoising(scheduler) -> None:
                   "without stochastic_sampling)")
 
 
-def _show_levels(pipe, ctl: Controller, set_on) -> None:
-    """The pipeline's progress bar shows each step's level and active fraction, and before
-    the model's first call that the first step compiles (tens of seconds on a GPU)."""
+def _show_levels(pipe, controllers: list, set_on) -> None:
+    """The pipeline's progress bar shows each step's level and active fraction (of the
+    expert that ran it), and before the model's first call that the first step compiles
+    (tens of seconds on a GPU)."""
     original_progress_bar = pipe.progress_bar
 
     @functools.wraps(original_progress_bar)
     def progress_bar(*args, **kwargs):
         bar = original_progress_bar(*args, **kwargs)
-        if ctl.calls == 0 and hasattr(bar, "set_postfix"):
+        if all(ctl.calls == 0 for ctl in controllers) and hasattr(bar, "set_postfix"):
             bar.set_postfix(jano="compiling at the first step", refresh=True)
         update = bar.update
+        shown = [ctl.last_call for ctl in controllers]
 
         def update_with_level(n=1):
-            last = ctl.last_call
+            latest = [ctl.last_call for ctl in controllers]
+            last = next((new for new, old in zip(latest, shown) if new is not old), None)
+            shown[:] = latest
             if last is not None and last.phase is not None:
                 bar.set_postfix(jano=f"{last.phase} {last.active / max(last.total, 1):.0%}", refresh=False)
             return update(n)
@@ -296,24 +344,22 @@ def _warn_uncompiled(steps: int) -> str:
     return reason
 
 
-def _positions(scheduler, begin: int) -> list[tuple[int, int]]:
-    """(step, evaluation) of each scheduler step from `begin` on (clock.evaluations): a
-    scheduler that evaluates the model twice at one timestep (Heun) takes two scheduler
-    steps for one step. Read once per generation."""
+def _timesteps(scheduler) -> list:
+    """The scheduler's timesteps of the generation, read once per generation."""
     timesteps = scheduler.timesteps
-    timesteps = timesteps.detach().cpu().tolist() if isinstance(timesteps, torch.Tensor) else list(timesteps)
-    return evaluations(timesteps[begin:])
+    return timesteps.detach().cpu().tolist() if isinstance(timesteps, torch.Tensor) else list(timesteps)
 
 
-def _sigmas(scheduler, begin: int, positions: list[tuple[int, int]]) -> Optional[list]:
+def _sigmas(scheduler, steps: list[int], positions: list[tuple[int, int]]) -> Optional[list]:
     """The scheduler's sigma per step (fp32, read once per generation; a step's first
     evaluation's) as the forecast's time axis, for flow-matching schedulers (sigmas in
-    [0, 1], which the output is close to linear in); None otherwise: the step index is used."""
+    [0, 1], which the output is close to linear in); None otherwise: the step index is used.
+    `steps`: the scheduler steps of the expert's generation, whose `positions` are
+    `clock.evaluations()` of their timesteps (Heun evaluates twice at one time)."""
     sigmas = getattr(scheduler, "sigmas", None)
-    if not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1 or len(sigmas) < begin + len(positions):
+    if not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1 or not steps or len(sigmas) <= steps[-1]:
         return None
-    sigmas = sigmas[begin:begin + len(positions)].detach().float().cpu()
-    sigmas = sigmas[[k for k, (_, evaluation) in enumerate(positions) if evaluation == 0]]
+    sigmas = sigmas.detach().float().cpu()[[k for k, (_, evaluation) in zip(steps, positions) if evaluation == 0]]
     if sigmas.min() < 0 or sigmas.max() > 1 or bool((sigmas[1:] == sigmas[:-1]).any()):
         return None
     return sigmas.tolist()
@@ -347,10 +393,11 @@ def disable(pipe) -> None:
         raise RuntimeError("jano is not enabled on this pipeline")
     for obj, name in handle.patched:
         obj.__dict__.pop(name, None)
-    handle.controller.auto_policy.scheduler_clock = None
-    handle.controller.release()
-    # a pipeline made with from_pipe() after enable() holds the compiled transformer too:
-    # from now on it calls the eager one (OptimizedModule's forward is an instance attribute)
-    handle.compiled.forward = handle.transformer.__call__
-    pipe.transformer = handle.transformer
+    for expert in handle.experts:
+        expert.controller.auto_policy.scheduler_clock = None
+        expert.controller.release()
+        # a pipeline made with from_pipe() after enable() holds the compiled transformer too:
+        # from now on it calls the eager one (OptimizedModule's forward is an instance attribute)
+        expert.compiled.forward = expert.transformer.__call__
+        setattr(pipe, expert.name, expert.transformer)
     delattr(pipe, _HANDLE)

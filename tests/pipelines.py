@@ -1,4 +1,6 @@
 """Tiny diffusers pipelines from random modules, driven with prompt embeddings (no tokenizer)."""
+import copy
+
 import diffusers as D
 import torch
 
@@ -51,6 +53,20 @@ def wan_pipeline():
                          scheduler=D.FlowMatchEulerDiscreteScheduler(shift=3.0), transformer=transformer)
     inputs = dict(prompt_embeds=torch.randn(1, 5, 16), negative_prompt_embeds=torch.randn(1, 5, 16),
                   height=32, width=32, num_frames=5, guidance_scale=2.0, output_type="pt")
+    return pipe, inputs
+
+
+def wan22_pipeline(boundary_ratio=0.75):
+    """Wan 2.2 A14B's layout: `transformer` for timesteps >= boundary_ratio * 1000, a second
+    expert (other weights) `transformer_2` below."""
+    pipe, inputs = wan_pipeline()
+    second = copy.deepcopy(pipe.transformer)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in second.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    pipe = D.WanPipeline(tokenizer=None, text_encoder=None, vae=pipe.vae, scheduler=pipe.scheduler,
+                         transformer=pipe.transformer, transformer_2=second, boundary_ratio=boundary_ratio)
     return pipe, inputs
 
 

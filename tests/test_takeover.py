@@ -275,11 +275,15 @@ def test_enable_refuses_what_it_cannot_drive():
     assert getattr(pipe, "_jano_handle", None) is None
 
 
-def test_enable_on_a_two_expert_pipeline_says_the_second_runs_as_it_is():
+def test_enable_on_a_second_transformer_without_a_split_rule_says_it_runs_as_it_is():
+    """A pipeline holding `transformer_2` whose config does not say which steps it runs
+    (Wan 2.2's `boundary_ratio`) gets jano on `transformer` only, with a warning."""
     pipe, inputs = flux_pipeline()
-    pipe.transformer_2 = copy.deepcopy(pipe.transformer)     # as Wan 2.2's low-noise expert
-    with pytest.warns(UserWarning, match="pipe.transformer_2 .* runs as it is"):
+    pipe.transformer_2 = copy.deepcopy(pipe.transformer)
+    with pytest.warns(UserWarning, match=r"pipe.transformer_2 runs as it is.*no `boundary_ratio`"):
         jano_compile.enable(pipe, lowering="eager")
+    assert not isinstance(pipe.transformer_2, torch._dynamo.eval_frame.OptimizedModule)
+    jano_compile.disable(pipe)
 
 
 def test_refresh_before_the_first_call_of_a_bare_loop_warns_that_it_starts_manual_control():
