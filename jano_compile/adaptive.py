@@ -78,8 +78,8 @@ class AdaptiveSchedule:
             # a warning, once: the paper recipe's FLUX preset (7 + 2) leaves a 10-step run nothing to skip
             (log.info if self.warned_all_full else log.warning)(
                 "jano: a %d-step run leaves no step to skip work (warm-up %d, cool-down %d, a refresh "
-                "after warm-up): every step computes all tokens; fewer warmup_steps / cooldown_steps "
-                "would", num_steps, self.config.warmup_steps, self.config.cooldown_steps)
+                "after warm-up): every step computes all tokens; fewer warmup_steps / cooldown_steps, or "
+                "more steps, would leave steps to skip", num_steps, self.config.warmup_steps, self.config.cooldown_steps)
             self.warned_all_full = True
 
     def decide(self, tick: Tick, branch_name: Optional[str],

@@ -133,8 +133,15 @@ class SchedulerClock:
         self.times = times
         self._positions = positions
 
-    def end_step(self) -> None:
-        self._scheduler_steps += 1
+    def place(self, times: Optional[list], positions: Optional[list[tuple[int, int]]]) -> None:
+        """The generation under way, whose first scheduler step has not ended yet, runs
+        `positions` (its timesteps turned out to start later than `start_generation` was told)."""
+        self.times, self._positions = times, positions
+
+    def end_step(self, done: Optional[int] = None) -> None:
+        """A scheduler step ended; `done`: the scheduler steps of this generation done now,
+        where the scheduler counts them (its step index), else one more than before."""
+        self._scheduler_steps = self._scheduler_steps + 1 if done is None else done
         self.calls_in_step = 0
         positions, k = self._positions, self._scheduler_steps
         if positions is not None and k < len(positions):

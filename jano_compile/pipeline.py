@@ -18,19 +18,18 @@ import contextlib
 import functools
 import logging
 import warnings
-import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from .call_site import calling_self, warn_user
-from .clock import SchedulerClock, evaluations
+from .clock import SchedulerClock
 from .config import JanoConfig, explicit_options
 from .controller import Controller, controller
-from .experts import BOUNDARY_CONFIG, SECOND, expert_names, has_split_rule, owners
+from .experts import BOUNDARY_CONFIG, SECOND, expert_names, has_split_rule
 from .options import parse_options
 from .registry import REGISTRY
+from .scheduler_drive import Expert, SchedulerDrive
 
 log = logging.getLogger(__name__)
 
@@ -38,23 +37,10 @@ _HANDLE = "_jano_handle"
 
 
 @dataclass
-class _Expert:
-    """One transformer the pipeline's loop calls (Wan 2.2: two, see experts.py) and jano's
-    state for it: its own controller, schedule and step clock."""
-    name: str                     # the pipeline's attribute
-    transformer: torch.nn.Module
-    compiled: torch.nn.Module     # torch.compile's wrapper of `transformer`
-    controller: Controller
-    clock: SchedulerClock
-    calls_at_start: int = 0       # the controller's calls when the current generation began
-    warned: bool = False          # that no step reached it (once per enable())
-
-
-@dataclass
 class _Handle:
-    experts: list           # [_Expert], the first's controller is enable()'s
+    experts: list           # [Expert], the first's controller is enable()'s
     patched: list          # (object, attribute name) set on instances
-    follow_scheduler: Callable[[], None]    # the scheduler clocks' on_call, which they hold weakly
+    drive: SchedulerDrive  # which the experts' clocks reach weakly
 
 
 def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
@@ -105,13 +91,13 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
         compiled = torch.compile(transformer, backend="jano", dynamic=False, options=options,
                                  **compile_kwargs)
         _name_branches(transformer, ctl, set_on)
-        experts.append(_Expert(name, transformer, compiled, ctl, SchedulerClock(), ctl.calls))
-    follow_scheduler = _drive_clocks(pipe, experts, set_on)
+        experts.append(Expert(name, transformer, compiled, ctl, SchedulerClock(), ctl.calls))
+    drive = SchedulerDrive(pipe, experts, set_on)
     _show_levels(pipe, controllers, set_on)
     _save_overlays(pipe, controllers[0], set_on)
     for expert in experts:
         setattr(pipe, expert.name, expert.compiled)
-    setattr(pipe, _HANDLE, _Handle(experts, patched, follow_scheduler))
+    setattr(pipe, _HANDLE, _Handle(experts, patched, drive))
     return controllers[0]
 
 
@@ -174,119 +160,6 @@ def _name_branches(transformer, ctl: Controller, set_on) -> None:
     set_on(transformer, "cache_context", cache_context)
 
 
-def _drive_clocks(pipe, experts: list, set_on) -> Callable[[], None]:
-    """The scheduler drives the experts' step clocks: `set_timesteps` (or `set_begin_index`,
-    img2img) starts a generation and gives its length, `step` ends a step; no timestep is
-    read from the device. Each expert's generation is the steps it runs (experts.py): one
-    expert, all of them. The scheduler is that of the pipeline whose loop calls a model (an
-    expert's compiled wrapper, which pipelines made with `from_pipe()` share, each maybe with
-    a scheduler of its own), else `pipe`'s: another scheduler than the one driving the clocks
-    (a swap, `pipe.scheduler = X.from_config(...)`, or another pipeline's) is found at the
-    model call, whose generation it then starts. Returns what the pipeline's handle must
-    keep alive."""
-    driving = None        # the scheduler whose calls drive the clocks
-
-    def start_generation(scheduler, begin: int = 0):
-        timesteps = _timesteps(scheduler)[begin:]
-        owner = owners(pipe, scheduler, timesteps)
-        for expert in experts:
-            own = [k for k, name in enumerate(owner) if name == expert.name]
-            positions = evaluations([timesteps[k] for k in own])
-            expert.calls_at_start = expert.controller.calls
-            expert.clock.start_generation(_sigmas(scheduler, [begin + k for k in own], positions),
-                                          _per_scheduler_step(owner, expert.name, positions))
-            ctl = expert.controller
-            ctl.set_num_inference_steps(positions[-1][0] + 1 if positions else 0)
-            ctl.resume_schedule()       # set_active()/refresh() in a callback last for one generation
-            ctl.step_records = []       # stats describe this generation (none of whose calls may reach jano)
-
-    def drive(scheduler):
-        nonlocal driving
-        _warn_if_renoising(scheduler)
-        if driving is not None:      # a swapped-out scheduler no longer ticks the clocks
-            for name in ("set_timesteps", "set_begin_index", "step"):
-                driving.__dict__.pop(name, None)
-        original_set_timesteps, original_step = scheduler.set_timesteps, scheduler.step
-
-        @functools.wraps(original_set_timesteps)   # pipelines inspect its signature
-        def set_timesteps(*args, **kwargs):
-            result = original_set_timesteps(*args, **kwargs)
-            start_generation(scheduler)
-            return result
-        set_on(scheduler, "set_timesteps", set_timesteps)
-
-        original_set_begin_index = getattr(scheduler, "set_begin_index", None)
-        if original_set_begin_index is not None:
-            @functools.wraps(original_set_begin_index)
-            def set_begin_index(begin_index: int = 0):
-                # img2img and inpainting start partway: the run is the timesteps from there on
-                result = original_set_begin_index(begin_index)
-                start_generation(scheduler, begin_index)
-                return result
-            set_on(scheduler, "set_begin_index", set_begin_index)
-
-        @functools.wraps(original_step)
-        def step(*args, **kwargs):
-            result = original_step(*args, **kwargs)
-            for expert in experts:
-                expert.clock.end_step()
-                if expert.clock.step >= 2 and expert.controller.calls == expert.calls_at_start \
-                        and not expert.warned:
-                    expert.controller.uncompiled = _warn_uncompiled(expert.clock.step)
-                    expert.warned = True
-            return result
-        set_on(scheduler, "step", step)
-        driving = scheduler
-
-    def follow_a_swap():
-        caller = calling_self(lambda obj: any(getattr(obj, e.name, None) is e.compiled for e in experts))
-        scheduler = getattr(caller if caller is not None else pipe, "scheduler", None)
-        if scheduler is not driving and hasattr(scheduler, "set_timesteps"):
-            drive(scheduler)    # its set_timesteps ran unwatched: this call starts the generation
-            start_generation(scheduler, getattr(scheduler, "begin_index", None) or 0)
-
-    drive(pipe.scheduler)
-    # each controller holds its clock, and `follow_a_swap` reaches the pipeline: the clocks
-    # hold it weakly, the pipeline (its handle) strongly, so a pipeline dropped without
-    # disable() is freed with its transformers
-    follow = weakref.ref(follow_a_swap)
-    for expert in experts:
-        expert.clock.on_call = lambda: follow() and follow()()
-        expert.controller.auto_policy.scheduler_clock = expert.clock
-    return follow_a_swap
-
-
-def _per_scheduler_step(owner: list[str], name: str, positions: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The clock's (step, evaluation) at each scheduler step for the expert `name`, whose own
-    scheduler steps have `positions`: another expert's steps hold the expert's next own step
-    (past its last: one beyond), at which it is not called."""
-    result, k = [], 0
-    for who in owner:
-        if who == name:
-            result.append(positions[k])
-            k += 1
-        else:
-            result.append(positions[k] if k < len(positions) else (positions[-1][0] + 1 if positions else 0, 0))
-    return result
-
-
-#: Schedulers that draw fresh noise into the whole latent at every step (they re-noise the
-#: model's x0 prediction): an output forecast or held from earlier steps misses that noise.
-#: Measured on tiny random-weight FLUX pipelines: 15-22 dB against the full model, where the
-#: deterministic flow-match Euler gives 43-55 dB; on the bundled model 7-18 dB (SSIM <= 0.22).
-RENOISING_SCHEDULERS = ("FlowMatchLCMScheduler",)
-
-
-def _warn_if_renoising(scheduler) -> None:
-    config = getattr(scheduler, "config", None)
-    if type(scheduler).__name__ in RENOISING_SCHEDULERS or getattr(config, "stochastic_sampling", False):
-        warn_user(f"jano: {type(scheduler).__name__} draws fresh noise into the whole latent at every "
-                  "step, which the outputs jano forecasts (or holds) on the steps it skips do not "
-                  "follow: expect another image than the full model's (7-22 dB PSNR, SSIM 0.01-0.22 on "
-                  "the bundled model). Use a deterministic scheduler (e.g. FlowMatchEulerDiscreteScheduler "
-                  "without stochastic_sampling)")
-
-
 def _show_levels(pipe, controllers: list, set_on) -> None:
     """The pipeline's progress bar shows each step's level and active fraction (of the
     expert that ran it), and before the model's first call that the first step compiles
@@ -326,43 +199,6 @@ def _save_overlays(pipe, ctl: Controller, set_on) -> None:
         _save_overlay(ctl, result)
         return result
     set_on(vae, "decode", decode)
-
-
-def _warn_uncompiled(steps: int) -> str:
-    """Steps of a generation ran, none through jano: dynamo ran the transformer uncompiled.
-    Warns, and returns the reason for `stats()["fallback_reason"]`."""
-    limit = getattr(torch._dynamo.config, "recompile_limit", None)
-    reason = ("denoising steps ran and none called the jano-compiled transformer: dynamo runs it "
-              f"uncompiled once it reached its recompile limit (torch._dynamo.config.recompile_limit = "
-              f"{limit}) on the transformer's forward code, which counts every compile of it in this "
-              "process: after several enable()/disable() rounds with other options or shapes, or other "
-              "models whose class shares diffusers' forward wrapper (FLUX, SD3, Wan, ...); "
-              "torch._dynamo.reset() before enable() clears the old graphs. Or the pipeline that ran "
-              "holds the transformer uncompiled while sharing the enabled pipeline's scheduler (made "
-              "with from_pipe() before enable(): make it after)")
-    warn_user(f"jano: {steps} {reason}")
-    return reason
-
-
-def _timesteps(scheduler) -> list:
-    """The scheduler's timesteps of the generation, read once per generation."""
-    timesteps = scheduler.timesteps
-    return timesteps.detach().cpu().tolist() if isinstance(timesteps, torch.Tensor) else list(timesteps)
-
-
-def _sigmas(scheduler, steps: list[int], positions: list[tuple[int, int]]) -> Optional[list]:
-    """The scheduler's sigma per step (fp32, read once per generation; a step's first
-    evaluation's) as the forecast's time axis, for flow-matching schedulers (sigmas in
-    [0, 1], which the output is close to linear in); None otherwise: the step index is used.
-    `steps`: the scheduler steps of the expert's generation, whose `positions` are
-    `clock.evaluations()` of their timesteps (Heun evaluates twice at one time)."""
-    sigmas = getattr(scheduler, "sigmas", None)
-    if not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1 or not steps or len(sigmas) <= steps[-1]:
-        return None
-    sigmas = sigmas.detach().float().cpu()[[k for k, (_, evaluation) in zip(steps, positions) if evaluation == 0]]
-    if sigmas.min() < 0 or sigmas.max() > 1 or bool((sigmas[1:] == sigmas[:-1]).any()):
-        return None
-    return sigmas.tolist()
 
 
 def _save_overlay(ctl: Controller, decoded) -> None:

@@ -242,17 +242,19 @@ def test_under_enable_the_forecast_time_is_the_schedulers_sigma():
 
 def test_sigmas_are_used_only_where_they_are_flow_matching_times():
     import diffusers as D
-    from jano_compile.pipeline import _positions, _sigmas
+    from jano_compile.clock import evaluations
+    from jano_compile.scheduler_drive import _sigmas, _timesteps
 
     def sigmas(scheduler, begin=0):
-        return _sigmas(scheduler, begin, _positions(scheduler, begin))
+        timesteps = _timesteps(scheduler)[begin:]
+        return _sigmas(scheduler, list(range(begin, begin + len(timesteps))), evaluations(timesteps))
     flow = D.FlowMatchEulerDiscreteScheduler()
     flow.set_timesteps(10)
     assert sigmas(flow) == pytest.approx(flow.sigmas[:10].tolist())
     assert sigmas(flow, 4) == pytest.approx(flow.sigmas[4:10].tolist())      # img2img from step 4
     heun = D.FlowMatchHeunDiscreteScheduler()      # timesteps t0, t1, t1, t2, t2, ...: two evaluations a step
     heun.set_timesteps(10)
-    assert len(heun.timesteps) == 19 and _positions(heun, 0)[:5] == [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1)]
+    assert len(heun.timesteps) == 19 and evaluations(_timesteps(heun))[:5] == [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1)]
     assert sigmas(heun) == pytest.approx(heun.sigmas[[0, *range(1, 19, 2)]].tolist())
     ddpm = D.DPMSolverMultistepScheduler()
     ddpm.set_timesteps(10)
