@@ -195,7 +195,10 @@ class AutoPolicy:
             except Exception as e:  # noqa: BLE001 - as above
                 why = f"the latent could not be cut into image tokens: {type(e).__name__}: {e}"
                 if schedule.config.uses_regions:
-                    self._turn_off(why, inputs=True)
+                    self._turn_off(f"{why}. These settings give regions steps of their own (a work budget, or "
+                                   "intervals that differ between levels, as recipe='paper'), which needs a "
+                                   "region map; the default recipe, whose steps compute every token or none, "
+                                   "runs without one", inputs=True)
                     return None
                 self._without_regions(why)      # the schedule needs no regions: it runs on
             else:

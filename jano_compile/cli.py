@@ -74,9 +74,12 @@ def demo(args) -> int:
     stats = ctl.stats()
     print(f"\n{'image':>5} {'plain s':>8} {'jano s':>8} {'speedup':>8} {'PSNR dB':>8} {'SSIM':>6}")
     for seed, (a, b, p, s) in zip(seeds, results):
-        print(f"{seed:>5} {a:8.2f} {b:8.2f} {a / b:7.2f}x {p:8.2f} {s:6.3f}")
+        print(f"{seed:>5} {a:8.2f} {b:8.2f} {a / b:7.2f}x {_decibels(p)} {s:6.3f}")
     mean = lambda k: sum(r[k] for r in results) / len(results)   # noqa: E731
-    print(f"{'mean':>5} {mean(0):8.2f} {mean(1):8.2f} {mean(0) / mean(1):7.2f}x {mean(2):8.2f} {mean(3):6.3f}")
+    print(f"{'mean':>5} {mean(0):8.2f} {mean(1):8.2f} {mean(0) / mean(1):7.2f}x {_decibels(mean(2))} {mean(3):6.3f}")
+    if len(results) > 1:
+        worst = min(results, key=lambda r: r[2])
+        print(f"{'worst':>5} {'':8} {'':8} {'':8} {_decibels(worst[2])} {min(r[3] for r in results):6.3f}")
     regions = ("no region analysis (the run is too short for warm-up + cool-down)"
                if stats["active_fraction_map"] is None else
                f"regions {stats['active_fraction_map']:.0%} active, {stats['medium_fraction_map']:.0%} medium")
@@ -88,6 +91,11 @@ def demo(args) -> int:
     canvas.save(args.out)
     print(f"wrote {args.out} (per row: full | jano | region map: blue static, amber medium, red active)")
     return 0
+
+
+def _decibels(value: float) -> str:
+    """A PSNR for the table (8 wide): identical images (infinite PSNR) read "same"."""
+    return f"{'same':>8}" if value == float("inf") else f"{value:8.2f}"
 
 
 def _check_device(parser, device: str) -> None:

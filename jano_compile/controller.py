@@ -315,6 +315,8 @@ class Controller:
         if full:
             self.manual_policy.ran_full()
             self._num_image_tokens = n
+        if step is None and self.manual:     # a bare loop under manual control: each call a step of its time axis
+            step = int(step_time)
         record = CallRecord(graph.report.graph, full, computed, n, step, plan.branch, plan.phase)
         if step is not None:
             if plan.new_generation:
@@ -324,8 +326,8 @@ class Controller:
         return outputs
 
     def _plan(self, graph, args) -> tuple[CallPlan, Optional[int]]:
-        """The call's plan, and the generation step it counts as in stats (None: none; a
-        manual call in a bare loop has no generation)."""
+        """The call's plan, and the generation step it counts as in stats (None: a manual
+        call in a bare loop, which counts at its step on the forecast's time axis)."""
         clock = self.auto_policy.scheduler_clock
         if clock is not None and clock.on_call is not None:
             clock.on_call()          # before `manual` is read: a swapped scheduler may start a generation
@@ -350,7 +352,7 @@ class Controller:
             branch = DEFAULT_BRANCH
         plan = self.manual_policy.plan(graph.signature.num_image_tokens, branch)
         if self.auto_policy.scheduler_clock is None:
-            return plan, None
+            return dataclasses.replace(plan, phase="manual"), None
         # under enable(): the scheduler's step time, and the step counts in the generation's stats
         # ("off": the automatic schedule turned off and no set_active(): every token computed)
         plan = dataclasses.replace(plan, time=tick.time if tick.time is not None else float(tick.step),
@@ -387,10 +389,13 @@ class Controller:
         if any(g.recompile_key == key for g in self._graphs.values()):
             self._warned_captured_again = True
             warn_user(f"jano: dynamo captured {self.name} again for inputs of the same shapes and dtypes (another "
-                      "guard changed: an input's strides, a non-contiguous view say, or train()/eval(); "
-                      "TORCH_LOGS=recompiles names it). Each graph keeps caches and forecast history of its own, "
-                      "so calls that alternate between them compute from older caches: pass contiguous inputs "
-                      "(.contiguous()) and keep the model's mode fixed")
+                      "guard changed: the keyword arguments given (one that only some calls pass, as an uncond "
+                      "call's guidance=None or skip-layer guidance's skip_layers), an input's strides (a "
+                      "non-contiguous view), or train()/eval(); TORCH_LOGS=recompiles names it). Each graph keeps "
+                      "caches and forecast history of its own: harmless where each graph serves calls of their "
+                      "own (one CFG branch's), but calls of one branch that alternate between them compute from "
+                      "older caches: pass contiguous inputs (.contiguous()) and the same arguments to every call, "
+                      "and keep the model's mode fixed")
 
     def _note_first_call(self, graph) -> None:
         report = graph.report

@@ -30,8 +30,8 @@ class CallPlan:
     index: Optional[torch.Tensor]
     branch: str = DEFAULT_BRANCH
     step: Optional[int] = None        # automatic schedule only
-    phase: Optional[str] = None       # warmup, refresh, medium, ... (under enable(): "manual" after
-                                      # set_active, "off" where the schedule turned off)
+    phase: Optional[str] = None       # warmup, refresh, medium, ...; "manual" after set_active,
+                                      # "off" where the schedule turned off (enable())
     new_generation: bool = False      # automatic schedule only: the first call of a generation
     time: Optional[float] = None      # forecast time of the step (None: the step index, or
                                       # under manual control the branch's call count)

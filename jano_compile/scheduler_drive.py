@@ -36,8 +36,14 @@ WATCHED = ("set_timesteps", "set_begin_index", "step", "__getstate__")
 #: Schedulers that draw fresh noise into the whole latent at every step (they re-noise the
 #: model's x0 prediction): an output forecast or held from earlier steps misses that noise.
 #: Measured on tiny random-weight FLUX pipelines: 15-22 dB against the full model, where the
-#: deterministic flow-match Euler gives 43-55 dB; on the bundled model 7-18 dB (SSIM <= 0.22).
-RENOISING_SCHEDULERS = ("FlowMatchLCMScheduler",)
+#: deterministic flow-match Euler gives 43-55 dB; on the bundled model 7-18 dB (SSIM <= 0.22);
+#: SCM on a tiny Sana Sprint 24-26 dB, where Sana with flow-match Euler gives 38 dB. LCM
+#: re-noises x0 the same way (not measured).
+RENOISING_SCHEDULERS = ("FlowMatchLCMScheduler", "SCMScheduler", "LCMScheduler")
+
+#: Schedulers whose timesteps end with the final time, at which the pipeline does not call
+#: the model (Sana Sprint runs `timesteps[:-1]`): a generation is one step shorter.
+ENDS_AT_FINAL_TIME = ("SCMScheduler",)
 
 
 @dataclass
@@ -195,7 +201,8 @@ def _timesteps(scheduler) -> list:
     timesteps = scheduler.timesteps
     if timesteps is None:
         return []
-    return timesteps.detach().cpu().tolist() if isinstance(timesteps, torch.Tensor) else list(timesteps)
+    timesteps = timesteps.detach().cpu().tolist() if isinstance(timesteps, torch.Tensor) else list(timesteps)
+    return timesteps[:-1] if type(scheduler).__name__ in ENDS_AT_FINAL_TIME else timesteps
 
 
 def _sigmas(scheduler, steps: list[int], positions: list[tuple[int, int]]) -> Optional[list]:
@@ -220,7 +227,8 @@ def _warn_if_renoising(scheduler) -> None:
                   "step, which the outputs jano forecasts (or holds) on the steps it skips do not "
                   "follow: expect another image than the full model's (7-22 dB PSNR, SSIM 0.01-0.22 on "
                   "the bundled model). Use a deterministic scheduler (e.g. FlowMatchEulerDiscreteScheduler "
-                  "without stochastic_sampling)")
+                  "without stochastic_sampling); a few-step model distilled for this scheduler (LCM, Sana "
+                  "Sprint) has few steps to skip: leave jano off there")
 
 
 def _warn_uncompiled(steps: int) -> str:

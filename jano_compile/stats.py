@@ -28,10 +28,10 @@ class Stats(Mapping):
     mode                    "auto" (the schedule) or "manual" (set_active / refresh)
     auto_disabled           why the automatic schedule is off, if it is
     levels ... branches     this generation under the automatic schedule (None before it),
-                            its steps under set_active() from a step callback of enable()'s
-                            included (level "manual"; "off" where the schedule turned off,
-                            see auto_disabled; a bare loop's manual calls are not
-                            steps of a generation: not counted); analysis_seconds: the last
+                            its steps under set_active() included (level "manual": from a
+                            step callback of enable()'s, or a bare loop's calls, each a step
+                            counted on from the schedule's last; "off" where the schedule
+                            turned off, see auto_disabled); analysis_seconds: the last
                             analysis or re-ranking, reranks: re-rankings by measured error
                             (levels_from="error") or period assignments (work=...); periods:
                             {period in steps: fraction of image tokens} under a work budget;

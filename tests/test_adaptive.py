@@ -164,6 +164,7 @@ def test_a_schedule_that_needs_no_regions_runs_where_the_latent_has_no_grid(capl
         ctl = jano_compile.controller(f)
         stats = ctl.stats()
         assert "could not be cut into image tokens" in stats["auto_disabled"]
+        assert "the default recipe" in stats["auto_disabled"]     # what to change
         assert stats["full_calls"] == stats["calls"] == STEPS
         ctl.release()       # the inputs turned it off, not the model: on again for the next run
         euler_loop(f, kwargs)

@@ -105,3 +105,14 @@ def test_video_to_video_ends_with_the_cool_down_on_the_steps_it_runs():
         jano_compile.disable(pipe)
     assert len(levels) == steps // 2 and levels[0] == "warmup" and levels[-1] == "cooldown", levels
     assert "skip" in levels and psnr(fast, eager) > 25.0
+
+
+def test_a_scheduler_whose_timesteps_end_at_the_final_time_runs_one_step_fewer():
+    """SCM (Sana Sprint) makes N + 1 timesteps, the last the final time, where the pipeline
+    does not call the model: the generation is N steps, so the cool-down falls on the last
+    step run. It re-noises the latent every step: said at enable()."""
+    scheduler = D.SCMScheduler()
+    with pytest.warns(UserWarning, match="SCMScheduler draws fresh noise"):
+        ctl, _, _ = _driven(scheduler)
+    scheduler.set_timesteps(2)
+    assert len(scheduler.timesteps) == 3 and ctl.auto_policy.num_inference_steps == 2

@@ -109,7 +109,8 @@ def test_set_active_from_a_callback_lasts_one_generation():
 def test_a_bare_loop_that_switches_to_set_active_counts_steps_on_from_the_schedule():
     """The schedule's step index and manual control's call count are one time axis: after
     a switch in the second generation (where the calls since the model was built run far
-    ahead of the step), the first manual call is recorded at the step after the last."""
+    ahead of the step), the first manual call is recorded at the step after the last, and
+    each manual call counts in stats() as the next step."""
     model, kwargs, n = flux(b=1, h=8, w=8)
     model.eval()
     switch = 6
@@ -122,9 +123,16 @@ def test_a_bare_loop_that_switches_to_set_active_counts_steps_on_from_the_schedu
         ctl = jano_compile.controller(f)
         active = torch.arange(0, n, 2)
         ctl.set_active(active)
+        before = ctl.stats()
+        f(**kwargs, return_dict=False)
         f(**kwargs, return_dict=False)
     newest = _history_times(ctl)[0]
-    assert torch.equal(newest[active], torch.full((len(active),), float(switch)))
+    assert torch.equal(newest[active], torch.full((len(active),), float(switch + 1)))
+    # stats count the manual calls as the steps after the schedule's: work saved included
+    stats = ctl.stats()
+    assert stats["levels"] == before["levels"] + ["manual", "manual"]
+    saved = (before["compute_saved"] * switch + 2 * (1 - len(active) / n)) / (switch + 2)
+    assert stats["compute_saved"] == pytest.approx(saved)
 
 
 @pytest.mark.parametrize("static_calls", [False, True])
