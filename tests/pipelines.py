@@ -4,6 +4,8 @@ import copy
 import diffusers as D
 import torch
 
+import jano_compile
+
 
 def tiny_vae(latent_channels):
     return D.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels,
@@ -104,3 +106,20 @@ def cogvideox_pipeline():
 
 
 PIPELINES.update(wan=wan_pipeline, pixart=pixart_pipeline, cogvideox=cogvideox_pipeline)
+
+
+def eager_and_jano(pipe, inputs, steps, experts=("transformer",)):
+    """`pipe`'s output at `steps` steps (generator seed 0) eager, under jano (eager lowering,
+    default recipe), and eager again after disable(); and the stats of each of `experts`
+    (the pipeline's attributes) for the jano run."""
+    def generate():
+        result = pipe(**inputs, num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
+        return result.images if hasattr(result, "images") else result.frames
+    with torch.no_grad():
+        eager = generate()
+        jano_compile.enable(pipe, lowering="eager")
+        fast = generate()
+        stats = [jano_compile.controller(getattr(pipe, name)).stats() for name in experts]
+        jano_compile.disable(pipe)
+        again = generate()
+    return eager, fast, again, stats

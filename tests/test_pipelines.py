@@ -7,7 +7,7 @@ from jano_compile.config import JanoConfig
 from jano_compile.metrics import psnr
 from jano_compile.schedule import step_phase
 
-from .pipelines import PIPELINES, wan22_pipeline
+from .pipelines import PIPELINES, eager_and_jano, wan22_pipeline
 
 STEPS = 12
 CONFIG = dict(recipe="paper", warmup_steps=3, cooldown_steps=2, static_interval=4, medium_interval=2,
@@ -43,18 +43,8 @@ def test_the_default_recipe_keeps_the_image_close_to_the_eager_pipelines(name):
     stays above 30 dB (measured 38-59 dB on these tiny random pipelines, Wan and CogVideoX
     lowest; a forecast or cache bug costs far more), and after disable() the eager image
     comes back exactly."""
-    pipe, inputs = PIPELINES[name]()
-
-    def generate():
-        result = pipe(**inputs, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
-        return result.images if hasattr(result, "images") else result.frames
-    with torch.no_grad():
-        eager = generate()
-        ctl = jano_compile.enable(pipe, lowering="eager")
-        fast = generate()
-        saved = ctl.stats()["compute_saved"]
-        jano_compile.disable(pipe)
-        again = generate()
+    eager, fast, again, (stats,) = eager_and_jano(*PIPELINES[name](), STEPS)
+    saved = stats["compute_saved"]
     assert saved > 0.3 and psnr(fast, eager) > 30.0, (saved, psnr(fast, eager))
     torch.testing.assert_close(again, eager, rtol=0, atol=0)
 
@@ -86,18 +76,9 @@ def test_enable_runs_each_expert_of_a_two_expert_pipeline_on_the_steps_it_takes(
     tiny random Wan varies between seeds, 28-76 dB with one transformer.)"""
     steps = 20
     pipe, inputs = wan22_pipeline(boundary_ratio=0.75)
-
-    def generate():
-        return pipe(**inputs, num_inference_steps=steps, generator=torch.Generator().manual_seed(0)).frames
-    with torch.no_grad():
-        eager = generate()
-        high = sum(int(t) >= 0.75 * pipe.scheduler.config.num_train_timesteps for t in pipe.scheduler.timesteps)
-        first, second = pipe.transformer, pipe.transformer_2
-        ctl = jano_compile.enable(pipe, lowering="eager")
-        fast = generate()
-        stats = [ctl.stats(), jano_compile.controller(pipe.transformer_2).stats()]
-        jano_compile.disable(pipe)
-        again = generate()
+    first, second = pipe.transformer, pipe.transformer_2
+    eager, fast, again, stats = eager_and_jano(pipe, inputs, steps, experts=("transformer", "transformer_2"))
+    high = sum(int(t) >= 0.75 * pipe.scheduler.config.num_train_timesteps for t in pipe.scheduler.timesteps)
     assert 4 < high < steps - 4
     assert [len(s["levels"]) for s in stats] == [high, steps - high]
     for s in stats:

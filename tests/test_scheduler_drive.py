@@ -13,7 +13,7 @@ from jano_compile.controller import Controller
 from jano_compile.metrics import psnr
 from jano_compile.scheduler_drive import WATCHED, Expert, SchedulerDrive
 
-from .pipelines import flux_pipeline, wan_pipeline
+from .pipelines import eager_and_jano, flux_pipeline, wan_pipeline
 
 STEPS = 10
 
@@ -94,15 +94,8 @@ def test_video_to_video_ends_with_the_cool_down_on_the_steps_it_runs():
     video = [torch.rand(3, inputs["height"], inputs["width"]) for _ in range(inputs["num_frames"])]
     inputs = {**{k: v for k, v in inputs.items() if k != "num_frames"}, "video": video, "strength": 0.5}
     steps = 16
-
-    def generate():
-        return pipe(**inputs, num_inference_steps=steps, generator=torch.Generator().manual_seed(0)).frames
-    with torch.no_grad():
-        eager = generate()
-        ctl = jano_compile.enable(pipe, lowering="eager")
-        fast = generate()
-        levels = ctl.stats()["levels"]
-        jano_compile.disable(pipe)
+    eager, fast, _, (stats,) = eager_and_jano(pipe, inputs, steps)
+    levels = stats["levels"]
     assert len(levels) == steps // 2 and levels[0] == "warmup" and levels[-1] == "cooldown", levels
     assert "skip" in levels and psnr(fast, eager) > 25.0
 
