@@ -195,14 +195,16 @@ class AdaptiveSchedule:
 
     def _analyze(self) -> None:
         self.analysed = True
-        if len(self.warmup_latents) < 2 or self.grid is None:
+        shapes = sorted({tuple(x.shape) for x in self.warmup_latents})
+        if len(self.warmup_latents) < 2 or self.grid is None or len(shapes) > 1:
+            why = (f"{len(self.warmup_latents)} warm-up latents recorded" if len(shapes) < 2 else
+                   f"the warm-up latents differ in shape, {shapes}: the batch changed between steps")
             if self.config.uses_regions:
-                log.warning("jano: no warm-up latents to analyse (%d recorded); computing every "
-                            "token", len(self.warmup_latents))
+                log.warning("jano: no region analysis (%s); computing every token", why)
             else:
-                log.info("jano: no region analysis (%d warm-up latents recorded); each step computes "
-                         "every token or none, which needs none", len(self.warmup_latents))
-            self.analysis = None
+                log.info("jano: no region analysis (%s); each step computes every token or none, which "
+                         "needs none", why)
+            self.analysis, self.warmup_latents = None, []
             return
         self.analysis = analyze(self.warmup_latents, self.grid, self.config)
         log.info("jano: regions %.0f%% active, %.0f%% medium, %.0f%% static (analysis %.3f s)",

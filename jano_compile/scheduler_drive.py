@@ -103,7 +103,6 @@ class SchedulerDrive:
             expert.calls_at_start = ctl.calls
             expert.clock.start_generation(times, _per_scheduler_step(owner, expert.name, positions))
             ctl.resume_schedule()       # set_active()/refresh() in a callback last for one generation
-            ctl.step_records = []       # stats describe this generation (none of whose calls may reach jano)
 
     def drive(self, scheduler) -> None:
         """Watch `scheduler`: its calls drive the clocks from now on."""
@@ -154,6 +153,12 @@ class SchedulerDrive:
             first = index - 1 if index is not None else _index_of(timestep, self.run.timesteps, self.run.begin)
             if first is not None and first > self.run.begin:
                 self.start_generation(scheduler, first, new=False)
+            for expert in self.experts:
+                if expert.controller.calls == expert.calls_at_start:
+                    # a step of this generation ran and no call reached the expert: its stats stop
+                    # describing the generation before (a set_timesteps() with no step after it,
+                    # WanAnimate's after its last segment, leaves them be)
+                    expert.controller.step_records = []
         done = index - self.run.begin if index is not None else None
         for expert in self.experts:
             expert.clock.end_step(done)

@@ -1,5 +1,7 @@
 """The automatic schedule in a plain sampling loop: levels follow the schedule, the extreme
 thresholds reproduce plain compile / recompute only text, split CFG equals batched CFG."""
+import logging
+
 import pytest
 import torch
 
@@ -170,3 +172,26 @@ def test_a_schedule_that_needs_no_regions_runs_where_the_latent_has_no_grid(capl
         euler_loop(f, kwargs)
     stats = ctl.stats()
     assert stats["auto_disabled"] is None and stats["full_calls"] < stats["calls"] == STEPS
+
+
+def test_a_batch_that_grows_during_warm_up_leaves_the_schedule_without_regions(caplog):
+    """AnyFlow without CFG but with negative embeddings doubles the latent batch after the
+    first step: the warm-up latents differ in shape, so no region analysis (it raised and
+    ended the generation); the default schedule, which needs none, runs on."""
+    model, kwargs, _ = flux(b=1, h=4, w=4)
+    doubled = {**kwargs, "encoder_hidden_states": kwargs["encoder_hidden_states"].repeat(2, 1, 1),
+               "pooled_projections": kwargs["pooled_projections"].repeat(2, 1)}
+    sigmas = torch.linspace(1.0, 0.0, STEPS + 1)
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="jano_compile"):
+        f = torch.compile(model.eval(), backend="jano", dynamic=False,
+                          options=dict(lowering="eager", num_inference_steps=STEPS))
+        x = kwargs["hidden_states"].clone()
+        for i in range(STEPS):
+            inputs = kwargs if x.shape[0] == 1 else doubled
+            v = f(**{**inputs, "hidden_states": x, "timestep": sigmas[i].repeat(x.shape[0])}, return_dict=False)[0]
+            x = (x + (sigmas[i + 1] - sigmas[i]) * v).repeat(2 // x.shape[0], 1, 1)
+    ctl = jano_compile.controller(f)
+    assert "skip" in ctl.stats()["levels"] and torch.isfinite(x).all()
+    assert any("warm-up latents differ in shape" in r.message for r in caplog.records)
+    with pytest.raises(RuntimeError, match="no region analysis yet"):
+        ctl.region_map()

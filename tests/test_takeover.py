@@ -610,7 +610,11 @@ def test_a_scheduler_swapped_in_after_enable_drives_the_clock():
         _generate(pipe, inputs)
     expected = _planned_levels()
     assert swapped == ctl.stats()["levels"] == expected
-    pipe.scheduler.set_timesteps(STEPS)        # a new generation, no step yet: no stale levels
+    # a new generation that runs no step (WanAnimate sets the timesteps again after its last
+    # segment) leaves the stats of the last one; its first step that reaches no call clears them
+    pipe.scheduler.set_timesteps(STEPS)
+    assert ctl.stats()["levels"] == expected
+    pipe.scheduler.step(torch.zeros(1, 4), pipe.scheduler.timesteps[0], torch.zeros(1, 4))
     assert ctl.stats()["levels"] == [] and ctl.stats()["compute_saved"] is None
 
 

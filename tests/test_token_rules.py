@@ -951,3 +951,13 @@ def test_a_node_named_like_janos_count_does_not_stand_in_for_it():
     named = [n for n in after.graph.nodes if n.name.startswith("num_active")]
     (count,) = [n for n in named if n.meta.get(SHARED) == "num_active"]
     assert count.target == "size" and len(named) >= 2, [n.name for n in named]
+
+
+def test_ltx2_split_rope_written_in_place_with_addcmul_is_rewritten_exactly():
+    """LTX-2 with `rope_type="split"` rotates queries and keys with an in-place `addcmul_`,
+    a pointwise op (it ran unrewritten, "not known to be token-wise")."""
+    import diffusers
+    torch.manual_seed(0)
+    tiny = TINY["LTX2VideoTransformer3DModel"]
+    model = getattr(diffusers, tiny.cls)(**{**tiny.init, "rope_type": "split"})
+    assert oracle(model, dict(tiny.inputs(1), return_dict=False)).stats()["num_image_tokens"] == 48

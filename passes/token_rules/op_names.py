@@ -7,7 +7,8 @@ POINTWISE = frozenset({
     "gelu", "silu", "relu", "mish", "erf", "log", "square", "reciprocal", "where", "lerp",
     "dropout", "float", "half", "bfloat16", "double", "contiguous", "clone", "detach",
     "add_", "sub_", "mul_", "div_", "clamp_", "clip_", "masked_fill", "minimum", "maximum",
-    "addcmul", "sign", "softplus", "leaky_relu", "elu", "hardtanh", "nan_to_num",
+    "addcmul", "addcmul_", "addcdiv", "addcdiv_", "sign", "softplus", "leaky_relu", "elu", "hardtanh",
+    "nan_to_num",
 })
 # the first argument carries the values; the others give only a dtype or device
 DATA_FIRST_ONLY = frozenset({"to", "type_as", "type", "float", "half", "bfloat16", "double",
