@@ -79,7 +79,8 @@ class AdaptiveSchedule:
             (log.info if self.warned_all_full else log.warning)(
                 "jano: a %d-step run leaves no step to skip work (warm-up %d, cool-down %d, a refresh "
                 "after warm-up): every step computes all tokens; fewer warmup_steps / cooldown_steps, or "
-                "more steps, would leave steps to skip", num_steps, self.config.warmup_steps, self.config.cooldown_steps)
+                "more steps, would leave steps to skip", num_steps, self.config.warmup_steps,
+                self.config.cooldown_steps)
             self.warned_all_full = True
 
     def decide(self, tick: Tick, branch_name: Optional[str],

@@ -317,7 +317,10 @@ class Controller:
             self._num_image_tokens = n
         if step is None and self.manual:     # a bare loop under manual control: each call a step of its time axis
             step = int(step_time)
-        record = CallRecord(graph.report.graph, full, computed, n, step, plan.branch, plan.phase)
+        # a step planned to skip work that ran full (this graph or branch had no caches yet: CFG
+        # turned off midway gives a new batch size) reads as a refresh
+        phase = "refresh" if full and plan.index is not None and plan.phase is not None else plan.phase
+        record = CallRecord(graph.report.graph, full, computed, n, step, plan.branch, phase)
         if step is not None:
             if plan.new_generation:
                 self.step_records = []
@@ -391,11 +394,13 @@ class Controller:
             warn_user(f"jano: dynamo captured {self.name} again for inputs of the same shapes and dtypes (another "
                       "guard changed: the keyword arguments given (one that only some calls pass, as an uncond "
                       "call's guidance=None or skip-layer guidance's skip_layers), an input's strides (a "
-                      "non-contiguous view), or train()/eval(); TORCH_LOGS=recompiles names it). Each graph keeps "
-                      "caches and forecast history of its own: harmless where each graph serves calls of their "
-                      "own (one CFG branch's), but calls of one branch that alternate between them compute from "
-                      "older caches: pass contiguous inputs (.contiguous()) and the same arguments to every call, "
-                      "and keep the model's mode fixed")
+                      "non-contiguous view), the module (a LoRA loaded, fused QKV projections, another attention "
+                      "backend), train()/eval(), or no_grad()/inference_mode(); TORCH_LOGS=recompiles names it). "
+                      "Each graph keeps caches and forecast history of its own until ctl.release() or disable(): "
+                      "harmless where each graph serves calls of their own (one CFG branch's, or all calls after a "
+                      "change), but calls of one branch that alternate between them compute from older caches: "
+                      "pass contiguous inputs (.contiguous()) and the same arguments to every call, and keep the "
+                      "model's mode fixed")
 
     def _note_first_call(self, graph) -> None:
         report = graph.report

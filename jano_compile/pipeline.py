@@ -42,6 +42,14 @@ class _Handle:
     patched: list          # (object, attribute name) set on instances
     drive: SchedulerDrive  # which the experts' clocks reach weakly
 
+    def __reduce__(self):
+        raise TypeError("jano is enabled on this pipeline, whose compiled transformer's graphs and caches "
+                        "cannot be copied or pickled: copy the pipeline before jano_compile.enable(), or "
+                        "call jano_compile.disable(pipe) first")
+
+    def __deepcopy__(self, memo):
+        self.__reduce__()
+
 
 def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
            lowering: Optional[str] = None, mode: Optional[str] = None,
@@ -117,6 +125,12 @@ def _check_uncompiled(name: str, transformer: torch.nn.Module) -> None:
         raise TypeError(f"pipe.{name} was compiled in place ({name}.compile()), and its "
                         "compiled call would run instead of jano's; enable() compiles it itself: load "
                         "the transformer again without .compile() (compile_repeated_blocks() is fine)")
+    if getattr(transformer, "is_cache_enabled", False) is True:
+        cache = type(getattr(transformer, "_cache_config", None)).__name__
+        raise ValueError(f"pipe.{name} has diffusers' cache on ({cache}, from enable_cache()): its hooks "
+                         "split the model into pieces jano cannot rewrite, and jano does the same job; call "
+                         f"pipe.{name}.disable_cache() before enable() (a compile made while the cache was on "
+                         "may keep running the pieces: torch._dynamo.reset() after disable_cache() clears it)")
 
 
 def _warn_second_transformer(pipe, names: list[str]) -> None:

@@ -88,3 +88,24 @@ def test_enable_runs_each_expert_of_a_two_expert_pipeline_on_the_steps_it_takes(
     assert saved > 0.3 and psnr(fast, eager) > 30.0, (saved, psnr(fast, eager))
     assert pipe.transformer is first and pipe.transformer_2 is second
     torch.testing.assert_close(again, eager, rtol=0, atol=0)
+
+
+def test_levels_agree_with_the_work_when_cfg_turns_off_midway():
+    """SD3 batches CFG; a callback that turns guidance off makes later calls batch 1, a graph
+    without caches: the step planned to skip work computes every token and reads as a
+    refresh, so the skipped steps in `levels` are those that saved their work."""
+    pipe, inputs = PIPELINES["sd3"]()
+
+    def guidance_off(pipe, step, timestep, kwargs):
+        if step == 4:
+            pipe._guidance_scale = 1.0
+        return {}
+    with torch.no_grad():
+        ctl = jano_compile.enable(pipe, lowering="eager")
+        pipe(**inputs, num_inference_steps=10, generator=torch.Generator().manual_seed(0),
+             callback_on_step_end=guidance_off)
+        stats, records = ctl.stats(), list(ctl.step_records)
+        jano_compile.disable(pipe)
+    computed = {r.step: r.active for r in records}          # one call per step here (batched CFG)
+    assert [level == "skip" for level in stats["levels"]] == [computed[s] == 0 for s in range(10)]
+    assert stats["compute_saved"] == pytest.approx(stats["levels"].count("skip") / 10)

@@ -276,6 +276,17 @@ def test_enable_refuses_what_it_cannot_drive():
     with pytest.raises(TypeError, match=r"compiled in place \(transformer.compile\(\)\)"):
         jano_compile.enable(pipe)
     pipe, _ = flux_pipeline()
+    jano_compile.enable(pipe, lowering="eager")
+    with pytest.raises(TypeError, match=r"copy the pipeline before jano_compile.enable\(\)"):
+        copy.deepcopy(pipe)
+    jano_compile.disable(pipe)
+    copy.deepcopy(pipe)
+    pipe, _ = flux_pipeline()
+    from diffusers import FirstBlockCacheConfig
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.2))
+    with pytest.raises(ValueError, match=r"diffusers' cache on \(FirstBlockCacheConfig.*disable_cache\(\) before"):
+        jano_compile.enable(pipe)
+    pipe, _ = flux_pipeline()
     with pytest.raises(ValueError, match=r"JanoConfig\.work=1\.5"):
         jano_compile.enable(pipe, {"work": 1.5})      # at once, not at the first denoising step
     with pytest.raises(TypeError, match=r"sets backend and dynamic itself.*leave backend and dynamic out"):
