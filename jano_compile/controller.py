@@ -66,6 +66,7 @@ class Controller:
         self._num_image_tokens: Optional[int] = None    # of the last full rewritten step
         self._num_calls = 0
         self._num_full_calls = 0
+        self.rewritten_calls = 0        # calls that ran a rewritten graph
         self._warned_unrewritten = False
         self._warned_fallbacks: set = set()     # reasons of unrewritten graphs set_active() warned of
         self._warned_unknown_branches = False
@@ -289,9 +290,14 @@ class Controller:
         self.uncompiled = None
         if graph.runner is None:
             self._record(CallRecord(graph.report.graph, True, 0, 0))
-            self.step_records = []       # stats describe the run under way: it saves nothing
+            if self.auto_policy.scheduler_clock is None:
+                # a bare loop: stats describe the run under way, which saves nothing (under enable()
+                # a generation whose steps run no rewritten graph clears them: a model in several
+                # graphs, some rewritten, runs unrewritten ones in every step)
+                self.step_records = []
             return graph.unrewritten(*args)
         plan, step = self._plan(graph, args)
+        self.rewritten_calls += 1
         if plan.new_generation:
             for graph_key, idle in self.store.new_generation():
                 dropped_from = self._graphs.get(graph_key)

@@ -56,6 +56,7 @@ class Expert:
     controller: Controller
     clock: SchedulerClock
     calls_at_start: int = 0       # the controller's calls when the current generation began
+    rewritten_at_start: int = 0   # and its calls of rewritten graphs
     warned: bool = False          # that no step reached it (once per enable())
 
 
@@ -100,7 +101,7 @@ class SchedulerDrive:
             if not new:
                 expert.clock.place(times, _per_scheduler_step(owner, expert.name, positions))
                 continue
-            expert.calls_at_start = ctl.calls
+            expert.calls_at_start, expert.rewritten_at_start = ctl.calls, ctl.rewritten_calls
             expert.clock.start_generation(times, _per_scheduler_step(owner, expert.name, positions))
             ctl.resume_schedule()       # set_active()/refresh() in a callback last for one generation
 
@@ -154,10 +155,11 @@ class SchedulerDrive:
             if first is not None and first > self.run.begin:
                 self.start_generation(scheduler, first, new=False)
             for expert in self.experts:
-                if expert.controller.calls == expert.calls_at_start:
-                    # a step of this generation ran and no call reached the expert: its stats stop
-                    # describing the generation before (a set_timesteps() with no step after it,
-                    # WanAnimate's after its last segment, leaves them be)
+                if expert.controller.rewritten_calls == expert.rewritten_at_start:
+                    # a step of this generation ran and no call of the expert ran a rewritten graph
+                    # (none reached it, or grad was on): its stats stop describing the generation
+                    # before (a set_timesteps() with no step after it, WanAnimate's after its last
+                    # segment, leaves them be)
                     expert.controller.step_records = []
         done = index - self.run.begin if index is not None else None
         for expert in self.experts:

@@ -109,3 +109,25 @@ def test_levels_agree_with_the_work_when_cfg_turns_off_midway():
     computed = {r.step: r.active for r in records}          # one call per step here (batched CFG)
     assert [level == "skip" for level in stats["levels"]] == [computed[s] == 0 for s in range(10)]
     assert stats["compute_saved"] == pytest.approx(stats["levels"].count("skip") / 10)
+
+
+def test_a_model_in_two_graphs_counts_the_steps_of_its_rewritten_one():
+    """A graph break splits the transformer's call into a graph jano cannot rewrite (a
+    pre-hook's scaling of the latent: no attention) and the model, rewritten: every step runs
+    both, and stats() describe the rewritten graph's steps (the unrewritten one's calls
+    cleared them at every step: levels [], compute_saved None). The hook reads a parameter:
+    jano finds a graph's model through its parameters."""
+    pipe, inputs = PIPELINES["flux"]()
+
+    def scale_then_break(module, args, kwargs):
+        kwargs["hidden_states"] = kwargs["hidden_states"] * (1.0 + 0.0 * module.x_embedder.bias.sum())
+        torch._dynamo.graph_break()
+        return args, kwargs
+    pipe.transformer.register_forward_pre_hook(scale_then_break, with_kwargs=True)
+    with torch.no_grad(), pytest.warns(UserWarning, match="not rewritten"):
+        ctl = jano_compile.enable(pipe, lowering="eager")
+        pipe(**inputs, num_inference_steps=10, generator=torch.Generator().manual_seed(0))
+    stats = ctl.stats()
+    jano_compile.disable(pipe)
+    assert stats["graphs"] == 2 and not stats["rewritten"]
+    assert len(stats["levels"]) == 10 and stats["levels"][-1] == "cooldown" and stats["compute_saved"] > 0.3
