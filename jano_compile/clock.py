@@ -32,16 +32,21 @@ log = logging.getLogger(__name__)
 MAX_BRANCHES = 4    # split CFG calls the model twice per step; a few pipelines three times
 
 
-def _branch_call(calls: int, warned: bool) -> tuple[int, bool]:
+def _branch_call(calls: int, warned: bool, scheduler: bool = False) -> tuple[int, bool]:
     """(the call's index among the step's branches, warned) for the `calls`-th call of a
     step (from 0): calls beyond MAX_BRANCHES share the last branch, said once (`warned`
-    True: not said)."""
+    True: not said). `scheduler`: the step is the scheduler's (enable())."""
     if calls < MAX_BRANCHES:
         return calls, warned
-    if not warned:
-        log.warning("jano: %d calls within one step (the same timestep, or no scheduler step between "
-                    "them): taken as repeats of branch %d, not as new CFG branches with caches of their "
-                    "own; in a sampling loop the timestep changes from step to step", calls + 1, MAX_BRANCHES)
+    if not warned and scheduler:
+        log.warning("jano: %d model calls and no step of the pipeline's scheduler between them: taken as "
+                    "repeats of branch %d of one step. A pipeline that steps copies of its scheduler "
+                    "(SkyReels-V2's diffusion forcing) or none never ends a step for jano: its calls stay "
+                    "in the first step's warm-up and compute every token", calls + 1, MAX_BRANCHES)
+    elif not warned:
+        log.warning("jano: %d calls within one step (the same timestep): taken as repeats of branch %d, not "
+                    "as new CFG branches with caches of their own; in a sampling loop the timestep changes "
+                    "from step to step", calls + 1, MAX_BRANCHES)
     return MAX_BRANCHES - 1, True
 
 
@@ -151,6 +156,6 @@ class SchedulerClock:
 
     def tick(self) -> Tick:
         time = self.times[self.step] if self.times and self.step < len(self.times) else None
-        call, self.warned_branches = _branch_call(self.calls_in_step, self.warned_branches)
+        call, self.warned_branches = _branch_call(self.calls_in_step, self.warned_branches, scheduler=True)
         self.calls_in_step += 1
         return Tick(max(self.generation, 1), self.step, call, time, self.evaluation)
