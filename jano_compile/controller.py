@@ -39,6 +39,10 @@ from .stats import Stats
 
 log = logging.getLogger(__name__)
 
+#: calls a generation's stats keep (a bare loop under set_active() counts every call on, with
+#: no generation ending: its stats then describe the most recent calls)
+MAX_STEP_RECORDS = 100_000
+
 
 @dataclass
 class CallRecord:
@@ -331,6 +335,8 @@ class Controller:
             if plan.new_generation:
                 self.step_records = []
             self.step_records.append(record)
+            if len(self.step_records) > MAX_STEP_RECORDS:    # manual control in a bare loop never ends
+                del self.step_records[:MAX_STEP_RECORDS // 2]
         self._record(record)
         return outputs
 

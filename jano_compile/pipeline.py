@@ -71,7 +71,7 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
     if not names:
         raise TypeError(f"{type(pipe).__name__} has no `transformer` module to compile")
     for name in names:
-        _check_uncompiled(name, getattr(pipe, name))
+        _check_module(name, getattr(pipe, name))
     fixed = sorted(k for k in ("backend", "dynamic") if k in compile_kwargs)
     if fixed:
         raise TypeError(f"jano_compile.enable() sets {' and '.join(fixed)} itself (backend='jano', "
@@ -109,8 +109,9 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
     return controllers[0]
 
 
-def _check_uncompiled(name: str, transformer: torch.nn.Module) -> None:
-    """`pipe.<name>` must be the plain module, which enable() compiles itself."""
+def _check_module(name: str, transformer: torch.nn.Module) -> None:
+    """`pipe.<name>` must be the plain module, which enable() compiles itself, without
+    diffusers' cache hooks."""
     inner = getattr(transformer, "_orig_mod", None)     # torch.compile's wrapper: jano's, if enabled
     shared = REGISTRY.for_module(inner) if inner is not None else None
     if shared is not None and shared.auto_policy.scheduler_clock is not None:
