@@ -52,6 +52,7 @@ class AdaptiveSchedule:
     grid: Optional[tuple] = None
     analysis: Optional[RegionAnalysis] = None
     analysed: bool = False
+    no_analysis: Optional[str] = None       # why this generation's analysis found nothing to analyse
     warned_no_length: bool = False
     rerank_due: bool = False    # levels_from="error": a full step ran since the last ranking
     reranks: int = 0            # re-rankings (or period assignments) by measured error in this generation
@@ -90,6 +91,7 @@ class AdaptiveSchedule:
         new_generation = tick.generation != self.generation
         if new_generation:
             self.warmup_latents, self.analysis, self.grid, self.analysed = [], None, None, False
+            self.no_analysis = None
             self.rerank_due, self.reranks, self.periods = False, 0, None
             self.generation = tick.generation
         self.call_in_step = tick.call_in_step
@@ -205,7 +207,7 @@ class AdaptiveSchedule:
             else:
                 log.info("jano: no region analysis (%s); each step computes every token or none, which "
                          "needs none", why)
-            self.analysis, self.warmup_latents = None, []
+            self.analysis, self.warmup_latents, self.no_analysis = None, [], why
             return
         self.analysis = analyze(self.warmup_latents, self.grid, self.config)
         log.info("jano: regions %.0f%% active, %.0f%% medium, %.0f%% static (analysis %.3f s)",

@@ -193,8 +193,9 @@ class Controller:
         """The last analysis as a LongTensor [frames, h, w]: 0 static, 1 medium, 2 active."""
         from .analyzer import region_map
         analysis = self.schedule.analysis if self.schedule else None
-        if analysis is None and self.auto_policy.no_regions is not None:
-            raise RuntimeError(f"no region analysis: {self.auto_policy.no_regions}")
+        why = self.auto_policy.no_regions or (self.schedule.no_analysis if self.schedule else None)
+        if analysis is None and why is not None:
+            raise RuntimeError(f"no region analysis: {why}")
         if analysis is None:
             raise RuntimeError("no region analysis yet: it runs after the warm-up steps of a "
                                "generation under the automatic schedule")

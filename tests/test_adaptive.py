@@ -193,5 +193,5 @@ def test_a_batch_that_grows_during_warm_up_leaves_the_schedule_without_regions(c
     ctl = jano_compile.controller(f)
     assert "skip" in ctl.stats()["levels"] and torch.isfinite(x).all()
     assert any("warm-up latents differ in shape" in r.message for r in caplog.records)
-    with pytest.raises(RuntimeError, match="no region analysis yet"):
+    with pytest.raises(RuntimeError, match="no region analysis: the warm-up latents differ in shape"):
         ctl.region_map()
