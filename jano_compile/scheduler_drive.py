@@ -97,7 +97,8 @@ class SchedulerDrive:
             positions = evaluations([timesteps[k] for k in own])
             times = _sigmas(scheduler, [begin + k for k in own], positions)
             ctl = expert.controller
-            ctl.set_num_inference_steps(positions[-1][0] + 1 if positions else 0)
+            # no timesteps at all (no values to read): the length is unknown
+            ctl.set_num_inference_steps(positions[-1][0] + 1 if positions else (0 if timesteps else None))
             if not new:
                 expert.clock.place(times, _per_scheduler_step(owner, expert.name, positions))
                 continue
@@ -206,7 +207,7 @@ def _index_of(timestep, timesteps: list, begin: int) -> Optional[int]:
 def _timesteps(scheduler) -> list:
     """The scheduler's timesteps of the generation, read once per generation."""
     timesteps = scheduler.timesteps
-    if timesteps is None:
+    if timesteps is None or getattr(timesteps, "is_meta", False):    # no values (a model on "meta")
         return []
     timesteps = timesteps.detach().cpu().tolist() if isinstance(timesteps, torch.Tensor) else list(timesteps)
     return timesteps[:-1] if type(scheduler).__name__ in ENDS_AT_FINAL_TIME else timesteps
@@ -219,7 +220,8 @@ def _sigmas(scheduler, steps: list[int], positions: list[tuple[int, int]]) -> Op
     `steps`: the scheduler steps of the expert's generation, whose `positions` are
     `clock.evaluations()` of their timesteps (Heun evaluates twice at one time)."""
     sigmas = getattr(scheduler, "sigmas", None)
-    if not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1 or not steps or len(sigmas) <= steps[-1]:
+    if not isinstance(sigmas, torch.Tensor) or sigmas.is_meta or sigmas.dim() != 1 or not steps \
+            or len(sigmas) <= steps[-1]:
         return None
     sigmas = sigmas.detach().float().cpu()[[k for k, (_, evaluation) in zip(steps, positions) if evaluation == 0]]
     if sigmas.min() < 0 or sigmas.max() > 1 or bool((sigmas[1:] == sigmas[:-1]).any()):

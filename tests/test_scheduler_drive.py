@@ -109,3 +109,13 @@ def test_a_scheduler_whose_timesteps_end_at_the_final_time_runs_one_step_fewer()
         ctl, _, _ = _driven(scheduler)
     scheduler.set_timesteps(2)
     assert len(scheduler.timesteps) == 3 and ctl.auto_policy.num_inference_steps == 2
+
+
+def test_timesteps_without_values_start_a_generation_of_unknown_length():
+    """A pipeline whose execution device is "meta" (a transformer not loaded yet) sets
+    timesteps without values: jano's hook lets the pipeline fail where it fails without
+    jano, rather than first, inside the hook."""
+    scheduler = D.FlowMatchEulerDiscreteScheduler()
+    ctl, clock, _ = _driven(scheduler)
+    scheduler.set_timesteps(STEPS, device="meta")
+    assert ctl.auto_policy.num_inference_steps is None and clock.tick().step == 0
