@@ -99,11 +99,12 @@ class SchedulerDrive:
             ctl = expert.controller
             # no timesteps at all (no values to read): the length is unknown
             ctl.set_num_inference_steps(positions[-1][0] + 1 if positions else (0 if timesteps else None))
+            per_step = _per_scheduler_step(owner, expert.name, positions)
             if not new:
-                expert.clock.place(times, _per_scheduler_step(owner, expert.name, positions))
+                expert.clock.place(times, per_step)
                 continue
             expert.calls_at_start, expert.rewritten_at_start = ctl.calls, ctl.rewritten_calls
-            expert.clock.start_generation(times, _per_scheduler_step(owner, expert.name, positions))
+            expert.clock.start_generation(times, per_step)
             ctl.resume_schedule()       # set_active()/refresh() in a callback last for one generation
 
     def drive(self, scheduler) -> None:
