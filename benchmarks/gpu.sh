@@ -20,29 +20,20 @@
 #   pip download --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1
 # (numpy and Pillow may be deleted from .whl: the image has them). Split a run that would
-# pass the device's 10-minute command limit with ONLY, e.g. (the last run's two calls,
-# 2026-11-27, H200: 400 s and 290 s of command time, 730 s of device time with the start):
-#   OUT=$OUT/a ONLY="tests_cuda step_reduce-overhead profile_refresh_reduce-overhead" CMD_TIMEOUT=300 bash benchmarks/gpu.sh
-#   OUT=$OUT/b ONLY="step_symbolic_default profile_reduce-overhead" CMD_TIMEOUT=250 bash benchmarks/gpu.sh
-# (step_symbolic_default is step_default since then: the symbolic graph serves every step by
-# default; the old default's commands are the step_static_* ones)
-# Owed (next device session; ~15 device minutes with the machine's start, each call <= 10 minutes;
-# seconds from the last runs, a warm Inductor cache on the machine makes reruns of a size shorter):
-#   call 1: OUT=$OUT/a ONLY="tests_cuda step_reduce-overhead pipeline_paper_reduce-overhead"
-#           CMD_TIMEOUT=300 (~125 + 150 + 170 s): the CUDA tests since full steps took the symbolic
-#           graph; step_speed with it (full step through the symbolic graph, peak memory with
-#           one capture fewer, 10% again: 1.14x of its bound back to back last time); a 50-step
-#           generation against the 1.55x target and the first generation's one compile
-#   call 2 (issued at once, while the machine is warm): OUT=$OUT/b
-#           ONLY="profile_partial_reduce-overhead step_static_reduce-overhead" (~60 + ~200 s): where the
-#           captured 10% step's time over its bound goes, kernel by kernel at 5 + 10 blocks, and the
-#           same steps through static graphs of their exact lengths (to test whether the symbolic
-#           graph's kernels, generated for a length hint of ~N/2 and tuned at the first length run,
-#           all N since full steps take it, cost the difference); then
-#           pipeline_work_reduce-overhead (~170 s: work= and forecast_kv under capture) if time is left
-#   later:  FULL_DEPTH=1 ONLY=step_full_depth alone (reduce-overhead, no bound graphs: a plain
-#           compile and jano's one, each ~3.8 times the 5 + 10-block compile of ~30 s, so ~4-5
-#           minutes cold; give CMD_TIMEOUT and timeout_s 590)
+# pass the device's 10-minute command limit with ONLY, e.g. (the last run's three calls,
+# 2026-11-27 afternoon, H200: 357, 254 and 148 s of command time, 810 s of device time with
+# the start):
+#   OUT=$OUT/a ONLY="tests_cuda step_reduce-overhead pipeline_paper_reduce-overhead" CMD_TIMEOUT=300 bash benchmarks/gpu.sh
+#   OUT=$OUT/b ONLY="profile_partial_reduce-overhead step_static_reduce-overhead" CMD_TIMEOUT=250 bash benchmarks/gpu.sh
+#   OUT=$OUT/c ONLY="pipeline_work_reduce-overhead" CMD_TIMEOUT=215 bash benchmarks/gpu.sh
+# Owed (next device session; ~15 device minutes with the machine's start, each call <= 10 minutes):
+#   call 1: FULL_DEPTH=1 OUT=$OUT/a ONLY=step_full_depth CMD_TIMEOUT=560, timeout_s 590
+#           (reduce-overhead, no bound graphs: a plain compile and jano's one, each ~3.8 times
+#           the 5 + 10-block compile of ~30 s, so ~4-5 minutes cold)
+#   call 2 (at once, while the machine is warm): OUT=$OUT/b
+#           ONLY="step_default pipeline_paper_default" CMD_TIMEOUT=200 (~130 + ~80 s): default
+#           mode on the code since full steps took the symbolic graph (the last default-mode
+#           figures are the 2026-11-27 morning's)
 set -u
 if [ -n "${ONLY:-}" ]; then    # a misspelt name would run nothing and still spend device time
     known=$(sed -n 's/^ *run \([^ ]*\) .*/\1/p' "$0")
