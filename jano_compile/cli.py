@@ -116,7 +116,7 @@ def _check_device(parser, device: str) -> None:
 
 def _check_out(parser, out: str) -> None:
     """Said now, not after every image is generated: `out` must be an image file PIL can
-    write (its extension says which), in a directory that exists."""
+    write (its extension says which), in a directory that exists, writable."""
     from PIL import Image
     out_dir = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(out_dir):
@@ -125,6 +125,14 @@ def _check_out(parser, out: str) -> None:
         parser.error(f"--out {out} is a directory; give an image file name, e.g. {os.path.join(out, 'jano_demo.png')}")
     if os.path.splitext(out)[1].lower() not in Image.registered_extensions():
         parser.error(f"--out {out}: give an image file name whose extension says the format, e.g. jano_demo.png")
+    existed = os.path.exists(out)
+    try:        # the one sure test of writability (permissions, read-only file systems, root)
+        with open(out, "ab"):
+            pass
+    except OSError as e:
+        parser.error(f"--out {out} cannot be written ({e.strerror}); give a path in a writable directory")
+    if not existed:
+        os.remove(out)
 
 
 def main(argv=None) -> int:

@@ -28,6 +28,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     (["--out", "/nonexistent-dir/x.png"], "does not exist"),
     (["--out", "/tmp"], "is a directory"),
     (["--out", "jano_demo"], "extension says the format"),
+    (["--out", "/proc/jano_demo.png"], "cannot be written"),
 ])
 def test_demo_rejects_bad_arguments_before_any_work(args, says, capsys):
     with pytest.raises(SystemExit):
