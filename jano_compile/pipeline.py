@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import logging
 import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
 import torch
+from torch._dynamo.eval_frame import OptimizedModule
 
 from .clock import SchedulerClock
 from .config import JanoConfig, explicit_options
@@ -88,25 +90,61 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
         raise RuntimeError("this transformer is already enabled on another pipeline (one schedule clock "
                            "per model): call jano_compile.disable() on that pipeline first")
     patched = []
+    modules = {name: getattr(pipe, name) for name in names}
 
     def set_on(obj, name, value):
         obj.__dict__[name] = value
         patched.append((obj, name))
 
-    experts = []
-    for name, ctl in zip(names, controllers):
-        transformer = getattr(pipe, name)
-        compiled = torch.compile(transformer, backend="jano", dynamic=False, options=options,
-                                 **compile_kwargs)
-        _name_branches(transformer, ctl, set_on)
-        experts.append(Expert(name, transformer, compiled, ctl, SchedulerClock(), ctl.calls))
-    drive = SchedulerDrive(pipe, experts, set_on)
-    _show_levels(pipe, controllers, set_on)
-    _save_overlays(pipe, controllers[0], set_on)
-    for expert in experts:
-        setattr(pipe, expert.name, expert.compiled)
+    try:
+        experts = []
+        for name, ctl in zip(names, controllers):
+            transformer = modules[name]
+            compiled = _as_component(torch.compile(transformer, backend="jano", dynamic=False,
+                                                   options=options, **compile_kwargs), transformer)
+            _name_branches(transformer, ctl, set_on)
+            experts.append(Expert(name, transformer, compiled, ctl, SchedulerClock(), ctl.calls))
+        drive = SchedulerDrive(pipe, experts, set_on)
+        _show_levels(pipe, controllers, set_on)
+        _save_overlays(pipe, controllers[0], set_on)
+        for expert in experts:
+            setattr(pipe, expert.name, expert.compiled)
+    except BaseException:      # nothing half-enabled: the pipeline and its models as they were
+        _undo(pipe, patched, modules, controllers)
+        raise
     setattr(pipe, _HANDLE, _Handle(experts, patched, drive))
     return controllers[0]
+
+
+class _CompiledComponent(OptimizedModule):
+    """torch.compile's wrapper as a pipeline component: truthy (torch 2.13's `__len__`
+    raises for a model without a length, and modular pipelines test `if transformer:`)."""
+
+    def __bool__(self) -> bool:
+        return True
+
+
+def _as_component(compiled, transformer):
+    """`compiled` (torch.compile of `transformer`) made to stand where the transformer did:
+    truthy, and its `forward` with the model's signature (modular pipelines pass the model
+    only the inputs its forward names: `(*args, **kwargs)` dropped them all)."""
+    if type(compiled) is OptimizedModule:
+        compiled.__class__ = _CompiledComponent
+    with contextlib.suppress(AttributeError, TypeError, ValueError):
+        compiled.forward.__signature__ = inspect.signature(transformer.forward)
+    return compiled
+
+
+def _undo(pipe, patched: list, modules: dict, controllers: list) -> None:
+    """Take back what enable() set: instance attributes, the clocks, the pipeline's modules
+    ({name: eager module})."""
+    for obj, name in patched:
+        obj.__dict__.pop(name, None)
+    for ctl in controllers:
+        ctl.auto_policy.scheduler_clock = None
+    for name, module in modules.items():
+        if getattr(pipe, name, None) is not module:
+            setattr(pipe, name, module)
 
 
 def _check_module(name: str, transformer: torch.nn.Module) -> None:
@@ -178,8 +216,27 @@ def _name_branches(transformer, ctl: Controller, set_on) -> None:
 def _show_levels(pipe, controllers: list, set_on) -> None:
     """The pipeline's progress bar shows each step's level and active fraction (of the
     expert that ran it), and before the model's first call that the first step compiles
-    (tens of seconds on a GPU)."""
-    original_progress_bar = pipe.progress_bar
+    (tens of seconds on a GPU). A modular pipeline's bars belong to its loop blocks."""
+    owners = [pipe] if callable(getattr(pipe, "progress_bar", None)) else \
+        list(_bar_blocks(getattr(pipe, "_blocks", None), set()))
+    for owner in owners:
+        _show_levels_on(owner, controllers, set_on)
+
+
+def _bar_blocks(block, seen: set):
+    """The blocks under a modular pipeline's `block` that own a progress bar."""
+    if block is None or id(block) in seen:
+        return
+    seen.add(id(block))
+    if callable(getattr(block, "progress_bar", None)):
+        yield block
+    for sub in (getattr(block, "sub_blocks", None) or {}).values():
+        yield from _bar_blocks(sub, seen)
+
+
+def _show_levels_on(owner, controllers: list, set_on) -> None:
+    """`owner.progress_bar` (a pipeline's or a loop block's) wrapped to show the levels."""
+    original_progress_bar = owner.progress_bar
 
     @functools.wraps(original_progress_bar)
     def progress_bar(*args, **kwargs):
@@ -198,7 +255,7 @@ def _show_levels(pipe, controllers: list, set_on) -> None:
             return update(n)
         bar.update = update_with_level
         return bar
-    set_on(pipe, "progress_bar", progress_bar)
+    set_on(owner, "progress_bar", progress_bar)
 
 
 def _save_overlays(pipe, ctl: Controller, set_on) -> None:
@@ -242,13 +299,11 @@ def disable(pipe) -> None:
     handle: Optional[_Handle] = getattr(pipe, _HANDLE, None)
     if handle is None:
         raise RuntimeError("jano is not enabled on this pipeline")
-    for obj, name in handle.patched:
-        obj.__dict__.pop(name, None)
+    _undo(pipe, handle.patched, {e.name: e.transformer for e in handle.experts},
+          [e.controller for e in handle.experts])
     for expert in handle.experts:
-        expert.controller.auto_policy.scheduler_clock = None
         expert.controller.release()
         # a pipeline made with from_pipe() after enable() holds the compiled transformer too:
         # from now on it calls the eager one (OptimizedModule's forward is an instance attribute)
         expert.compiled.forward = expert.transformer.__call__
-        setattr(pipe, expert.name, expert.transformer)
     delattr(pipe, _HANDLE)

@@ -123,3 +123,43 @@ def eager_and_jano(pipe, inputs, steps, experts=("transformer",)):
         jano_compile.disable(pipe)
         again = generate()
     return eager, fast, again, stats
+
+
+def _modular(blocks, **components):
+    """A modular pipeline of `blocks` without its text-encoder block (prompt embeddings are
+    given), with `components`."""
+    blocks.sub_blocks.pop("text_encoder", None)
+    pipe = blocks.init_pipeline()
+    pipe.update_components(**components)
+    return pipe
+
+
+def flux_modular_pipeline():
+    """FluxModularPipeline (its blocks test `if transformer:`)."""
+    transformer = flux_pipeline()[0].transformer
+    pipe = _modular(D.FluxAutoBlocks(), transformer=transformer, scheduler=D.FlowMatchEulerDiscreteScheduler(),
+                    vae=tiny_vae(4))
+    inputs = dict(prompt_embeds=torch.randn(1, 6, 32), pooled_prompt_embeds=torch.randn(1, 32),
+                  height=32, width=32, output_type="pt")
+    return pipe, inputs
+
+
+def qwen_modular_pipeline():
+    """QwenImageModularPipeline (its denoiser passes the inputs `transformer.forward` names)."""
+    transformer = D.QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=1,
+                                                attention_head_dim=16, num_attention_heads=2,
+                                                joint_attention_dim=16, guidance_embeds=False,
+                                                axes_dims_rope=(8, 4, 4)).eval()
+    vae = D.AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                   temperal_downsample=[False, True], latents_mean=[0.0] * 4,
+                                   latents_std=[1.0] * 4).eval()
+    pipe = _modular(D.QwenImageAutoBlocks(), transformer=transformer, scheduler=D.FlowMatchEulerDiscreteScheduler(),
+                    vae=vae, guider=D.ClassifierFreeGuidance(guidance_scale=2.0))
+    mask = torch.ones(1, 6, dtype=torch.long)
+    inputs = dict(prompt_embeds=torch.randn(1, 6, 16), prompt_embeds_mask=mask,
+                  negative_prompt_embeds=torch.randn(1, 6, 16), negative_prompt_embeds_mask=mask,
+                  height=32, width=32, output_type="pt")
+    return pipe, inputs
+
+
+MODULAR_PIPELINES = {"flux": flux_modular_pipeline, "qwen": qwen_modular_pipeline}
