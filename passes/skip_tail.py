@@ -17,11 +17,14 @@ depends on the blocks other than through the exit), so such a model never skips 
 from __future__ import annotations
 
 import copy
+import operator
 
+import torch
 import torch.fx as fx
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from .plan import Unrewritable
-from .signature import EXIT_SCATTER, Role, declared_input, state_writes
+from .signature import EXIT_SCATTER, ROLE, Role, declared_input, state_writes
 
 
 def skip_tail(gm: fx.GraphModule) -> fx.GraphModule:
@@ -38,7 +41,7 @@ def skip_tail(gm: fx.GraphModule) -> fx.GraphModule:
             before = graph.call_method("clone", (before,))
     scatter.replace_all_uses_with(before)
     graph.erase_node(scatter)
-    graph.eliminate_dead_code()
+    _eliminate_dead_code(graph)
     index = declared_input(graph, Role.ACTIVE_INDEX)
     if index.users:
         heavy = sorted(u.name for u in index.users)
@@ -47,3 +50,46 @@ def skip_tail(gm: fx.GraphModule) -> fx.GraphModule:
     graph.lint()
     tail.recompile()
     return tail
+
+
+
+def _storage(node: fx.Node):
+    """The storage of `node`'s value as dynamo traced it (views share their base's), or None."""
+    value = node.meta.get("example_value", node.meta.get("val"))
+    if not isinstance(value, torch.Tensor):
+        return None
+    try:
+        return StorageWeakRef(value.untyped_storage())
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def _eliminate_dead_code(graph: fx.Graph) -> None:
+    """Dead-code elimination that also drops writes (`t[...] = x`) into storage nothing live
+    reads: once the blocks' outputs are dead, so are the RoPE tables Wan, CogView4 and
+    HunyuanVideo write into tensors of their own, and the blocks' work feeding them. A write
+    is kept when its target's storage is unknown, an input's, or read by a live node."""
+    # the model's inputs and attributes (the placeholders jano added carry example values
+    # made from the nodes they cache, so their storage says nothing)
+    external = {_storage(n) for n in graph.nodes
+                if n.op in ("placeholder", "get_attr") and ROLE not in n.meta} - {None}
+    local_writes: dict = {}
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target is operator.setitem and isinstance(node.args[0], fx.Node):
+            key = _storage(node.args[0])
+            if key is not None and key not in external:
+                local_writes.setdefault(key, []).append(node)
+    droppable = {w for writes in local_writes.values() for w in writes}
+    live = set()
+    pending = [n for n in graph.nodes if n.op == "output" or (n.is_impure() and n not in droppable)]
+    while pending:
+        node = pending.pop()
+        if node in live:
+            continue
+        live.add(node)
+        pending.extend(node.all_input_nodes)
+        if node.op not in ("placeholder", "get_attr"):      # their writes are never dropped
+            pending.extend(local_writes.pop(_storage(node), ()))    # what it reads was written there
+    for node in reversed(list(graph.nodes)):
+        if node not in live:
+            graph.erase_node(node)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import jano_compile
 from jano_compile.passes.forecast import forecast_output, write_shifted_history
 
-from .models import flux, sd3
+from .models import flux, sd3, wan
 from .test_adaptive import batched_cfg_loop, euler_loop
 
 STEPS = 12
@@ -109,12 +109,13 @@ def _count_calls(ctl, graph_attr) -> CallCounter:
     return counter
 
 
-@pytest.mark.parametrize("family", [flux, sd3])
+@pytest.mark.parametrize("family", [flux, sd3, wan])
 def test_skipped_steps_run_the_tail_and_return_the_forecast(family):
     """Uniform period 2: steps 3, 5, 7, 9 (after warm-up 0..2) are computed, 4, 6, 8 are not.
     A skipped step returns the linear extrapolation of the last two computed outputs over
-    their steps, in the model's layout (SD3: after its unpatchify), and never calls the
-    rewritten graph."""
+    their steps, in the model's layout (SD3, Wan: after the unpatchify), and never calls the
+    rewritten graph (Wan: its RoPE's writes into a tensor of its own are dropped with the
+    blocks)."""
     model, kwargs, n = family(b=1, h=4, w=4)
     model.eval()
     f = _compiled(model)
@@ -279,3 +280,45 @@ def test_forecast_rewrites_a_model_whose_exit_is_a_slice():
         torch.testing.assert_close(f(x, history)[0], model(x, history)[0], atol=1e-5, rtol=1e-5)
     stats = jano_compile.controller(f).stats()
     assert stats["rewritten"], stats["fallback_reason"]
+
+
+# classes whose skip tail drops writes into tensors of their own (RoPE tables), beside two without
+TAILED = ["FluxTransformer2DModel", "SD3Transformer2DModel", "WanTransformer3DModel", "WanVACETransformer3DModel",
+          "CogView4Transformer2DModel", "EasyAnimateTransformer3DModel", "GlmImageTransformer2DModel",
+          "HeliosTransformer3DModel"]
+
+
+@pytest.mark.parametrize("name", TAILED)
+def test_the_skip_tail_returns_what_the_graph_returns_on_no_token(name):
+    """A skip step's tail (the blocks gone, with the writes into the model's own tensors
+    that fed them) returns what the rewritten graph returns when no image token is active:
+    the forecast, through what follows the exit; forecast and held outputs alike."""
+    from jano_compile.passes.plan import PassConfig
+    from jano_compile.rewrite import rewrite_graph
+    from .test_token_rules import TINY
+    torch.manual_seed(0)
+    model, kwargs = TINY[name].build(1)
+    for reuse in ("forecast", "hold"):
+        results = []
+
+        def backend(gm, example_inputs):
+            results.append((rewrite_graph(gm, example_inputs, PassConfig(reuse=reuse)), example_inputs))
+            return gm.forward
+        with torch.no_grad():
+            model(**kwargs)                     # tables the model builds at its first call
+            torch._dynamo.reset()
+            torch.compile(model, backend=backend, dynamic=False)(**kwargs)
+            result, inputs = next((r, i) for r, i in results if r.graph is not None)
+            assert result.skip_tail is not None, result.report.skip_steps
+            sig = result.report.signature
+            states = [s.allocate() for s in sig.states]
+
+            def call(fn, index, step):
+                time = torch.tensor(float(step)) if sig.takes_time else None
+                return fn(*sig.call_args(inputs, index, states, time))
+            for step in range(2):               # a history to forecast from
+                call(result.graph, torch.arange(sig.num_image_tokens), step)
+            empty = torch.zeros(0, dtype=torch.long)
+            tail, graph = call(result.skip_tail, empty, 3), call(result.graph, empty, 3)
+        for a, b in zip(tail, graph):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

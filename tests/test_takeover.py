@@ -315,11 +315,18 @@ def test_refresh_before_the_first_call_of_a_bare_loop_warns_that_it_starts_manua
     assert ctl.stats()["mode"] == "manual" and ctl.stats()["full_calls"] == ctl.stats()["calls"] == STEPS
 
 
-def test_a_skip_step_of_a_model_without_a_skip_tail_computes_no_image_token():
-    """Wan's outputs depend on the computed tokens after the exit, so it has no skip tail:
-    its skip steps run the graph on no image token, reading the caches the full step
-    before them must therefore fill (it ran the whole model instead)."""
+def test_a_skip_step_of_a_model_without_a_skip_tail_computes_no_image_token(monkeypatch):
+    """A model whose outputs depend on the computed tokens after the exit has no skip tail
+    (here: Wan's tail refused as such a model's is): its skip steps run the graph on no
+    image token, reading the caches the full step before them must therefore fill."""
+    import jano_compile.rewrite
+    from jano_compile.passes.plan import Unrewritable
+
     from .models import FAMILIES
+
+    def no_tail(gm):
+        raise Unrewritable("no tail: the outputs still depend on the computed tokens")
+    monkeypatch.setattr(jano_compile.rewrite, "skip_tail", no_tail)
     model, kwargs, n = FAMILIES["wan"].build(b=1, h=4, w=4)
     model.eval()
     with torch.no_grad():
@@ -328,7 +335,7 @@ def test_a_skip_step_of_a_model_without_a_skip_tail_computes_no_image_token():
         euler_loop(f, kwargs)
         ctl = jano_compile.controller(f)
     (graph,) = ctl._graphs.values()
-    assert graph.runner.tail is None
+    assert graph.runner.tail is None and ctl.reports[0].skip_steps.startswith("no tail")
     skips = [r for r in ctl.step_records if r.phase == "skip"]
     assert skips and all(not r.full and r.active == 0 for r in skips)
 
