@@ -36,12 +36,13 @@ from .scheduler_drive import Expert, SchedulerDrive
 log = logging.getLogger(__name__)
 
 _HANDLE = "_jano_handle"
+_NOTHING = object()     # no instance attribute of that name before enable()
 
 
 @dataclass
 class _Handle:
     experts: list           # [Expert], the first's controller is enable()'s
-    patched: list          # (object, attribute name) set on instances
+    patched: list          # (object, attribute name, value set, value before or _NOTHING) on instances
     drive: SchedulerDrive  # which the experts' clocks reach weakly
 
     def __reduce__(self):
@@ -93,8 +94,8 @@ def enable(pipe, config: Union[JanoConfig, Mapping[str, Any], None] = None,
     modules = {name: getattr(pipe, name) for name in names}
 
     def set_on(obj, name, value):
+        patched.append((obj, name, value, obj.__dict__.get(name, _NOTHING)))
         obj.__dict__[name] = value
-        patched.append((obj, name))
 
     try:
         experts = []
@@ -136,10 +137,15 @@ def _as_component(compiled, transformer):
 
 
 def _undo(pipe, patched: list, modules: dict, controllers: list) -> None:
-    """Take back what enable() set: instance attributes, the clocks, the pipeline's modules
-    ({name: eager module})."""
-    for obj, name in patched:
-        obj.__dict__.pop(name, None)
+    """Take back what enable() set: instance attributes (what was there before comes back),
+    the clocks, the pipeline's modules ({name: eager module})."""
+    for obj, name, value, before in reversed(patched):
+        if obj.__dict__.get(name, _NOTHING) is not value:
+            continue            # set again since (another pipeline's enable()): theirs now
+        if before is _NOTHING:
+            del obj.__dict__[name]
+        else:
+            obj.__dict__[name] = before
     for ctl in controllers:
         ctl.auto_policy.scheduler_clock = None
     for name, module in modules.items():
@@ -241,6 +247,8 @@ def _show_levels_on(owner, controllers: list, set_on) -> None:
     @functools.wraps(original_progress_bar)
     def progress_bar(*args, **kwargs):
         bar = original_progress_bar(*args, **kwargs)
+        if all(ctl.auto_policy.scheduler_clock is None for ctl in controllers):
+            return bar          # disabled (a loop block copied while enabled keeps this wrapper)
         if all(ctl.calls == 0 for ctl in controllers) and hasattr(bar, "set_postfix"):
             bar.set_postfix(jano="compiling at the first step", refresh=True)
         update = bar.update
@@ -305,5 +313,14 @@ def disable(pipe) -> None:
         expert.controller.release()
         # a pipeline made with from_pipe() after enable() holds the compiled transformer too:
         # from now on it calls the eager one (OptimizedModule's forward is an instance attribute)
-        expert.compiled.forward = expert.transformer.__call__
+        expert.compiled.forward = _eager_call(expert.transformer)
     delattr(pipe, _HANDLE)
+
+
+def _eager_call(transformer):
+    """`transformer(...)` under the model's forward signature (what modular pipelines read)."""
+    def forward(*args, **kwargs):
+        return transformer(*args, **kwargs)
+    with contextlib.suppress(TypeError, ValueError):
+        forward.__signature__ = inspect.signature(transformer.forward)
+    return forward

@@ -32,21 +32,16 @@ import copy
 import torch.fx as fx
 
 from .kv_forecast import KV_COMPLETE
+from .nodes import written
 from .signature import (COMPLETION_ROLES, ENTRY_GATHER, EXIT_SCATTER, ROLE, TABLE_GATHER, placeholders,
                         state_writes)
 
 
 def _impure(node: fx.Node) -> bool:
-    """FX's own rule, plus in-place tensor methods and functions (`x.copy_(y)`, `t.add_(u)`,
-    `inplace=True`): a model may fill a buffer that way (CogVideoX builds its position table
-    so away from its sample size), and FX counts an unused `copy_` as dead."""
-    if node.is_impure():
-        return True
-    if node.op not in ("call_method", "call_function"):
-        return False
-    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-    return (isinstance(name, str) and name.endswith("_") and not name.endswith("__")) \
-        or node.kwargs.get("inplace") is True
+    """FX's own rule, plus writes in place (`x.copy_(y)`, `t.add_(u)`, `inplace=True`): a
+    model may fill a buffer that way (CogVideoX builds its position table so away from its
+    sample size), and FX counts an unused `copy_` as dead."""
+    return node.is_impure() or written(node) is not None
 
 
 def dense_variant(gm: fx.GraphModule) -> fx.GraphModule:

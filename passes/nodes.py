@@ -2,7 +2,8 @@
 way the call was written (positional or keyword)."""
 from __future__ import annotations
 
-from typing import Any
+import operator
+from typing import Any, Optional
 
 import torch
 import torch.fx as fx
@@ -98,3 +99,19 @@ def attention_args(node: fx.Node) -> dict:
     args = dict(zip(names, node.args))
     args.update(node.kwargs)
     return args
+
+
+def written(node: fx.Node) -> Optional[fx.Node]:
+    """The node whose tensor `node` writes into in place, or None: `t[...] = x`, in-place
+    methods and functions (`t.add_(u)`, `torch.relu_(t)`), `out=t`, `inplace=True`. FX counts
+    none of these but the first as a side effect: an unused `t.copy_(x)` is dead to it."""
+    if node.op not in ("call_method", "call_function"):
+        return None
+    target = node.kwargs.get("out")
+    if target is None and (node.target is operator.setitem or node.kwargs.get("inplace") is True):
+        target = node.args[0] if node.args else None
+    if target is None:
+        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+        if isinstance(name, str) and name.endswith("_") and not name.endswith("__") and node.args:
+            target = node.args[0]
+    return target if isinstance(target, fx.Node) else None

@@ -17,13 +17,13 @@ depends on the blocks other than through the exit), so such a model never skips 
 from __future__ import annotations
 
 import copy
-import operator
 
 import torch
 import torch.fx as fx
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from .plan import Unrewritable
+from .nodes import written
 from .signature import EXIT_SCATTER, ROLE, Role, declared_input, state_writes
 
 
@@ -65,23 +65,29 @@ def _storage(node: fx.Node):
 
 
 def _eliminate_dead_code(graph: fx.Graph) -> None:
-    """Dead-code elimination that also drops writes (`t[...] = x`) into storage nothing live
-    reads: once the blocks' outputs are dead, so are the RoPE tables Wan, CogView4 and
-    HunyuanVideo write into tensors of their own, and the blocks' work feeding them. A write
-    is kept when its target's storage is unknown, an input's, or read by a live node."""
+    """Dead-code elimination that also drops writes in place (`t[...] = x`, `t.copy_(x)`,
+    `nodes.written`) into storage nothing live reads: once the blocks' outputs are dead, so
+    are the RoPE tables Wan and CogView4 write into tensors of their own, and the blocks'
+    work feeding them. A write is kept when its target's storage is unknown, an input's, or
+    read by a live node (FX's own pass drops an unused `t.copy_(x)` whoever reads `t`)."""
     # the model's inputs and attributes (the placeholders jano added carry example values
     # made from the nodes they cache, so their storage says nothing)
     external = {_storage(n) for n in graph.nodes
                 if n.op in ("placeholder", "get_attr") and ROLE not in n.meta} - {None}
     local_writes: dict = {}
+    kept = []                   # writes into an input's storage, or one not known
     for node in graph.nodes:
-        if node.op == "call_function" and node.target is operator.setitem and isinstance(node.args[0], fx.Node):
-            key = _storage(node.args[0])
-            if key is not None and key not in external:
-                local_writes.setdefault(key, []).append(node)
+        target = written(node)
+        if target is None:
+            continue
+        key = _storage(target)
+        if key is None or key in external:
+            kept.append(node)
+        else:
+            local_writes.setdefault(key, []).append(node)
     droppable = {w for writes in local_writes.values() for w in writes}
     live = set()
-    pending = [n for n in graph.nodes if n.op == "output" or (n.is_impure() and n not in droppable)]
+    pending = kept + [n for n in graph.nodes if n.op == "output" or (n.is_impure() and n not in droppable)]
     while pending:
         node = pending.pop()
         if node in live:

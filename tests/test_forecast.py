@@ -285,7 +285,7 @@ def test_forecast_rewrites_a_model_whose_exit_is_a_slice():
 # classes whose skip tail drops writes into tensors of their own (RoPE tables), beside two without
 TAILED = ["FluxTransformer2DModel", "SD3Transformer2DModel", "WanTransformer3DModel", "WanVACETransformer3DModel",
           "CogView4Transformer2DModel", "EasyAnimateTransformer3DModel", "GlmImageTransformer2DModel",
-          "HeliosTransformer3DModel"]
+          "HeliosTransformer3DModel", "WanAnimateTransformer3DModel", "SanaVideoTransformer3DModel"]
 
 
 @pytest.mark.parametrize("name", TAILED)

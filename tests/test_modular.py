@@ -39,6 +39,8 @@ def test_a_failed_enable_leaves_the_pipeline_as_it_was(monkeypatch):
     """An error inside enable() (here: where it wraps the VAE) takes back everything it set,
     so the pipeline runs as before and enable() works once the cause is gone."""
     pipe, inputs = flux_pipeline()
+    users_step = pipe.scheduler.step        # an instance attribute of the user's own, kept
+    pipe.scheduler.step = users_step
 
     def fail(*args):
         raise RuntimeError("injected")
@@ -47,6 +49,7 @@ def test_a_failed_enable_leaves_the_pipeline_as_it_was(monkeypatch):
         jano_compile.enable(pipe, lowering="eager")
     assert not isinstance(pipe.transformer, torch._dynamo.eval_frame.OptimizedModule)
     assert "set_timesteps" not in vars(pipe.scheduler) and "progress_bar" not in vars(pipe)
+    assert vars(pipe.scheduler)["step"] is users_step
     assert "cache_context" not in vars(pipe.transformer)
     with pytest.raises(RuntimeError, match="not enabled"):
         jano_compile.disable(pipe)
@@ -56,3 +59,18 @@ def test_a_failed_enable_leaves_the_pipeline_as_it_was(monkeypatch):
         pipe(**inputs, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
     assert ctl.stats()["compute_saved"] > 0.2
     jano_compile.disable(pipe)
+    assert vars(pipe.scheduler)["step"] is users_step
+
+
+def test_the_compiled_transformer_names_the_models_inputs_enabled_and_after():
+    """What enable() puts in the pipeline is truthy and its forward has the model's
+    signature, also after disable() (a pipeline that still holds it calls the eager model):
+    modular pipelines pass only the inputs it names."""
+    import inspect
+    pipe, inputs = flux_pipeline()
+    model_inputs = list(inspect.signature(pipe.transformer.forward).parameters)
+    jano_compile.enable(pipe, lowering="eager")
+    compiled = pipe.transformer
+    assert bool(compiled) and list(inspect.signature(compiled.forward).parameters) == model_inputs
+    jano_compile.disable(pipe)
+    assert list(inspect.signature(compiled.forward).parameters) == model_inputs
