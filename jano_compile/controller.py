@@ -75,6 +75,7 @@ class Controller:
         self._warned_fallbacks: set = set()     # reasons of unrewritten graphs set_active() warned of
         self._warned_unknown_branches = False
         self._warned_captured_again = False
+        self._warned_no_tail: set = set()       # graphs whose skip steps run without a tail
         self.uncompiled: Optional[str] = None   # why steps of a generation ran without reaching jano
         self._last_report = None                # the report of the graph the last call ran
         self.last_call: Optional[CallRecord] = None
@@ -314,6 +315,8 @@ class Controller:
                                if t is not None))
         n = graph.signature.num_image_tokens
         full = plan.index is None or not state.computed
+        if plan.skip and state.computed and runner.tail is None:
+            self._warn_no_tail(graph)
         if plan.skip and state.computed and runner.tail is not None:
             outputs = runner.skip(args, state, step_time)
             full, computed = False, 0
@@ -374,6 +377,14 @@ class Controller:
         plan = dataclasses.replace(plan, time=tick.time if tick.time is not None else float(tick.step),
                                    phase="manual" if self.manual else "off")
         return plan, tick.step
+
+    def _warn_no_tail(self, graph) -> None:
+        """Said once per graph: a step that computes no image token runs the whole graph."""
+        if graph.report.graph in self._warned_no_tail:
+            return
+        self._warned_no_tail.add(graph.report.graph)
+        log.warning("jano: %s: steps that compute no image token run its rewritten graph on none, "
+                    "uncompiled, not a tail of a few ops (%s)", graph.report.graph, graph.report.skip_steps)
 
     def _warn_unknown_branches(self) -> None:
         if self._warned_unknown_branches:

@@ -315,10 +315,11 @@ def test_refresh_before_the_first_call_of_a_bare_loop_warns_that_it_starts_manua
     assert ctl.stats()["mode"] == "manual" and ctl.stats()["full_calls"] == ctl.stats()["calls"] == STEPS
 
 
-def test_a_skip_step_of_a_model_without_a_skip_tail_computes_no_image_token(monkeypatch):
+def test_a_skip_step_of_a_model_without_a_skip_tail_computes_no_image_token(monkeypatch, caplog):
     """A model whose outputs depend on the computed tokens after the exit has no skip tail
     (here: Wan's tail refused as such a model's is): its skip steps run the graph on no
-    image token, reading the caches the full step before them must therefore fill."""
+    image token, reading the caches the full step before them must therefore fill; said
+    once, with the reason."""
     import jano_compile.rewrite
     from jano_compile.passes.plan import Unrewritable
 
@@ -329,7 +330,7 @@ def test_a_skip_step_of_a_model_without_a_skip_tail_computes_no_image_token(monk
     monkeypatch.setattr(jano_compile.rewrite, "skip_tail", no_tail)
     model, kwargs, n = FAMILIES["wan"].build(b=1, h=4, w=4)
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="jano_compile.controller"):
         f = torch.compile(model, backend="jano", dynamic=False,
                           options={"lowering": "eager", "num_inference_steps": STEPS})   # intervals 3: skips
         euler_loop(f, kwargs)
@@ -338,6 +339,8 @@ def test_a_skip_step_of_a_model_without_a_skip_tail_computes_no_image_token(monk
     assert graph.runner.tail is None and ctl.reports[0].skip_steps.startswith("no tail")
     skips = [r for r in ctl.step_records if r.phase == "skip"]
     assert skips and all(not r.full and r.active == 0 for r in skips)
+    said = [r.message for r in caplog.records if "compute no image token" in r.message]
+    assert len(said) == 1 and "no tail: the outputs still depend" in said[0], said
 
 
 def test_clocks_count_at_most_max_branches_per_step(caplog):
