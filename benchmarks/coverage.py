@@ -94,6 +94,7 @@ class Outcome:
     capture: Optional[Capture] = None
     seconds: float = 0.0
     grid: Optional[str] = None        # exact: the derived token grid, or why none (schedule off)
+    skip_tail: bool = True            # exact: a step computing no image token runs a tail, not the graph
 
 
 @dataclass
@@ -249,7 +250,8 @@ def oracle(model, kwargs, config: RunConfig, seed: int, options: Optional[dict] 
                        graphs=graphs)
     return Outcome(EXACT, f"N={n}" + (", a partial call ran as a full step" if ran_full else ""),
                    max_error=worst, num_image_tokens=n, graphs=graphs, partial_ran_full=ran_full,
-                   grid=derived_grid(model, kwargs, ctl, n))
+                   grid=derived_grid(model, kwargs, ctl, n),
+                   skip_tail=all((r.skip_steps or "").startswith("a tail") for r in ctl.reports if r.rewritten))
 
 
 def derived_grid(model, kwargs, ctl, n: int) -> str:
@@ -396,6 +398,10 @@ def summary_lines(results: list, configs: list) -> list:
     lines.append(f"- rewritten classes whose token grid is not derived (automatic schedule off, "
                  f"`set_active` only): {len(no_grid)} of {len(rewritten)}"
                  + (f": {', '.join(no_grid)}" if no_grid else ""))
+    no_tail = [r.cls for r in rewritten if any(not o.skip_tail for o in r.outcomes.values() if o.kind == EXACT)]
+    lines.append(f"- rewritten classes without a skip tail (a step computing no image token runs the whole "
+                 f"graph on none, uncompiled): {len(no_tail)} of {len(rewritten)}"
+                 + (f": {', '.join(no_tail)}" if no_tail else ""))
     return lines
 
 

@@ -131,9 +131,14 @@ def _as_component(compiled, transformer):
     only the inputs its forward names: `(*args, **kwargs)` dropped them all)."""
     if type(compiled) is OptimizedModule:
         compiled.__class__ = _CompiledComponent
-    with contextlib.suppress(AttributeError, TypeError, ValueError):
-        compiled.forward.__signature__ = inspect.signature(transformer.forward)
+    _sign_as(compiled.forward, transformer)
     return compiled
+
+
+def _sign_as(fn, transformer) -> None:
+    """`fn` reports the signature of `transformer.forward` (where a function takes one)."""
+    with contextlib.suppress(AttributeError, TypeError, ValueError):
+        fn.__signature__ = inspect.signature(transformer.forward)
 
 
 def _undo(pipe, patched: list, modules: dict, controllers: list) -> None:
@@ -321,6 +326,5 @@ def _eager_call(transformer):
     """`transformer(...)` under the model's forward signature (what modular pipelines read)."""
     def forward(*args, **kwargs):
         return transformer(*args, **kwargs)
-    with contextlib.suppress(TypeError, ValueError):
-        forward.__signature__ = inspect.signature(transformer.forward)
+    _sign_as(forward, transformer)
     return forward
