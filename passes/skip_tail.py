@@ -11,8 +11,10 @@ does after its exit (SD3's unpatchify, ...), without the transformer blocks.
 
 A held output cache is cloned: the user never receives a view of a state.
 
-Raises Unrewritable when what remains still computes more than that (an output that
-depends on the blocks other than through the exit), so such a model never skips a step.
+Writes in place into tensors the model made itself (Wan's RoPE table, `t[...] = x`) go
+with the blocks that read them (`_eliminate_dead_code`). Raises Unrewritable when what
+remains still computes more than that (an output that depends on the blocks other than
+through the exit), so such a model never skips a step.
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ import torch
 import torch.fx as fx
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from .plan import Unrewritable
 from .nodes import written
+from .plan import Unrewritable
 from .signature import EXIT_SCATTER, ROLE, Role, declared_input, state_writes
 
 
@@ -52,10 +54,10 @@ def skip_tail(gm: fx.GraphModule) -> fx.GraphModule:
     return tail
 
 
-
 def _storage(node: fx.Node):
-    """The storage of `node`'s value as dynamo traced it (views share their base's), or None."""
-    value = node.meta.get("example_value", node.meta.get("val"))
+    """The storage of `node`'s value as dynamo traced it (views share their base's), or None
+    (a node jano added: its value was made apart from its inputs')."""
+    value = node.meta.get("example_value")
     if not isinstance(value, torch.Tensor):
         return None
     try:
@@ -81,7 +83,7 @@ def _eliminate_dead_code(graph: fx.Graph) -> None:
         if target is None:
             continue
         key = _storage(target)
-        if key is None or key in external:
+        if key is None or key in external or target.op in ("placeholder", "get_attr"):
             kept.append(node)
         else:
             local_writes.setdefault(key, []).append(node)

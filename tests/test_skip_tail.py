@@ -61,6 +61,10 @@ def input_written(x):                   # a write into an input: never dropped
     return (x * 0,)
 
 
+def writes(gm) -> int:
+    return sum(1 for n in gm.graph.nodes if skip_tail.written(n) is not None)
+
+
 @pytest.mark.parametrize("fn,dropped", [(dead_rope_table, 2), (dead_write_through_to, 1), (read_after_write, 0),
                                         (read_through_a_view, 0), (written_by_methods, 0), (input_written, 0)])
 def test_dead_writes_go_and_outputs_stay(fn, dropped):
@@ -68,7 +72,6 @@ def test_dead_writes_go_and_outputs_stay(fn, dropped):
     gm = dynamo_graph(fn, x.clone())
     expected = gm(x.clone())
     pruned = copy.deepcopy(gm)
-    writes = lambda g: sum(1 for n in g.graph.nodes if skip_tail.written(n) is not None)  # noqa: E731
     skip_tail._eliminate_dead_code(pruned.graph)
     pruned.recompile()
     assert writes(gm) - writes(pruned) == dropped
