@@ -109,10 +109,15 @@ class Report:
         if not reasons:
             return None
         text = "; ".join(dict.fromkeys(reasons))
-        if len(self.graphs) > 1 and not any(g.rewritten for g in self.graphs):
+        rewritten = sum(g.rewritten for g in self.graphs)
+        if len(self.graphs) > 1 and not rewritten:
             text = (f"{len(self.graphs)} graphs, none rewritten (several graphs come from runs at several "
                     "shapes, or from graph breaks that split the forward into pieces, which jano cannot "
                     f"rewrite: torch._dynamo.explain(model)(**inputs) lists the breaks): {text}")
+        elif rewritten:     # a forward split by graph breaks: the rewritten pieces still save work
+            holding = sum(g.holds_image_tokens for g in self.graphs)
+            text = (f"{rewritten} of {holding} graphs holding image tokens rewritten (those skip work; "
+                    f"the others compute every token): {text}")
         return text
 
     def to_json(self) -> str:

@@ -130,4 +130,5 @@ def test_a_model_in_two_graphs_counts_the_steps_of_its_rewritten_one():
     stats = ctl.stats()
     jano_compile.disable(pipe)
     assert stats["graphs"] == 2 and not stats["rewritten"]
+    assert stats["fallback_reason"].startswith("1 of 2 graphs holding image tokens rewritten")
     assert len(stats["levels"]) == 10 and stats["levels"][-1] == "cooldown" and stats["compute_saved"] > 0.3
