@@ -130,7 +130,7 @@ def _check_out(parser, out: str) -> None:
         with open(out, "ab"):
             pass
     except OSError as e:
-        parser.error(f"--out {out} cannot be written ({e.strerror}); give a path in a writable directory")
+        parser.error(f"--out {out} cannot be written ({e.strerror or e}); give a path in a writable directory")
     if not existed:
         os.remove(out)
 
