@@ -315,9 +315,10 @@ class Controller:
                                if t is not None))
         n = graph.signature.num_image_tokens
         full = plan.index is None or not state.computed
-        if plan.skip and state.computed and runner.tail is None:
+        skip = plan.skip and state.computed
+        if skip and runner.tail is None:
             self._warn_no_tail(graph)
-        if plan.skip and state.computed and runner.tail is not None:
+        if skip and runner.tail is not None:
             outputs = runner.skip(args, state, step_time)
             full, computed = False, 0
         elif full:

@@ -111,9 +111,12 @@ PIPELINES.update(wan=wan_pipeline, pixart=pixart_pipeline, cogvideox=cogvideox_p
 def eager_and_jano(pipe, inputs, steps, experts=("transformer",)):
     """`pipe`'s output at `steps` steps (generator seed 0) eager, under jano (eager lowering,
     default recipe), and eager again after disable(); and the stats of each of `experts`
-    (the pipeline's attributes) for the jano run."""
+    (the pipeline's attributes) for the jano run. A modular pipeline's `inputs` name the
+    output (`output="images"`), which it returns as it is."""
     def generate():
         result = pipe(**inputs, num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
+        if isinstance(result, torch.Tensor):
+            return result
         return result.images if hasattr(result, "images") else result.frames
     with torch.no_grad():
         eager = generate()
@@ -140,7 +143,7 @@ def flux_modular_pipeline():
     pipe = _modular(D.FluxAutoBlocks(), transformer=transformer, scheduler=D.FlowMatchEulerDiscreteScheduler(),
                     vae=tiny_vae(4))
     inputs = dict(prompt_embeds=torch.randn(1, 6, 32), pooled_prompt_embeds=torch.randn(1, 32),
-                  height=32, width=32, output_type="pt")
+                  height=32, width=32, output_type="pt", output="images")
     return pipe, inputs
 
 
@@ -158,7 +161,7 @@ def qwen_modular_pipeline():
     mask = torch.ones(1, 6, dtype=torch.long)
     inputs = dict(prompt_embeds=torch.randn(1, 6, 16), prompt_embeds_mask=mask,
                   negative_prompt_embeds=torch.randn(1, 6, 16), negative_prompt_embeds_mask=mask,
-                  height=32, width=32, output_type="pt")
+                  height=32, width=32, output_type="pt", output="images")
     return pipe, inputs
 
 

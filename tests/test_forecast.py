@@ -282,10 +282,13 @@ def test_forecast_rewrites_a_model_whose_exit_is_a_slice():
     assert stats["rewritten"], stats["fallback_reason"]
 
 
-# classes whose skip tail drops writes into tensors of their own (RoPE tables), beside two without
+# classes whose skip tail drops writes into tensors of their own (RoPE tables; a tail at all, or
+# a shorter one), beside two without such writes
 TAILED = ["FluxTransformer2DModel", "SD3Transformer2DModel", "WanTransformer3DModel", "WanVACETransformer3DModel",
           "CogView4Transformer2DModel", "EasyAnimateTransformer3DModel", "GlmImageTransformer2DModel",
-          "HeliosTransformer3DModel", "WanAnimateTransformer3DModel", "SanaVideoTransformer3DModel"]
+          "HeliosTransformer3DModel", "WanAnimateTransformer3DModel", "SanaVideoTransformer3DModel",
+          "HunyuanImageTransformer2DModel", "HunyuanVideoTransformer3DModel", "Ideogram4Transformer2DModel",
+          "PRXTransformer2DModel", "LTX2VideoTransformer3DModel"]
 
 
 @pytest.mark.parametrize("name", TAILED)

@@ -6,13 +6,9 @@ import jano_compile
 import jano_compile.pipeline
 from jano_compile.metrics import psnr
 
-from .pipelines import MODULAR_PIPELINES, flux_pipeline
+from .pipelines import MODULAR_PIPELINES, eager_and_jano, flux_pipeline
 
 STEPS = 8
-
-
-def generate(pipe, inputs):
-    return pipe(**inputs, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output="images")
 
 
 @pytest.mark.parametrize("name", sorted(MODULAR_PIPELINES))
@@ -20,13 +16,7 @@ def test_enable_runs_the_schedule_in_a_modular_pipeline(name, capsys):
     """The schedule runs (steps skip work), the image stays close to the eager pipeline's,
     the loop block's progress bar shows the levels, and disable() gives the eager image back."""
     pipe, inputs = MODULAR_PIPELINES[name]()
-    with torch.no_grad():
-        eager = generate(pipe, inputs)
-        ctl = jano_compile.enable(pipe, lowering="eager")
-        fast = generate(pipe, inputs)
-        stats = ctl.stats()
-        jano_compile.disable(pipe)
-        again = generate(pipe, inputs)
+    eager, fast, again, (stats,) = eager_and_jano(pipe, inputs, STEPS)
     assert stats["rewritten"], stats["fallback_reason"]
     assert "skip" in stats["levels"] and stats["compute_saved"] > 0.2, stats
     assert psnr(fast, eager) > 30.0, psnr(fast, eager)
